@@ -1,0 +1,539 @@
+"""YAML configuration → frozen, validated models.
+
+Every problem is reported at once, each with its key path and a hint
+(``sites[0].sensor.rate_limit: Input should be a valid number``), and no
+secret value is ever echoed back. ``${VAR}`` and ``${VAR:-default}`` are
+expanded from the environment in every string; only upper-case names are
+expanded, so nginx's own ``${remote_addr}`` syntax in a format string is left
+alone. ``$${`` writes a literal ``${``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from tirreno_shipper.errors import ConfigError, FormatError
+
+EVENT_TYPES: tuple[str, ...] = (
+    "page_view",
+    "page_edit",
+    "page_delete",
+    "page_search",
+    "page_error",
+    "field_edit",
+    "account_login",
+    "account_logout",
+    "account_login_fail",
+    "account_registration",
+    "account_email_change",
+    "account_password_change",
+    "account_edit",
+)
+EventType = Literal[
+    "page_view",
+    "page_edit",
+    "page_delete",
+    "page_search",
+    "page_error",
+    "field_edit",
+    "account_login",
+    "account_logout",
+    "account_login_fail",
+    "account_registration",
+    "account_email_change",
+    "account_password_change",
+    "account_edit",
+]
+
+# Keys whose values are credentials: never shown in an error message.
+SECRET_KEYS = frozenset({"api_key", "database", "password"})
+
+# Static assets, and the paths health checkers and scanners hit; documented in
+# the README. An operator who sets ``exclude.paths`` replaces this list.
+DEFAULT_EXCLUDE_PATHS: tuple[str, ...] = (
+    r"\.(?:css|js|mjs|map|png|jpe?g|gif|svg|ico|webp|avif|bmp|woff2?|ttf|otf|eot|mp4|webm|mp3)$",
+    r"^/(?:static|assets|media|_next/static)/",
+    r"^/(?:favicon\.ico|robots\.txt|sitemap\.xml|apple-touch-icon[^/]*\.png)$",
+    r"^/(?:healthz?|readyz|livez|ping|server-status|nginx_status)$",
+)
+DEFAULT_EXCLUDE_USER_AGENTS: tuple[str, ...] = (
+    r"kube-probe/",
+    r"ELB-HealthChecker",
+    r"GoogleHC/",
+    r"Prometheus/",
+    r"Blackbox Exporter",
+    r"UptimeRobot",
+    r"Pingdom",
+    r"StatusCake",
+    r"nagios-plugins|check_http",
+    r"Consul Health Check",
+)
+DEFAULT_REDACT_QUERY: tuple[str, ...] = (
+    "password",
+    "passwd",
+    "pass",
+    "token",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "code",
+    "secret",
+    "api_key",
+    "apikey",
+    "key",
+    "session",
+    "sessionid",
+    "sig",
+    "signature",
+)
+
+
+def _check_regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression: {exc}") from exc
+    return value
+
+
+Regex = Annotated[str, AfterValidator(_check_regex)]
+
+
+def _check_network(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError as exc:
+        raise ValueError(f"not an IP network (e.g. 10.0.0.0/8): {exc}") from exc
+    return value
+
+
+Network = Annotated[str, AfterValidator(_check_network)]
+
+_STATUS_RE = re.compile(r"^[1-5](?:xx|[0-9]{2})$")
+
+
+def _check_status(value: str | int) -> str:
+    text = str(value).lower()
+    if not _STATUS_RE.match(text):
+        raise ValueError("a status is a code like 404 or a class like 2xx, 3xx, 4xx, 5xx")
+    return text
+
+
+Status = Annotated[str | int, AfterValidator(_check_status)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LogConfig(_Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "console", "json"] = "auto"
+
+
+class MetricsConfig(_Model):
+    listen: str = "127.0.0.1:9108"
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError('expected "host:port", e.g. "127.0.0.1:9108" or "0.0.0.0:9108"')
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]") or "0.0.0.0"  # noqa: S104
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class SensorConfig(_Model):
+    url: str
+    api_key: SecretStr | None = None
+    api_key_file: Path | None = None
+    # tirreno's default bucket is 200 requests per rolling 20 s per key: 9/s with
+    # a burst of 10 can never put more than 190 in any 20 s window.
+    rate_limit: float = Field(default=9.0, ge=0)
+    burst: int = Field(default=10, ge=1)
+    concurrency: int = Field(default=4, ge=1, le=64)
+    timeout: float = Field(default=5.0, gt=0)
+    verify_tls: bool = True
+    ca_bundle: Path | None = None
+    retry_max_delay: float = Field(default=300.0, gt=0)
+    # This many empty-200 answers in a row for events that passed our own
+    # validation means a wrong key or URL, not bad events.
+    reject_threshold: int = Field(default=5, ge=1)
+    max_attempts: int = Field(default=0, ge=0)  # 0: retry forever
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("expected an http(s) URL such as https://tirreno.example.com/sensor/")
+        return value
+
+    @model_validator(mode="after")
+    def _one_key(self) -> SensorConfig:
+        if (self.api_key is None) == (self.api_key_file is None):
+            raise ValueError("set exactly one of api_key (e.g. ${TIRRENO_API_KEY}) or api_key_file")
+        return self
+
+    def key(self) -> str:
+        """The API key text (read from ``api_key_file`` at load time)."""
+        assert self.api_key is not None
+        return self.api_key.get_secret_value()
+
+
+class NginxFormat(_Model):
+    nginx: str
+
+
+class ApacheFormat(_Model):
+    apache: str
+
+
+class JsonFormat(_Model):
+    # Our field name (nginx variable name without '$') -> the key in the JSON line,
+    # for logs whose keys differ from the variable names.
+    json_: dict[str, str] = Field(default_factory=dict, alias="json")
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+FormatSpec = str | NginxFormat | ApacheFormat | JsonFormat
+
+
+class LogSource(_Model):
+    path: str
+    format: FormatSpec = "nginx_combined"
+    start_at: Literal["end", "beginning"] = "end"
+    max_line_bytes: int = Field(default=65536, ge=256)
+
+
+class KeySpec(_Model):
+    cookie: str | None = None
+    field: str | None = None
+    header: str | None = None
+    transform: Literal["none", "sha256", "md5", "sha1"] = "none"
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> KeySpec:
+        given = [k for k in ("cookie", "field", "header") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("set exactly one of cookie, field or header")
+        return self
+
+
+class UsersConfig(_Model):
+    key: KeySpec
+    database: str
+    query: str
+    cache_ttl: float = Field(default=300.0, ge=0)
+    negative_ttl: float = Field(default=30.0, ge=0)
+    cache_size: int = Field(default=100_000, ge=0)
+    timeout: float = Field(default=5.0, gt=0)
+    unresolved: Literal["drop", "anonymous"] = "drop"
+
+    @field_validator("query")
+    @classmethod
+    def _binds_key(cls, value: str) -> str:
+        if not re.search(r"(?<!:):key\b", value):
+            raise ValueError("the query must use the bound parameter :key (never format values in)")
+        return value
+
+
+class ClientIpConfig(_Model):
+    # Take the right-most X-Forwarded-For address that is not a trusted proxy.
+    # Requires the format to log the header ($http_x_forwarded_for / %{X-Forwarded-For}i).
+    forwarded_for: bool = False
+    trusted_proxies: list[Network] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+    )
+
+
+class ExcludeConfig(_Model):
+    paths: list[Regex] = Field(default_factory=lambda: list(DEFAULT_EXCLUDE_PATHS))
+    user_agents: list[Regex] = Field(default_factory=lambda: list(DEFAULT_EXCLUDE_USER_AGENTS))
+    statuses: list[Status] = Field(default_factory=list)
+    methods: list[str] = Field(default_factory=lambda: ["OPTIONS", "HEAD"])
+
+
+class Rule(_Model):
+    type: EventType
+    method: str | list[str] | None = None
+    path: Regex | None = None
+    query: bool | None = None  # True: only with a query string; False: only without
+    status: Status | list[Status] | None = None
+    unresolved: Literal["drop", "anonymous"] | None = None
+
+    def methods(self) -> frozenset[str] | None:
+        if self.method is None:
+            return None
+        items = [self.method] if isinstance(self.method, str) else self.method
+        return frozenset(m.upper() for m in items)
+
+    def statuses(self) -> tuple[str, ...] | None:
+        if self.status is None:
+            return None
+        items = self.status if isinstance(self.status, list) else [self.status]
+        return tuple(str(s).lower() for s in items)
+
+
+class EventsConfig(_Model):
+    exclude: ExcludeConfig = Field(default_factory=ExcludeConfig)
+    rules: list[Rule] = Field(default_factory=list)
+    redact_query: list[str] = Field(default_factory=lambda: list(DEFAULT_REDACT_QUERY))
+    client_ip: ClientIpConfig = Field(default_factory=ClientIpConfig)
+
+
+class SpoolConfig(_Model):
+    max_events: int = Field(default=200_000, ge=1)
+    max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    on_full: Literal["pause", "drop_oldest"] = "pause"
+    lease_timeout: float = Field(default=60.0, gt=0)
+
+
+class SiteConfig(_Model):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    sensor: SensorConfig
+    logs: list[LogSource] = Field(min_length=1)
+    users: UsersConfig | None = None
+    events: EventsConfig = Field(default_factory=EventsConfig)
+    spool: SpoolConfig = Field(default_factory=SpoolConfig)
+
+
+class Config(_Model):
+    state_dir: Path = Path("/var/lib/tirreno-shipper")
+    log: LogConfig = Field(default_factory=LogConfig)
+    metrics: MetricsConfig | None = None
+    poll_interval: float = Field(default=1.0, gt=0, le=60)
+    shutdown_grace: float = Field(default=10.0, ge=0)
+    once_timeout: float = Field(default=300.0, gt=0)
+    sites: list[SiteConfig] = Field(min_length=1)
+
+    def site(self, name: str) -> SiteConfig:
+        for site in self.sites:
+            if site.name == name:
+                return site
+        raise KeyError(name)
+
+
+# --- loading -----------------------------------------------------------------
+
+_ENV_RE = re.compile(r"\$(\$)?\{([A-Z_][A-Z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand(value: str, path: str, env: Mapping[str, str], problems: list[str]) -> str:
+    def repl(m: re.Match[str]) -> str:
+        if m.group(1):  # "$${X}" is an escaped literal "${X}"
+            return m.group(0)[1:]
+        name, default = m.group(2), m.group(3)
+        if name in env and env[name] != "":
+            return env[name]
+        if default is not None:
+            return default
+        problems.append(
+            f"{path}: environment variable {name} is not set (export it, or write ${{{name}:-default}})"
+        )
+        return ""
+
+    return _ENV_RE.sub(repl, value)
+
+
+def _walk(node: Any, path: str, env: Mapping[str, str], problems: list[str]) -> Any:
+    if isinstance(node, str):
+        return _expand(node, path, env, problems)
+    if isinstance(node, dict):
+        return {k: _walk(v, f"{path}.{k}" if path else str(k), env, problems) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_walk(v, f"{path}[{i}]", env, problems) for i, v in enumerate(node)]
+    return node
+
+
+def _loc_to_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        # pydantic names union members in the path ("str", "NginxFormat"): noise for a user
+        elif part in {"str", "NginxFormat", "ApacheFormat", "JsonFormat", "int", "list[...]"} or (
+            part.startswith(("function-", "list[", "literal["))
+        ):
+            continue
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def _model_for(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    model: Any = Config
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        fld = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if fld is None:
+            return None
+        ann = fld.annotation
+        candidates = [ann, *getattr(ann, "__args__", ())]
+        nxt = None
+        for cand in candidates:
+            for inner in [cand, *getattr(cand, "__args__", ())]:
+                if isinstance(inner, type) and issubclass(inner, BaseModel):
+                    nxt = inner
+        if nxt is None:
+            return None
+        model = nxt
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _describe(err: Mapping[str, Any]) -> str:
+    loc = tuple(err["loc"])
+    path = _loc_to_path(loc) or "(top level)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        model = _model_for(loc)
+        known = sorted(model.model_fields) if model else []
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"{path}: unknown key{hint} (known: {', '.join(known)})" if known else f"{path}: unknown key"
+    if kind == "missing":
+        return f"{path}: required key is missing"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    secret = any(str(p) in SECRET_KEYS for p in loc)
+    if kind == "literal_error":
+        return f"{path}: {msg}"
+    if not secret and "input" in err and isinstance(err["input"], str | int | float | bool):
+        return f"{path}: {msg} (got {err['input']!r})"
+    return f"{path}: {msg}"
+
+
+def _read_key_files(data: Any, problems: list[str]) -> None:
+    """Replace each ``sensor.api_key_file`` by the key it holds, in place."""
+    if not isinstance(data, dict) or not isinstance(data.get("sites"), list):
+        return
+    for i, site in enumerate(data["sites"]):
+        sensor = site.get("sensor") if isinstance(site, dict) else None
+        if not isinstance(sensor, dict) or not sensor.get("api_key_file"):
+            continue
+        keyfile = Path(str(sensor["api_key_file"]))
+        try:
+            key = keyfile.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            problems.append(
+                f"sites[{i}].sensor.api_key_file: cannot read {keyfile}: {exc.strerror} "
+                "(check the path and that the service user may read it)"
+            )
+            continue
+        if not key:
+            problems.append(f"sites[{i}].sensor.api_key_file: {keyfile} is empty")
+            continue
+        if sensor.get("api_key") is None:
+            sensor["_api_key_from_file"] = key
+
+
+def _semantic_checks(config: Config) -> list[str]:
+    # Imported here: formats imports nothing from config, but keeps this module light.
+    from tirreno_shipper.formats import compile_format
+
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    for i, site in enumerate(config.sites):
+        if site.name in seen:
+            problems.append(
+                f"sites[{i}].name: duplicate site name {site.name!r} (also sites[{seen[site.name]}])"
+            )
+        seen.setdefault(site.name, i)
+        cookie = site.users.key.cookie if site.users else None
+        for j, src in enumerate(site.logs):
+            try:
+                compile_format(src.format, cookie_name=cookie)
+            except FormatError as exc:
+                problems.append(f"sites[{i}].logs[{j}].format: {exc}")
+        if site.users is not None:
+            try:
+                from sqlalchemy.engine import make_url
+
+                make_url(site.users.database)
+            except Exception:
+                problems.append(
+                    f"sites[{i}].users.database: not an SQLAlchemy URL "
+                    "(e.g. postgresql+psycopg://reader@db/shop, mysql+pymysql://..., sqlite:///path)"
+                )
+    return problems
+
+
+def parse_config(text: str, env: Mapping[str, str] | None = None, source: str = "<config>") -> Config:
+    """Validate YAML text into a `Config`; raise `ConfigError` with every problem."""
+    env = os.environ if env is None else env
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{source}: not valid YAML{where}: {problem}"]) from None
+    if raw is None:
+        raise ConfigError([f"{source}: the file is empty; see config.example.yaml"])
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{source}: the top level must be a mapping with state_dir, sites, ..."])
+    problems: list[str] = []
+    data = _walk(raw, "", env, problems)
+    _read_key_files(data, problems)
+    # api_key_file is replaced by its content; validation still sees the path.
+    for site in data.get("sites") or []:
+        if isinstance(site, dict) and isinstance(site.get("sensor"), dict):
+            key = site["sensor"].pop("_api_key_from_file", None)
+            if key is not None:
+                site["sensor"]["api_key"] = key
+                site["sensor"]["_keyfile"] = site["sensor"].pop("api_key_file")
+    try:
+        config = Config.model_validate(_restore_keyfile(data))
+    except ValidationError as exc:
+        problems.extend(_describe(e) for e in exc.errors())
+        raise ConfigError(problems) from None
+    problems.extend(_semantic_checks(config))
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _restore_keyfile(data: Any) -> Any:
+    """Keep ``api_key_file`` visible on the model, beside the key read from it."""
+    for site in (data.get("sites") or []) if isinstance(data, dict) else []:
+        sensor = site.get("sensor") if isinstance(site, dict) else None
+        if isinstance(sensor, dict) and "_keyfile" in sensor:
+            sensor["api_key_file"] = None
+            sensor.pop("_keyfile")
+    return data
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a configuration file; raise `ConfigError`."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the configuration: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
+    return parse_config(text, env, source=str(path))

@@ -1,0 +1,125 @@
+"""Typed records handed from one stage to the next.
+
+Slotted frozen dataclasses: cheap to build on the hot path, impossible to
+mutate by accident in a later stage, and self-describing in tracebacks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True, frozen=True)
+class FileId:
+    """What makes a log file the same file across renames and restarts.
+
+    ``dev``/``ino`` alone are not enough: a deleted file's inode is soon reused.
+    ``fingerprint`` is the SHA-1 hex of the file's head: the bytes up to and
+    including the first newline, at most ``tail.FINGERPRINT_MAX`` bytes. A
+    complete first line never changes, so the fingerprint of a growing file is
+    stable; a file without a complete line yet has no fingerprint ("").
+    """
+
+    dev: int
+    ino: int
+    fingerprint: str
+
+    def key(self) -> str:
+        """A stable text form, used in request ids and spool keys."""
+        return f"{self.dev}:{self.ino}:{self.fingerprint}"
+
+
+@dataclass(slots=True, frozen=True)
+class Checkpoint:
+    """How far one file has been read: every byte before ``offset`` is in the spool."""
+
+    path: str
+    file: FileId
+    offset: int
+
+
+@dataclass(slots=True, frozen=True)
+class Chunk:
+    """Complete lines read from one file, and the checkpoint they lead to.
+
+    ``lines`` holds ``(offset, raw bytes without the newline)``; tuples rather
+    than records because a busy file yields millions of them. ``skipped`` names
+    the lines the tail itself refused (``(offset, reason)``, e.g. ``too_long``).
+    Persisting the chunk's events and ``checkpoint()`` in one transaction is what
+    makes reading exactly-once.
+    """
+
+    path: str
+    file: FileId
+    start_offset: int
+    end_offset: int
+    lines: Sequence[tuple[int, bytes]]
+    skipped: Sequence[tuple[int, str]] = ()
+
+    def checkpoint(self) -> Checkpoint:
+        return Checkpoint(self.path, self.file, self.end_offset)
+
+
+@dataclass(slots=True, frozen=True)
+class Request:
+    """One access-log line, decoded. ``None`` means the server logged ``-`` (absent).
+
+    ``time`` is already tirreno's ``eventTime`` text (UTC ``Y-m-d H:i:s`` with
+    ``.v`` milliseconds when the log has them): the parser caches that
+    conversion per distinct timestamp, which is most of the speed.
+    ``uri`` is the request target as sent (path and query), ``path`` the part
+    before ``?``. ``extra`` holds the fields asked for by name (a header for
+    the user key, ``X-Forwarded-For``, an opaque nginx variable).
+    """
+
+    remote_addr: str | None
+    time: str | None
+    method: str | None
+    uri: str | None
+    path: str | None
+    status: int | None
+    remote_user: str | None = None
+    referer: str | None = None
+    user_agent: str | None = None
+    accept_language: str | None = None
+    session: str | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True, frozen=True)
+class User:
+    """A user record as the resolver's SQL returned it, mapped to tirreno names."""
+
+    user_name: str
+    email_address: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    full_name: str | None = None
+    phone_number: str | None = None
+    user_created: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Event:
+    """One tirreno event: exactly the form fields that will be posted.
+
+    ``request_id`` goes in the ``X-Request-Id`` header (tirreno keeps it as
+    ``event.traceid``); it is a UUIDv5 of site, file identity and offset, so the
+    same line always yields the same id.
+    """
+
+    request_id: str
+    fields: Mapping[str, str]
+
+
+@dataclass(slots=True, frozen=True)
+class LeasedEvent:
+    """An event taken from the spool by a sender; ``id`` acks or releases it."""
+
+    id: int
+    site: str
+    request_id: str
+    fields: Mapping[str, str]
+    attempts: int
+    created: float
