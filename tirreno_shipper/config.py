@@ -483,7 +483,47 @@ def _semantic_checks(config: Config) -> list[str]:
     return problems
 
 
-def parse_config(text: str, env: Mapping[str, str] | None = None, source: str = "<config>") -> Config:
+def _relative_to(base: Path, data: Any) -> None:
+    """Make relative paths relative to the configuration file's folder, in place.
+
+    Operators run the daemon from anywhere (systemd's working directory is /);
+    a path in a config file naturally means "next to this file".
+    """
+
+    def fix(value: Any) -> Any:
+        if isinstance(value, str) and value and not os.path.isabs(value) and not value.startswith("~"):
+            return str(base / value)
+        return value
+
+    if not isinstance(data, dict):
+        return
+    if "state_dir" in data:
+        data["state_dir"] = fix(data["state_dir"])
+    for site in data.get("sites") or []:
+        if not isinstance(site, dict):
+            continue
+        for src in site.get("logs") or []:
+            if isinstance(src, dict) and "path" in src:
+                src["path"] = fix(src["path"])
+        sensor = site.get("sensor")
+        if isinstance(sensor, dict):
+            for key in ("api_key_file", "ca_bundle"):
+                if sensor.get(key):
+                    sensor[key] = fix(sensor[key])
+        users = site.get("users")
+        if isinstance(users, dict) and isinstance(users.get("database"), str):
+            db = users["database"]
+            m = re.match(r"^(sqlite(?:\+\w+)?:///)(?!/)(.+)$", db)
+            if m and not m.group(2).startswith(":memory:"):
+                users["database"] = m.group(1) + str(base / m.group(2))
+
+
+def parse_config(
+    text: str,
+    env: Mapping[str, str] | None = None,
+    source: str = "<config>",
+    base_dir: Path | None = None,
+) -> Config:
     """Validate YAML text into a `Config`; raise `ConfigError` with every problem."""
     env = os.environ if env is None else env
     try:
@@ -499,6 +539,8 @@ def parse_config(text: str, env: Mapping[str, str] | None = None, source: str = 
         raise ConfigError([f"{source}: the top level must be a mapping with state_dir, sites, ..."])
     problems: list[str] = []
     data = _walk(raw, "", env, problems)
+    if base_dir is not None:
+        _relative_to(base_dir, data)
     _read_key_files(data, problems)
     # api_key_file is replaced by its content; validation still sees the path.
     for site in data.get("sites") or []:
@@ -536,4 +578,4 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
         raise ConfigError([f"{path}: cannot read the configuration: {exc.strerror}"]) from None
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
-    return parse_config(text, env, source=str(path))
+    return parse_config(text, env, source=str(path), base_dir=Path(path).resolve().parent)

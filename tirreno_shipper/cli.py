@@ -1,0 +1,247 @@
+"""The ``tirreno-shipper`` command line.
+
+Exit codes: 0 clean stop; 78 (EX_CONFIG) bad configuration; 1 unexpected
+failure (or ``run --once`` that could not empty the spool in time);
+130 interrupted in the foreground.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tirreno_shipper._version import __version__
+from tirreno_shipper.config import Config, load_config
+from tirreno_shipper.errors import ConfigError, ResolverError, ShipperError
+
+EX_OK = 0
+EX_FAILURE = 1
+EX_CONFIG = 78
+EX_INTERRUPTED = 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tirreno-shipper",
+        description="Tail nginx/Apache access logs and ship each meaningful request to a tirreno sensor.",
+    )
+    p.add_argument("--version", action="version", version=f"tirreno-shipper {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("-c", "--config", required=True, help="YAML configuration file")
+
+    run = sub.add_parser("run", help="follow the logs and ship events (the daemon)")
+    with_config(run)
+    run.add_argument("--once", action="store_true", help="ship what the files hold now, wait for the spool to empty, exit")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the events as JSON lines instead of sending them; reads each file from its start; writes no state",
+    )
+
+    check = sub.add_parser("check", help="validate the config, the log paths, the user query and the sensor")
+    with_config(check)
+    check.add_argument("--send-test-event", action="store_true", help="post one clearly labelled test event")
+
+    status = sub.add_parser("status", help="spool depth, dead letters, sensor state and file offsets per site")
+    with_config(status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    bf = sub.add_parser("backfill", help="ship historical files (plain or .gz) through the spool")
+    with_config(bf)
+    bf.add_argument("--site", required=True, help="the site whose pipeline and sensor to use")
+    bf.add_argument("files", nargs="+", metavar="FILE")
+
+    dl = sub.add_parser("dead-letters", help="list, retry or purge events the sensor will never accept as they are")
+    with_config(dl)
+    dl.add_argument("action", choices=["list", "retry", "purge"])
+    dl.add_argument("--site", help="only this site")
+    dl.add_argument("--id", type=int, action="append", dest="ids", help="only this dead letter id (repeatable)")
+    dl.add_argument("--json", action="store_true", help="list as JSON lines")
+
+    det = sub.add_parser("detect-format", help="name the presets that parse a log file")
+    det.add_argument("file")
+    det.add_argument("--lines", type=int, default=500, help="how many lines to examine (default 500)")
+    return p
+
+
+def _load(path: str) -> Config:
+    return load_config(path)
+
+
+def _setup_logging(config: Config | None) -> None:
+    from tirreno_shipper.logs import setup_logging
+
+    if config is None:
+        setup_logging("info", "auto")
+    else:
+        setup_logging(config.log.level, config.log.format)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        print(f"tirreno-shipper: invalid configuration ({len(exc.problems)} problem(s)):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return EX_CONFIG
+    except KeyboardInterrupt:
+        print("tirreno-shipper: interrupted", file=sys.stderr)
+        return EX_INTERRUPTED
+    except ShipperError as exc:
+        print(f"tirreno-shipper: {exc}", file=sys.stderr)
+        return EX_FAILURE
+    except BrokenPipeError:
+        # `... --dry-run | head`: the reader went away; not our failure.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EX_OK
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "detect-format":
+        from tirreno_shipper.detect import report
+
+        text, code = report(args.file, args.lines)
+        print(text)
+        return code
+    config = _load(args.config)
+    if args.command == "run":
+        _setup_logging(config)
+        if args.dry_run:
+            return _dry_run(config)
+        from tirreno_shipper.daemon import run_daemon
+
+        return run_daemon(config, config_path=Path(args.config), once=args.once)
+    if args.command == "check":
+        _setup_logging(config)
+        from tirreno_shipper.check import run_check
+
+        return run_check(config, send_test_event=args.send_test_event)
+    if args.command == "status":
+        return _status(config, as_json=args.json)
+    if args.command == "backfill":
+        _setup_logging(config)
+        return _backfill(config, args.site, args.files)
+    if args.command == "dead-letters":
+        return _dead_letters(config, args.action, args.site, args.ids, as_json=args.json)
+    raise AssertionError(args.command)  # pragma: no cover - argparse enforces the choices
+
+
+def _dry_run(config: Config) -> int:
+    from tirreno_shipper.backfill import dry_run
+
+    try:
+        totals = dry_run(config)
+    except ResolverError as exc:
+        print(f"tirreno-shipper: the user database failed: {exc}", file=sys.stderr)
+        return EX_FAILURE
+    for site, counts in totals.items():
+        print(json.dumps({"summary": site, **counts.summary()}), file=sys.stderr)
+    return EX_OK
+
+
+def _backfill(config: Config, site: str, files: list[str]) -> int:
+    from tirreno_shipper.backfill import backfill
+    from tirreno_shipper.spool import Spool
+
+    try:
+        config.site(site)
+    except KeyError:
+        names = ", ".join(s.name for s in config.sites)
+        print(f"tirreno-shipper: no site named {site!r} (sites: {names})", file=sys.stderr)
+        return EX_CONFIG
+    missing = [f for f in files if not os.path.isfile(f)]
+    if missing:
+        print(f"tirreno-shipper: not a readable file: {', '.join(missing)}", file=sys.stderr)
+        return EX_FAILURE
+    total_bytes = sum(os.path.getsize(f) for f in files)
+    spool = Spool.open(config.state_dir)
+    started = time.monotonic()
+    bar: Any = None
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"backfill {site}", file=sys.stderr)
+    lines = events = 0
+
+    def progress(nbytes: int, nlines: int, nevents: int) -> None:
+        nonlocal lines, events
+        lines += nlines
+        events += nevents
+        if bar is not None:
+            bar.update(nbytes)
+            bar.set_postfix(lines=lines, events=events)
+
+    try:
+        counts = backfill(config, site, files, spool, progress)
+    finally:
+        if bar is not None:
+            bar.close()
+        spool.close()
+    elapsed = time.monotonic() - started
+    summary = {"backfill": site, "files": len(files), "seconds": round(elapsed, 2), **counts.summary()}
+    print(json.dumps(summary), file=sys.stderr)
+    print(
+        f"backfilled {counts.events} events from {counts.lines} lines in {elapsed:.1f} s; "
+        "the running daemon (or `run --once`) sends them",
+        file=sys.stderr,
+    )
+    return EX_OK
+
+
+def _status(config: Config, as_json: bool) -> int:
+    from tirreno_shipper.status import collect, render
+
+    report = collect(config)
+    print(json.dumps(report, indent=2) if as_json else render(report))
+    return EX_OK
+
+
+def _dead_letters(config: Config, action: str, site: str | None, ids: list[int] | None, as_json: bool) -> int:
+    from tirreno_shipper.spool import Spool
+
+    spool = Spool.open(config.state_dir)
+    try:
+        if action == "list":
+            rows = spool.dead_letters(site)
+            if ids:
+                rows = [r for r in rows if r.id in ids]
+            for r in rows:
+                if as_json:
+                    print(
+                        json.dumps(
+                            {
+                                "id": r.id,
+                                "site": r.site,
+                                "request_id": r.request_id,
+                                "reason": r.reason,
+                                "attempts": r.attempts,
+                                "failed_at": r.failed_at,
+                                "fields": dict(r.fields),
+                            },
+                            ensure_ascii=False,
+                        )
+                    )
+                else:
+                    when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.failed_at))
+                    print(f"{r.id:>6} {r.site:12s} {when}  {r.request_id}  {r.reason}  {r.fields.get('url', '')}")
+            if not as_json:
+                print(f"{len(rows)} dead letter(s)", file=sys.stderr)
+        elif action == "retry":
+            n = spool.retry_dead_letters(site, ids)
+            print(f"{n} dead letter(s) put back in the spool; the daemon sends them")
+        else:
+            n = spool.purge_dead_letters(site, ids)
+            print(f"{n} dead letter(s) deleted")
+    finally:
+        spool.close()
+    return EX_OK

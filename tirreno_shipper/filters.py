@@ -1,0 +1,113 @@
+"""Which requests become events: exclusion filters and eventType rules.
+
+Both are compiled once per site. Exclusion runs in two steps because most of
+a busy log is static assets: the path test is also offered to the parser
+(`path_excluded`) so an excluded line costs a regex match and nothing more;
+the rest (user agent, status, method) needs the decoded request.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from tirreno_shipper.config import ExcludeConfig, Rule
+from tirreno_shipper.records import Request
+
+# Filter reasons; each is a metric label.
+PATH = "path"
+USER_AGENT = "user_agent"
+STATUS = "status"
+METHOD = "method"
+NO_REQUEST = "no_request"  # no method or URL: a TLS handshake on port 80, a scanner's junk
+
+
+def _union(patterns: Sequence[str]) -> re.Pattern[str] | None:
+    if not patterns:
+        return None
+    return re.compile("|".join(f"(?:{p})" for p in patterns))
+
+
+def _status_test(spec: str) -> tuple[int, int]:
+    """``"2xx"`` → (2, -1) (class), ``"404"`` → (-1, 404) (exact)."""
+    if spec.endswith("xx"):
+        return int(spec[0]), -1
+    return -1, int(spec)
+
+
+def status_matches(status: int | None, specs: Sequence[tuple[int, int]]) -> bool:
+    if status is None:
+        return False
+    return any(status == exact or status // 100 == cls for cls, exact in specs)
+
+
+class RequestFilter:
+    """Exclusion rules of one site; ``excluded`` names the reason or returns None."""
+
+    def __init__(self, config: ExcludeConfig) -> None:
+        self._paths = _union(config.paths)
+        self._agents = _union(config.user_agents)
+        self._statuses = tuple(_status_test(str(s)) for s in config.statuses)
+        self._methods = frozenset(m.upper() for m in config.methods)
+        search = self._paths.search if self._paths is not None else None
+
+        def path_excluded(path: str) -> bool:
+            return search is not None and search(path) is not None
+
+        self.path_excluded = path_excluded
+
+    def excluded(self, req: Request, path_checked: bool = False) -> str | None:
+        """Why ``req`` is excluded, or None. ``path_checked``: the parser already
+        tested the path (`path_excluded`), so it is not searched twice."""
+        if req.method is None or req.uri is None:
+            return NO_REQUEST
+        if not path_checked and self._paths is not None and req.path and self._paths.search(req.path):
+            return PATH
+        if req.method in self._methods:
+            return METHOD
+        if self._statuses and status_matches(req.status, self._statuses):
+            return STATUS
+        if self._agents is not None and req.user_agent and self._agents.search(req.user_agent):
+            return USER_AGENT
+        return None
+
+
+class _CompiledRule:
+    __slots__ = ("event_type", "methods", "path", "query", "statuses", "unresolved")
+
+    def __init__(self, rule: Rule) -> None:
+        self.event_type: str = rule.type
+        self.methods = rule.methods()
+        self.path = re.compile(rule.path).search if rule.path else None
+        self.query = rule.query
+        specs = rule.statuses()
+        self.statuses = tuple(_status_test(s) for s in specs) if specs else None
+        self.unresolved = rule.unresolved
+
+    def matches(self, req: Request) -> bool:
+        if self.methods is not None and req.method not in self.methods:
+            return False
+        if self.path is not None and (req.path is None or self.path(req.path) is None):
+            return False
+        if self.query is not None and (req.uri is not None and "?" in req.uri) != self.query:
+            return False
+        return self.statuses is None or status_matches(req.status, self.statuses)
+
+
+class RuleSet:
+    """eventType rules: first match wins; otherwise ``page_view``.
+
+    ``match`` returns the eventType and the rule's ``unresolved`` override
+    (None: use the site's ``users.unresolved``).
+    """
+
+    DEFAULT = ("page_view", None)
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        self._rules = tuple(_CompiledRule(r) for r in rules)
+
+    def match(self, req: Request) -> tuple[str, str | None]:
+        for rule in self._rules:
+            if rule.matches(req):
+                return rule.event_type, rule.unresolved
+        return self.DEFAULT

@@ -1,0 +1,356 @@
+"""Log format presets, and nginx ``log_format`` / Apache ``LogFormat`` strings
+compiled into one linear-time regular expression per format.
+
+A format is a sequence of literals and variables. Each variable becomes one
+capturing group whose pattern never needs to backtrack: a quoted field is
+``[^"\\]*+(?:\\.[^"\\]*+)*+`` (both servers escape ``"`` and ``\\`` inside quotes),
+any other field runs possessively up to the next literal character. With only
+possessive quantifiers, a near-miss line fails in one pass instead of trying
+every split, so no log line an attacker writes can cost more than linear time.
+
+Apache's LogFormat grammar comes from apachelogs (its directive tokenizer, and
+``format2regex`` to reject unknown directives with apachelogs' own messages);
+apachelogs' regexes are not used on the hot path (they use lazy quantifiers and
+convert every field).
+
+Variables are named as nginx names them (``remote_addr``, ``http_user_agent``,
+``cookie_sessionid``); Apache directives are translated to those names so
+everything after the parser sees one vocabulary.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from tirreno_shipper.errors import FormatError
+
+# name -> (nginx log_format, Apache LogFormat); "{cookie}" is the session cookie name.
+PRESETS: dict[str, tuple[str | None, str | None]] = {
+    "nginx_combined": (
+        '$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent '
+        '"$http_referer" "$http_user_agent"',
+        None,
+    ),
+    "nginx_cookie": (
+        '$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent '
+        '"$http_referer" "$http_user_agent" "$cookie_{cookie}"',
+        None,
+    ),
+    "apache_common": (None, '%h %l %u %t "%r" %>s %b'),
+    "apache_combined": (None, '%h %l %u %t "%r" %>s %b "%{Referer}i" "%{User-Agent}i"'),
+    "vhost_combined": (None, '%v:%p %h %l %u %t "%r" %>s %O "%{Referer}i" "%{User-Agent}i"'),
+    "apache_cookie": (
+        None,
+        '%h %l %u %t "%r" %>s %b "%{Referer}i" "%{User-Agent}i" "%{{{cookie}}}C"',
+    ),
+}
+# The nginx side of the json preset, for the README: one JSON object a line.
+JSON_NGINX_FORMAT = (
+    "log_format tirreno_json escape=json '{"
+    '"time_iso8601":"$time_iso8601","remote_addr":"$remote_addr",'
+    '"remote_user":"$remote_user","request":"$request","status":"$status",'
+    '"body_bytes_sent":"$body_bytes_sent","http_referer":"$http_referer",'
+    '"http_user_agent":"$http_user_agent","http_accept_language":"$http_accept_language",'
+    '"http_x_forwarded_for":"$http_x_forwarded_for","cookie_sessionid":"$cookie_sessionid"'
+    "}';"
+)
+PRESET_NAMES: tuple[str, ...] = (*PRESETS, "json")
+
+NUMERIC = frozenset(
+    {
+        "status",
+        "body_bytes_sent",
+        "bytes_sent",
+        "request_length",
+        "request_time",
+        "msec",
+        "connection",
+        "connection_requests",
+        "pid",
+        "server_port",
+        "remote_port",
+        "apache_D",
+        "apache_T",
+        "apache_k",
+        "apache_I",
+        "apache_O",
+        "apache_S",
+        "apache_b",
+        "apache_B",
+        "time_sec",
+        "time_msec",
+        "time_usec",
+    }
+)
+
+
+@dataclass(slots=True, frozen=True)
+class CompiledFormat:
+    """A compiled log format.
+
+    ``regex`` is None for JSON lines. ``groups`` names the variable each
+    capturing group holds, in order (a variable logged twice keeps its first
+    group). ``json_keys`` maps our variable names to the JSON keys of the line.
+    ``source`` is the format text as the operator would write it in their
+    server's configuration.
+    """
+
+    kind: str  # "nginx" | "apache" | "json"
+    source: str
+    regex: re.Pattern[str] | None
+    groups: tuple[str, ...]
+    json_keys: Mapping[str, str] = field(default_factory=dict)
+    strftime: str | None = None  # Apache %{FORMAT}t: its strftime format
+
+    def has(self, name: str) -> bool:
+        if self.kind == "json":
+            return True
+        return name in self.groups
+
+
+def _quoted(prev: str, nxt: str) -> bool:
+    return prev.endswith('"') and nxt.startswith('"')
+
+
+# "Unrolled loop" form: a run of plain characters, then any number of
+# (escape, run); possessive, so it never gives characters back.
+_QUOTED = r'[^"\\]*+(?:\\.[^"\\]*+)*+'
+
+
+def _pattern(name: str, prev: str, nxt: str) -> str:
+    """The linear-time pattern for one variable between two literals."""
+    if _quoted(prev, nxt):
+        return _QUOTED
+    if name == "status":
+        return r"[0-9]{3}|-"
+    if name in NUMERIC:
+        return r"-|[0-9][0-9.]*+"
+    if nxt:
+        stop = re.escape(nxt[0])
+        body = f"[^{stop}]" if len(nxt[0]) == 1 and nxt[0] not in "]\\^-" else f"(?:(?!{stop}).)"
+        if nxt[0] == "]":
+            body = r"[^\]]"
+        return f"{body}*+"
+    return r".*+"
+
+
+def _build(kind: str, source: str, tokens: list[tuple[str, str]]) -> CompiledFormat:
+    """``tokens`` alternate ("lit", text) and ("var", name)."""
+    # Merge neighbouring literals so "prev"/"next" are whole literal runs.
+    merged: list[tuple[str, str]] = []
+    for tok in tokens:
+        if merged and tok[0] == "lit" and merged[-1][0] == "lit":
+            merged[-1] = ("lit", merged[-1][1] + tok[1])
+        else:
+            merged.append(tok)
+    rx = ""
+    groups: list[str] = []
+    for i, (what, text) in enumerate(merged):
+        if what == "lit":
+            rx += re.escape(text)
+            continue
+        prev = merged[i - 1][1] if i > 0 and merged[i - 1][0] == "lit" else ""
+        nxt = merged[i + 1][1] if i + 1 < len(merged) and merged[i + 1][0] == "lit" else ""
+        if i + 1 < len(merged) and merged[i + 1][0] == "var":
+            # Two variables with nothing between them cannot be split without
+            # guessing; nginx and Apache formats in the wild never do this.
+            raise FormatError(
+                f"variables {text!r} and {merged[i + 1][1]!r} follow each other with no "
+                "separator; put a space or a quote between them"
+            )
+        rx += f"({_pattern(text, prev, nxt)})"
+        groups.append(text)
+    if not groups:
+        raise FormatError("the format has no variables")
+    try:
+        regex = re.compile(rx)
+    except re.error as exc:  # pragma: no cover - escaped literals always compile
+        raise FormatError(f"cannot compile the format: {exc}") from exc
+    return CompiledFormat(kind=kind, source=source, regex=regex, groups=tuple(groups))
+
+
+# --- nginx -----------------------------------------------------------------
+
+_NGINX_VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def _strip_nginx_directive(text: str) -> str:
+    """Accept the format as copied from nginx.conf, with or without the directive.
+
+    ``log_format main escape=default '$remote_addr ...' '"$http_user_agent"';``
+    becomes the concatenated string of its quoted parts.
+    """
+    stripped = text.strip()
+    if not stripped.startswith("log_format"):
+        return text
+    parts = re.findall(r"'((?:[^'\\]|\\.)*)'|\"((?:[^\"\\]|\\.)*)\"", stripped)
+    if not parts:
+        raise FormatError("a log_format directive without a quoted format string")
+    return "".join(a or b for a, b in parts)
+
+
+def compile_nginx(text: str) -> CompiledFormat:
+    body = _strip_nginx_directive(text)
+    tokens: list[tuple[str, str]] = []
+    pos = 0
+    for m in _NGINX_VAR.finditer(body):
+        if m.start() > pos:
+            tokens.append(("lit", body[pos : m.start()]))
+        tokens.append(("var", (m.group(1) or m.group(2)).lower()))
+        pos = m.end()
+    if pos < len(body):
+        tokens.append(("lit", body[pos:]))
+    return _build("nginx", body, tokens)
+
+
+# --- Apache ------------------------------------------------------------------
+
+_TIME_PARAMS = {
+    "sec": "time_sec",
+    "msec": "time_msec",
+    "usec": "time_usec",
+    "begin:sec": "time_sec",
+    "begin:msec": "time_msec",
+    "begin:usec": "time_usec",
+}
+_PLAIN = {
+    "h": "remote_addr",
+    "a": "remote_addr",
+    "u": "remote_user",
+    "t": "time_local",
+    "r": "request",
+    "m": "request_method",
+    "U": "uri",
+    "q": "query_string",
+    "H": "server_protocol",
+    "s": "status",
+    "b": "body_bytes_sent",
+    "B": "apache_B",
+    "O": "bytes_sent",
+    "I": "request_length",
+    "D": "apache_D",
+    "T": "apache_T",
+    "v": "server_name",
+    "V": "apache_V",
+    "p": "server_port",
+    "l": "apache_l",
+}
+
+
+def _header_var(header: str) -> str:
+    return "http_" + header.strip().lower().replace("-", "_")
+
+
+def compile_apache(text: str) -> CompiledFormat:
+    try:
+        from apachelogs.directives import DIRECTIVE_RGX, format2regex
+        from apachelogs.errors import Error as ApachelogsError
+    except ImportError as exc:  # pragma: no cover - a hard dependency
+        raise FormatError("apachelogs is not installed") from exc
+    body = text.strip()
+    if body.startswith("LogFormat"):
+        m = re.match(r'LogFormat\s+"((?:[^"\\]|\\.)*)"', body)
+        if not m:
+            raise FormatError('a LogFormat directive without a quoted format: LogFormat "..." name')
+        body = m.group(1).replace('\\"', '"')
+    try:
+        format2regex(body)  # apachelogs' verdict on the grammar and the directive names
+    except ApachelogsError as exc:
+        raise FormatError(f"unknown or invalid Apache LogFormat directive: {exc}") from exc
+    tokens: list[tuple[str, str]] = []
+    strftime: str | None = None
+    for m in DIRECTIVE_RGX.finditer(body):
+        lit = m.group("literal")
+        if lit is not None:
+            tokens.append(("lit", lit))
+            continue
+        d = m.group("directive")
+        param = m.group("param")
+        if d == "%":
+            tokens.append(("lit", "%"))
+            continue
+        name: str
+        if param is None:
+            name = _PLAIN.get(d, f"apache_{d}")
+        elif d == "i":
+            name = _header_var(param)
+        elif d == "C":
+            name = "cookie_" + param.strip()
+        elif d == "a" and param == "c":
+            name = "apache_peer_addr"
+        elif d == "t":
+            if param in _TIME_PARAMS:
+                name = _TIME_PARAMS[param]
+            elif param.startswith("%") or "%" in param:
+                fmt = param.removeprefix("begin:").removeprefix("end:")
+                if "msec_frac" in fmt or "usec_frac" in fmt:
+                    raise FormatError("%{..msec_frac}t is not supported; use %t or %{msec}t")
+                name, strftime = "time_strftime", fmt
+            else:
+                name = f"apache_t_{param}"
+        elif d == "T":
+            name = f"apache_T_{param}"
+        else:
+            name = f"apache_{d}_{param}"
+        if name == "time_local":
+            # Apache writes %t with its brackets: "[10/Oct/2000:13:55:36 -0700]".
+            tokens += [("lit", "["), ("var", name), ("lit", "]")]
+            continue
+        tokens.append(("var", name))
+    compiled = _build("apache", body, tokens)
+    return CompiledFormat(
+        kind=compiled.kind,
+        source=compiled.source,
+        regex=compiled.regex,
+        groups=compiled.groups,
+        strftime=strftime,
+    )
+
+
+# --- presets and specs -----------------------------------------------------------
+
+
+def preset_source(name: str, cookie_name: str | None) -> tuple[str, str]:
+    """(kind, format text) of a preset, with the cookie name filled in."""
+    nginx, apache = PRESETS[name]
+    if "{cookie}" in (nginx or apache or "") and not cookie_name:
+        raise FormatError(
+            f"preset {name!r} logs the session cookie: set users.key.cookie to its name "
+            "(e.g. sessionid, PHPSESSID, laravel_session)"
+        )
+    if nginx is not None:
+        return "nginx", nginx.replace("{cookie}", cookie_name or "")
+    assert apache is not None
+    return "apache", apache.replace("{{{cookie}}}", "{" + (cookie_name or "") + "}").replace(
+        "{cookie}", cookie_name or ""
+    )
+
+
+def compile_format(spec: object, cookie_name: str | None = None) -> CompiledFormat:
+    """Compile a config ``format`` value: a preset name, ``{nginx: ...}``,
+    ``{apache: ...}``, ``json`` or ``{json: {var: key}}``."""
+    from tirreno_shipper.config import ApacheFormat, JsonFormat, NginxFormat
+
+    if isinstance(spec, str):
+        if spec == "json":
+            return CompiledFormat(kind="json", source="json", regex=None, groups=())
+        if spec not in PRESETS:
+            import difflib
+
+            close = difflib.get_close_matches(spec, PRESET_NAMES, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise FormatError(
+                f"unknown preset {spec!r}{hint} (presets: {', '.join(PRESET_NAMES)}; or write "
+                "{nginx: '<log_format>'} / {apache: '<LogFormat>'})"
+            )
+        kind, text = preset_source(spec, cookie_name)
+        return compile_nginx(text) if kind == "nginx" else compile_apache(text)
+    if isinstance(spec, NginxFormat):
+        return compile_nginx(spec.nginx)
+    if isinstance(spec, ApacheFormat):
+        return compile_apache(spec.apache)
+    if isinstance(spec, JsonFormat):
+        return CompiledFormat(kind="json", source="json", regex=None, groups=(), json_keys=dict(spec.json_))
+    raise FormatError(f"unsupported format specification: {spec!r}")

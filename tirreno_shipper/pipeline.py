@@ -1,0 +1,172 @@
+"""One site's path from raw lines to events: parse → filter → resolve → map.
+
+`SitePipeline.process` turns a `Chunk` into the events to spool and the
+`Counts` of what happened to each line. Counts are returned, not published,
+because a chunk whose user lookups fail is processed again later: only the
+daemon, after the chunk is committed, adds them to the metrics.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from tirreno_shipper import metrics
+from tirreno_shipper.config import LogSource, SiteConfig
+from tirreno_shipper.events import EventMapper, request_id
+from tirreno_shipper.filters import PATH, RequestFilter, RuleSet
+from tirreno_shipper.formats import compile_format
+from tirreno_shipper.parse import EXCLUDED_PATH, TOO_LONG, LineParser
+from tirreno_shipper.records import Chunk, Event, Request, User
+from tirreno_shipper.users import UserResolver, anonymous_user
+
+BAD_ADDRESS = "bad_address"  # remote_addr is not an IP address (a hostname with HostnameLookups on)
+
+
+@dataclass(slots=True)
+class Counts:
+    """What happened to the lines of one chunk (or of a whole run, merged)."""
+
+    lines: int = 0
+    parsed: int = 0
+    events: int = 0
+    unparseable: Counter[str] = field(default_factory=Counter)
+    filtered: Counter[str] = field(default_factory=Counter)
+    unresolved: Counter[str] = field(default_factory=Counter)
+    fixed: Counter[str] = field(default_factory=Counter)
+
+    def merge(self, other: Counts) -> None:
+        self.lines += other.lines
+        self.parsed += other.parsed
+        self.events += other.events
+        self.unparseable.update(other.unparseable)
+        self.filtered.update(other.filtered)
+        self.unresolved.update(other.unresolved)
+        self.fixed.update(other.fixed)
+
+    def publish(self, site: str) -> None:
+        """Add these counts to the Prometheus metrics of ``site``."""
+        metrics.LINES_READ.labels(site=site).inc(self.lines)
+        metrics.LINES_PARSED.labels(site=site).inc(self.parsed)
+        for reason, n in self.unparseable.items():
+            metrics.LINES_UNPARSEABLE.labels(site=site, reason=reason).inc(n)
+        for reason, n in self.filtered.items():
+            metrics.REQUESTS_FILTERED.labels(site=site, reason=reason).inc(n)
+        for outcome, n in self.unresolved.items():
+            metrics.REQUESTS_UNRESOLVED.labels(site=site, outcome=outcome).inc(n)
+        for name, n in self.fixed.items():
+            metrics.FIELDS_TRUNCATED.labels(site=site, field=name).inc(n)
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "lines": self.lines,
+            "parsed": self.parsed,
+            "unparseable": dict(self.unparseable),
+            "filtered": dict(self.filtered),
+            "unresolved": dict(self.unresolved),
+            "fixed": dict(self.fixed),
+            "events": self.events,
+        }
+
+
+def extra_fields(site: SiteConfig) -> list[str]:
+    """Variables beyond the standard ones that this site's mapping needs."""
+    extra: list[str] = []
+    if site.events.client_ip.forwarded_for:
+        extra.append("http_x_forwarded_for")
+    if site.users is not None:
+        key = site.users.key
+        if key.header:
+            extra.append("http_" + key.header.strip().lower().replace("-", "_"))
+        if key.field:
+            extra.append(key.field)
+    return extra
+
+
+class SitePipeline:
+    """Parse, filter, resolve and map the lines of one site's logs.
+
+    Not thread-safe: each site's tail thread owns its pipeline (and resolver).
+    """
+
+    def __init__(self, site: SiteConfig, resolver: UserResolver | None) -> None:
+        self.site = site
+        self.name = site.name
+        self.resolver = resolver
+        self.filter = RequestFilter(site.events.exclude)
+        self.rules = RuleSet(site.events.rules)
+        self.mapper = EventMapper(site.events.client_ip, site.events.redact_query)
+        self.unresolved = site.users.unresolved if site.users is not None else "anonymous"
+        self._anonymous: dict[str, User] = {}
+        self._extra = extra_fields(site)
+        self._cookie = site.users.key.cookie if site.users is not None else None
+
+    def parser(self, source: LogSource) -> LineParser:
+        """A parser for one ``logs`` entry, with this site's path exclusions built in."""
+        fmt = compile_format(source.format, cookie_name=self._cookie)
+        return LineParser(fmt, self._cookie, self._extra, exclude_path=self.filter.path_excluded)
+
+    def _anonymous_user(self, ip: str) -> User:
+        user = self._anonymous.get(ip)
+        if user is None:
+            if len(self._anonymous) > 65536:
+                self._anonymous.clear()
+            user = self._anonymous[ip] = anonymous_user(ip)
+        return user
+
+    def process(self, chunk: Chunk, parser: LineParser) -> tuple[list[Event], Counts]:
+        """Events of a chunk, in file order. Raises `ResolverError` if the user
+        database fails: the caller keeps the chunk and tries again later."""
+        counts = Counts(lines=len(chunk.lines) + len(chunk.skipped))
+        for _offset, reason in chunk.skipped:
+            counts.unparseable[reason if reason else TOO_LONG] += 1
+        events: list[Event] = []
+        file_key = chunk.file.key()
+        parse = parser.parse
+        excluded = self.filter.excluded
+        match_rule = self.rules.match
+        client_of = self.mapper.client.of
+        build = self.mapper.build
+        resolver = self.resolver
+        key_for = resolver.key_for if resolver is not None else None
+        resolve = resolver.resolve if resolver is not None else None
+        site = self.name
+        self.mapper.fixed = counts.fixed
+        for offset, raw in chunk.lines:
+            req = parse(raw)
+            if type(req) is str:
+                if req == EXCLUDED_PATH:
+                    counts.parsed += 1
+                    counts.filtered[PATH] += 1
+                else:
+                    counts.unparseable[req] += 1
+                continue
+            assert isinstance(req, Request)
+            counts.parsed += 1
+            reason = excluded(req, True)
+            if reason is not None:
+                counts.filtered[reason] += 1
+                continue
+            ip = client_of(req)
+            if ip is None:
+                counts.unparseable[BAD_ADDRESS] += 1
+                continue
+            event_type, unresolved = match_rule(req)
+            if event_type == "page_view" and req.status is not None and req.status >= 400:
+                # tirreno stores any httpCode >= 400 as page_error; say so ourselves
+                # so the dry run shows what tirreno will really keep.
+                event_type = "page_error"
+            user: User | None = None
+            if key_for is not None and resolve is not None:
+                key = key_for(req)
+                if key is not None:
+                    user = resolve(key)
+            if user is None:
+                if (unresolved or self.unresolved) == "drop":
+                    counts.unresolved["dropped"] += 1
+                    continue
+                counts.unresolved["anonymous"] += 1
+                user = self._anonymous_user(ip)
+            events.append(build(req, user, ip, event_type, request_id(site, file_key, offset)))
+        counts.events = len(events)
+        return events, counts
