@@ -112,3 +112,60 @@ SENSOR_STATES = ("ok", "backing_off", "rejecting")
 def set_sensor_state(site: str, state: str) -> None:
     for s in SENSOR_STATES:
         SENSOR_STATE.labels(site=site, state=s).set(1 if s == state else 0)
+
+
+# --- the HTTP endpoint ---------------------------------------------------------
+
+import json  # noqa: E402 - the server half of this module
+import threading  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest  # noqa: E402
+
+# health() -> (healthy, details); details name what is not alive.
+HealthCheck = Callable[[], tuple[bool, dict[str, object]]]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: MetricsServer  # type: ignore[assignment]
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            body = generate_latest(REGISTRY)
+            self._send(200, body, CONTENT_TYPE_LATEST)
+        elif path in ("/healthz", "/health"):
+            ok, details = self.server.health()
+            payload = {"status": "ok" if ok else "unhealthy", **details}
+            self._send(200 if ok else 503, json.dumps(payload).encode(), "application/json")
+        else:
+            self._send(404, b"not found: try /metrics or /healthz\n", "text/plain")
+
+    def _send(self, code: int, body: bytes, ctype: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        return  # scrapes every few seconds would drown the daemon's own log
+
+
+class MetricsServer(ThreadingHTTPServer):
+    """``/metrics`` (Prometheus text format) and ``/healthz`` (200 or 503 + JSON)."""
+
+    daemon_threads = True
+
+    def __init__(self, host: str, port: int, health: HealthCheck) -> None:
+        self.health = health
+        super().__init__((host, port), _Handler)
+        self._thread = threading.Thread(target=self.serve_forever, name="metrics-http", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()

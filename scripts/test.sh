@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Set up everything the test suite needs on a fresh Debian machine and run it:
+# a virtualenv with the package and its dev extras, nginx, Apache and logrotate
+# from Debian (the integration tests start their own instances on 127.0.0.1),
+# PostgreSQL and MariaDB running, then ruff, mypy (strict) and pytest.
+# Usage: ./scripts/test.sh [pytest arguments]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[dev]'
+
+need=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
+[ -x /usr/sbin/apache2 ] || need+=(apache2)
+command -v logrotate >/dev/null 2>&1 || [ -x /usr/sbin/logrotate ] || need+=(logrotate)
+if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    else
+        echo "missing: ${need[*]} (install them, e.g. sudo apt-get install ${need[*]})" >&2
+        exit 1
+    fi
+fi
+# Debian starts the packaged services on install; the tests run their own.
+if [ "$(id -u)" = 0 ]; then
+    (service nginx stop || true; service apache2 stop || true) >/dev/null 2>&1
+fi
+
+# The databases the resolver tests use; start them if they have stopped.
+if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+fi
+if ! mariadb-admin -h 127.0.0.1 -u root ping >/dev/null 2>&1; then
+    start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd || true
+    for _ in $(seq 1 30); do mariadb-admin -h 127.0.0.1 -u root ping >/dev/null 2>&1 && break; sleep 1; done
+fi
+
+.venv/bin/ruff check tirreno_shipper tests benchmarks
+.venv/bin/ruff format --check tirreno_shipper tests benchmarks
+.venv/bin/mypy
+exec .venv/bin/pytest "$@"

@@ -1,0 +1,161 @@
+"""Shared fixtures: real databases (SQLite, PostgreSQL, MariaDB) and generic helpers.
+
+The servers are expected on 127.0.0.1 (PostgreSQL 5432 with trust auth, MariaDB
+3306 as root without a password, database ``test``); ``.ci/run`` starts them.
+``TEST_POSTGRES_URL`` / ``TEST_MARIADB_URL`` point the tests elsewhere. A server
+that cannot be reached fails the tests that need it, with the reason: it is
+never a silent skip.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy
+from sqlalchemy.engine import Engine
+
+POSTGRES_URLS = (
+    "postgresql+psycopg://postgres@127.0.0.1:5432/test",
+    "postgresql+psycopg://root@127.0.0.1:5432/test",
+)
+MARIADB_URLS = ("mysql+pymysql://root@127.0.0.1:3306/test?charset=utf8mb4",)
+BACKENDS = ("sqlite", "postgresql", "mariadb")
+SERVER_BACKENDS = ("postgresql", "mariadb")
+
+
+@dataclass
+class Database:
+    """One real database for one test; every table made through it is dropped after."""
+
+    kind: str  # "sqlite" | "postgresql" | "mariadb"
+    url: str
+    engine: Engine
+    tables: list[str] = field(default_factory=list)
+
+    @property
+    def timestamp_type(self) -> str:
+        # MariaDB's TIMESTAMP converts time zones and auto-updates; DATETIME stores as given.
+        return "DATETIME" if self.kind == "mariadb" else "TIMESTAMP"
+
+    def name(self, base: str) -> str:
+        """A table name unique to this test, dropped at teardown."""
+        table = f"{base}_{secrets.token_hex(4)}"
+        self.tables.append(table)
+        return table
+
+    def quote(self, identifier: str) -> str:
+        return self.engine.dialect.identifier_preparer.quote_identifier(identifier)
+
+    def create(self, base: str, columns: str) -> str:
+        """``CREATE TABLE`` a uniquely named table; return its name."""
+        table = self.name(base)
+        suffix = " DEFAULT CHARSET=utf8mb4" if self.kind == "mariadb" else ""
+        self.execute(f"CREATE TABLE {table} ({columns}){suffix}")
+        return table
+
+    def execute(
+        self, sql: str, params: Mapping[str, Any] | list[dict[str, Any]] | None = None
+    ) -> None:
+        """Run one statement in its own committed transaction."""
+        with self.engine.begin() as conn:
+            conn.execute(sqlalchemy.text(sql), params or {})
+
+    def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        with self.engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(sqlalchemy.text(sql), params or {})]
+
+    def table_names(self) -> set[str]:
+        return set(sqlalchemy.inspect(self.engine).get_table_names())
+
+    def drop_all(self) -> None:
+        with self.engine.begin() as conn:
+            for table in reversed(self.tables):
+                conn.execute(sqlalchemy.text(f"DROP TABLE IF EXISTS {table}"))
+        self.tables.clear()
+
+
+def _first_reachable(kind: str, env: str, candidates: tuple[str, ...]) -> Engine:
+    urls = (os.environ[env],) if os.environ.get(env) else candidates
+    problems = []
+    for url in urls:
+        engine = sqlalchemy.create_engine(
+            url, pool_pre_ping=True, connect_args={"connect_timeout": 5}
+        )
+        try:
+            with engine.connect() as conn:
+                conn.execute(sqlalchemy.text("SELECT 1"))
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            engine.dispose()
+            problems.append(
+                f"{engine.url.render_as_string(hide_password=True)}: {exc.__class__.__name__}: "
+                f"{str(getattr(exc, 'orig', exc)).strip().splitlines()[0]}"
+            )
+            continue
+        return engine
+    pytest.fail(
+        f"{kind} is not reachable, tried: {'; '.join(problems)}. Start it (.ci/run does) "
+        f"or set {env} to an SQLAlchemy URL of a database the tests may create tables in.",
+        pytrace=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def postgres_engine() -> Iterator[Engine]:
+    engine = _first_reachable("PostgreSQL", "TEST_POSTGRES_URL", POSTGRES_URLS)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def mariadb_engine() -> Iterator[Engine]:
+    engine = _first_reachable("MariaDB", "TEST_MARIADB_URL", MARIADB_URLS)
+    yield engine
+    engine.dispose()
+
+
+def _database(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp_path / 'users.sqlite'}"
+        engine = sqlalchemy.create_engine(url)
+        owned = True
+    else:
+        engine = request.getfixturevalue(
+            "postgres_engine" if kind == "postgresql" else "mariadb_engine"
+        )
+        url = engine.url.render_as_string(hide_password=False)
+        owned = False
+    db = Database(kind, url, engine)
+    try:
+        yield db
+    finally:
+        db.drop_all()
+        if owned:
+            engine.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A real SQLite file, PostgreSQL or MariaDB database, in turn."""
+    yield from _database(request.param, request, tmp_path)
+
+
+@pytest.fixture(params=SERVER_BACKENDS)
+def server_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A real PostgreSQL or MariaDB database, for what only a server can do (time-outs)."""
+    yield from _database(request.param, request, tmp_path)
+
+
+@pytest.fixture
+def unused_tcp_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port

@@ -1,0 +1,112 @@
+"""``status``: what the spool holds and how far each file has been read.
+
+Works with or without a running daemon: the spool and the checkpoints are in
+SQLite (safe to read beside the daemon thanks to WAL), the live parts (sensor
+state, pauses) come from the ``status.json`` the daemon rewrites every few
+seconds, and file sizes from ``os.stat`` now.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from tirreno_shipper.config import Config
+from tirreno_shipper.spool import Spool
+
+STALE_AFTER = 30.0
+
+
+def _daemon_status(config: Config) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads((config.state_dir / "status.json").read_text())
+    except (OSError, ValueError):
+        return None
+    pid = data.get("pid")
+    alive = False
+    if isinstance(pid, int):
+        try:
+            os.kill(pid, 0)
+            alive = True
+        except OSError:
+            alive = False
+    data["running"] = alive and time.time() - float(data.get("updated", 0)) < STALE_AFTER
+    return data
+
+
+def collect(config: Config) -> dict[str, Any]:
+    spool = Spool.open(config.state_dir)
+    live = _daemon_status(config)
+    now = time.time()
+    report: dict[str, Any] = {
+        "state_dir": str(config.state_dir),
+        "daemon": {"running": bool(live and live["running"]), "pid": live.get("pid") if live else None},
+        "sites": {},
+    }
+    try:
+        for site in config.sites:
+            stats = spool.stats(site.name)
+            live_site = (live or {}).get("sites", {}).get(site.name, {}) if live and live["running"] else {}
+            files = []
+            for cp in spool.get_checkpoints(site.name):
+                try:
+                    st = os.stat(cp.path)
+                    same = (st.st_dev, st.st_ino) == (cp.file.dev, cp.file.ino)
+                except OSError:
+                    st, same = None, False
+                size = st.st_size if st is not None and same else None
+                files.append(
+                    {
+                        "path": cp.path,
+                        "identity": cp.file.key(),
+                        "offset": cp.offset,
+                        "size": size,
+                        "lag_bytes": max(0, size - cp.offset) if size is not None else None,
+                        "note": None if same else "rotated away or missing: read to its end, then dropped",
+                    }
+                )
+            report["sites"][site.name] = {
+                "spool_depth": stats.depth,
+                "spool_bytes": stats.bytes,
+                "leased": stats.leased,
+                "oldest_age_seconds": round(now - stats.oldest_created, 1) if stats.oldest_created else None,
+                "dead_letters": stats.dead_letters,
+                "sensor_state": live_site.get("sensor_state", "unknown (daemon not running)"),
+                "paused": live_site.get("paused"),
+                "last_error": live_site.get("last_error"),
+                "files": files,
+            }
+    finally:
+        spool.close()
+    return report
+
+
+def render(report: dict[str, Any]) -> str:
+    daemon = report["daemon"]
+    lines = [
+        f"state_dir: {report['state_dir']}",
+        f"daemon: {'running (pid ' + str(daemon['pid']) + ')' if daemon['running'] else 'not running'}",
+    ]
+    for name, site in report["sites"].items():
+        age = site["oldest_age_seconds"]
+        lines.append(f"site {name}:")
+        lines.append(
+            f"  spool: {site['spool_depth']} events ({site['spool_bytes']} bytes), "
+            f"{site['leased']} in flight, oldest {age if age is not None else '-'} s; "
+            f"dead letters: {site['dead_letters']}"
+        )
+        state = site["sensor_state"]
+        lines.append(f"  sensor: {state}" + (f"; paused: {site['paused']}" if site["paused"] else ""))
+        if site["last_error"]:
+            lines.append(f"  last error: {site['last_error']}")
+        if not site["files"]:
+            lines.append("  files: none checkpointed yet")
+        for f in site["files"]:
+            size = f["size"] if f["size"] is not None else "?"
+            lag = f["lag_bytes"] if f["lag_bytes"] is not None else "?"
+            lines.append(f"  {f['path']}  offset {f['offset']} / size {size}  lag {lag} B  [{f['identity'][:40]}]")
+            if f["note"]:
+                lines.append(f"    ({f['note']})")
+    return "\n".join(lines)

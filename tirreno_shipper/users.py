@@ -1,0 +1,426 @@
+"""Session key → user record, through the operator's own SQL.
+
+The key is taken from the request (a cookie, a logged field or a logged
+header), optionally hashed the way the application stores it, and bound as
+``:key`` into the configured query, run through SQLAlchemy Core. Values are
+only ever bound, never formatted into SQL: a cookie is attacker-controlled.
+
+Results are cached (hits for ``cache_ttl``, misses for the shorter
+``negative_ttl``) in one bounded LRU. A failing database is never a miss: it
+raises `ResolverError`, the daemon pauses the site's tail and retries the same
+lines later, so a database outage loses no attribution.
+
+Session keys are credentials: they never appear in logs or error messages
+(at most the first hex digits of their SHA-256, in debug logs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy
+import structlog
+from sqlalchemy.engine import URL, Engine
+from sqlalchemy.exc import DataError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+
+from tirreno_shipper.config import UsersConfig
+from tirreno_shipper.errors import ResolverError
+from tirreno_shipper.metrics import RESOLVER_CACHE, RESOLVER_ERRORS, RESOLVER_QUERY_LATENCY
+from tirreno_shipper.records import Request, User
+
+log = structlog.get_logger(__name__)
+
+# A logout is logged after the application deleted the session row, so the
+# row is gone by the time the line is resolved. Remembering who used a key for
+# a day attributes that logout (and the requests racing it) to the right user.
+LAST_SEEN_TTL = 24 * 3600.0
+LAST_SEEN_MIN_SIZE = 10_000
+
+# Result column name, lower-cased and without underscores -> User field.
+# The normalisation makes ``user_name``, ``userName`` and PostgreSQL's folded
+# ``username`` (an unquoted ``AS userName``) all the same column.
+_COLUMN_FIELDS: dict[str, str] = {
+    "username": "user_name",
+    "emailaddress": "email_address",
+    "email": "email_address",
+    "firstname": "first_name",
+    "lastname": "last_name",
+    "fullname": "full_name",
+    "phonenumber": "phone_number",
+    "phone": "phone_number",
+    "usercreated": "user_created",
+    "datejoined": "user_created",
+    "createdat": "user_created",
+}
+
+# Request attributes a ``key: {field: ...}`` may name; anything else is looked
+# up in ``Request.extra`` under its nginx variable name.
+# Longer keys are no session id any framework issues: the request has no key.
+MAX_KEY_CHARS = 4096
+# Longer keys are cached under their digest, bounding the cache's memory.
+_CACHE_KEY_CHARS = 128
+
+_REQUEST_FIELDS = frozenset(
+    {"remote_addr", "remote_user", "referer", "user_agent", "accept_language", "session"}
+)
+
+_DIGESTS: dict[str, Callable[[bytes], Any]] = {
+    "sha256": hashlib.sha256,
+    "md5": hashlib.md5,
+    "sha1": hashlib.sha1,
+}
+
+_reported_unknown: set[str] = set()
+
+
+def mask_ip(ip: str) -> str:
+    """Mask an address exactly as tirreno's PHP tracker does for its default userName.
+
+    Source: tirrenotechnologies/tirreno-php-tracker, ``TirrenoTracker.php``,
+    ``maskIp()`` (used by ``getUserName()`` when no user name was set): with a
+    ``:`` the last colon-separated group becomes ``*``; otherwise an address of
+    four dot-separated parts gets its last part replaced by ``*``; anything else
+    is returned unchanged. Doing the same keeps one anonymous visitor the same
+    "user" in tirreno whether the PHP tracker or this shipper reported them.
+    """
+    if ":" in ip:
+        parts = ip.split(":")
+        parts[-1] = "*"
+        return ":".join(parts)
+    parts = ip.split(".")
+    if len(parts) == 4:
+        parts[3] = "*"
+    return ".".join(parts)
+
+
+def anonymous_user(ip: str) -> User:
+    """The user tirreno's PHP tracker reports for a visitor without an account."""
+    return User(user_name=mask_ip(ip))
+
+
+def _format_time(value: datetime | date) -> str:
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC)
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    return value.strftime("%Y-%m-%d 00:00:00")
+
+
+def _text(value: Any, field: str) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime | date):
+        return _format_time(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        value = bytes(value).decode("utf-8", errors="replace")
+    elif (
+        field == "user_created"
+        and isinstance(value, int | float | Decimal)
+        and not isinstance(value, bool)
+    ):
+        # An integer creation date is a Unix timestamp (a common schema choice);
+        # as a bare number it would mean nothing to tirreno.
+        try:
+            return _format_time(datetime.fromtimestamp(float(value), UTC))
+        except (OverflowError, OSError, ValueError):
+            return str(value)
+    text = value if isinstance(value, str) else str(value)
+    if field == "user_created":
+        # SQLite and string columns hand back ISO text; normalise it when it parses.
+        try:
+            return _format_time(datetime.fromisoformat(text.strip()))
+        except ValueError:
+            pass
+    return text if text.strip() else None
+
+
+def map_row(row: Mapping[str, Any]) -> User | None:
+    """Map a result row to a `User` by column name; ``None`` without a user name."""
+    values: dict[str, str] = {}
+    unknown: list[str] = []
+    for column, raw in row.items():
+        field = _COLUMN_FIELDS.get(str(column).lower().replace("_", ""))
+        if field is None:
+            unknown.append(str(column))
+            continue
+        if field in values:  # the first non-empty column of several aliases wins
+            continue
+        value = _text(raw, field)
+        if value is not None:
+            values[field] = value
+    new = [c for c in unknown if c not in _reported_unknown]
+    if new:
+        # Bounded by the query's column list, which the operator wrote.
+        _reported_unknown.update(new)
+        log.debug("resolver_columns_ignored", columns=new, known=sorted(set(_COLUMN_FIELDS)))
+    if "user_name" not in values:
+        return None
+    return User(**values)
+
+
+def _sha256_hex(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _key_digest(key: str) -> str:
+    """A short, non-reversible tag for a key, for debug logs only."""
+    return _sha256_hex(key)[:8]
+
+
+def _header_variable(header: str) -> str:
+    return "http_" + header.strip().lower().replace("-", "_")
+
+
+def _connect_args(url: URL, timeout: float) -> dict[str, Any]:
+    """Driver options that bound how long a dead or hung database can block us."""
+    backend, driver = url.get_backend_name(), url.get_driver_name()
+    whole = max(1, math.ceil(timeout))  # several drivers accept whole seconds only
+    args: dict[str, Any] = {}
+    if backend == "postgresql" and driver in {"psycopg", "psycopg2"}:
+        args["connect_timeout"] = max(2, whole)  # libpq treats less than 2 as 2
+        # A query that hangs (locks, a runaway plan) is cut by the server. Behind
+        # a pgbouncer that rejects startup options, set ?options= in the URL.
+        args["options"] = f"-c statement_timeout={int(timeout * 1000)}"
+    elif backend in {"mysql", "mariadb"} and driver in {"pymysql", "mysqldb", "mariadbconnector"}:
+        args["connect_timeout"] = whole
+        args["read_timeout"] = whole
+        args["write_timeout"] = whole
+    elif backend == "sqlite":
+        args["timeout"] = timeout
+    # Options the operator wrote in the URL win over ours.
+    return {k: v for k, v in args.items() if k not in url.query}
+
+
+class _TtlLru:
+    """A bounded LRU whose entries expire; not thread-safe on its own."""
+
+    __slots__ = ("_data", "_size")
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._data: OrderedDict[str, tuple[float, User | None]] = OrderedDict()
+
+    def get(self, key: str, now: float) -> tuple[bool, User | None]:
+        entry = self._data.get(key)
+        if entry is None:
+            return False, None
+        if entry[0] <= now:
+            del self._data[key]
+            return False, None
+        self._data.move_to_end(key)
+        return True, entry[1]
+
+    def put(self, key: str, value: User | None, expires: float) -> None:
+        if self._size <= 0:
+            return
+        self._data[key] = (expires, value)
+        self._data.move_to_end(key)
+        while len(self._data) > self._size:
+            self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class UserResolver:
+    """Resolves a request's session key to the user the application knows."""
+
+    def __init__(
+        self,
+        site: str,
+        config: UsersConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.site = site
+        self.config = config
+        self._clock = clock
+        self._key_of = self._key_getter(config)
+        self._digest = _DIGESTS.get(config.key.transform)
+        self._stmt = sqlalchemy.text(config.query)
+        self._cache = _TtlLru(config.cache_size)
+        self._last_seen = _TtlLru(max(config.cache_size, LAST_SEEN_MIN_SIZE))
+        self._lock = threading.Lock()
+        self._failing = False
+        self._hit = RESOLVER_CACHE.labels(site=site, result="hit")
+        self._miss = RESOLVER_CACHE.labels(site=site, result="miss")
+        self._latency = RESOLVER_QUERY_LATENCY.labels(site=site)
+        self._errors = RESOLVER_ERRORS.labels(site=site)
+        try:
+            url = sqlalchemy.make_url(config.database)
+            self._password = url.password if isinstance(url.password, str) else None
+            self._safe_url = url.render_as_string(hide_password=True)
+            self._engine: Engine = sqlalchemy.create_engine(
+                url,
+                pool_pre_ping=True,
+                # Keeps bound values (session keys) out of SQLAlchemy's messages.
+                hide_parameters=True,
+                connect_args=_connect_args(url, config.timeout),
+            )
+        except NoSuchModuleError as exc:
+            raise ResolverError(
+                f"users.database: no SQLAlchemy dialect for this URL ({exc}); "
+                "install the driver, e.g. pip install 'tirreno-shipper[postgres]' or '[mysql]'"
+            ) from None
+        except ImportError as exc:
+            raise ResolverError(
+                f"users.database: the database driver is not installed ({exc.name}); "
+                "pip install 'tirreno-shipper[postgres]' or 'tirreno-shipper[mysql]'"
+            ) from None
+        except (SQLAlchemyError, ValueError) as exc:
+            raise ResolverError(
+                f"users.database: cannot use this URL: {type(exc).__name__}"
+            ) from None
+
+    # --- the key ---------------------------------------------------------------
+
+    @staticmethod
+    def _key_getter(config: UsersConfig) -> Callable[[Request], str | None]:
+        spec = config.key
+        if spec.cookie:
+            # The parser already extracted the configured cookie into ``session``.
+            return lambda r: r.session
+        if spec.header:
+            name = _header_variable(spec.header)
+            return lambda r: r.extra.get(name)
+        assert spec.field is not None
+        field = spec.field.strip().lstrip("$")
+        if field in _REQUEST_FIELDS:
+            return lambda r: getattr(r, field)
+        return lambda r: r.extra.get(field)
+
+    def key_for(self, request: Request) -> str | None:
+        """The (transformed) lookup key of a request, or ``None`` when it has none."""
+        value = self._key_of(request)
+        if value is None or value == "-" or not value.strip():
+            return None
+        if len(value) > MAX_KEY_CHARS or "\x00" in value:
+            # No framework issues such keys; binding them only invites errors
+            # (PostgreSQL refuses NUL) and memory growth in the cache.
+            return None
+        try:
+            raw = value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: no driver could send it
+            return None
+        return value if self._digest is None else str(self._digest(raw).hexdigest())
+
+    # --- resolving -------------------------------------------------------------
+
+    def resolve(self, key: str) -> User | None:
+        """The user for ``key``, or ``None``; raises `ResolverError` if the database fails."""
+        now = self._clock()
+        ck = key if len(key) <= _CACHE_KEY_CHARS else "#" + _sha256_hex(key)
+        with self._lock:
+            found, user = self._cache.get(ck, now)
+        if found:
+            self._hit.inc()
+        else:
+            self._miss.inc()
+            user = self._query(key)
+            ttl = self.config.cache_ttl if user is not None else self.config.negative_ttl
+            if ttl > 0:
+                with self._lock:
+                    self._cache.put(ck, user, now + ttl)
+        with self._lock:
+            if user is not None:
+                self._last_seen.put(ck, user, now + LAST_SEEN_TTL)
+                return user
+            seen, last = self._last_seen.get(ck, now)
+        if seen and last is not None:
+            log.debug("resolver_last_seen_used", site=self.site, key_tag=_key_digest(key))
+            return last
+        return None
+
+    def _query(self, key: str) -> User | None:
+        started = time.perf_counter()
+        try:
+            with self._engine.connect() as conn:
+                row = conn.execute(self._stmt, {"key": key}).mappings().first()
+        except DataError as exc:
+            # The database refused this value (text for an integer column, a NUL,
+            # an unrepresentable date in the row): asking again can never succeed,
+            # and a client-chosen cookie must not be able to pause the site forever.
+            self._errors.inc()
+            log.info(
+                "resolver_key_rejected",
+                site=self.site,
+                key_tag=_key_digest(key),
+                error=self._describe(exc, key),
+            )
+            return None
+        except (SQLAlchemyError, OSError) as exc:
+            raise self._failure(exc, key) from None
+        finally:
+            self._latency.observe(time.perf_counter() - started)
+        if self._failing:
+            self._failing = False
+            log.info("resolver_recovered", site=self.site, database=self._safe_url)
+        return None if row is None else map_row(dict(row))
+
+    def _describe(self, exc: BaseException, key: str | None) -> str:
+        """The database's own message, first line, with no key or password in it."""
+        detail = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+        text = (str(detail).strip().splitlines() or [""])[0]
+        # The server may echo a bound value ("invalid input syntax ...: <key>").
+        # Keys too short to be a credential are left, so a message stays readable.
+        if key and len(key) >= 4:
+            text = text.replace(key, "<key>")
+        if self._password:
+            text = text.replace(self._password, "***")
+        return f"user database {self._safe_url}: {type(detail).__name__}: {text}"
+
+    def _failure(self, exc: BaseException, key: str | None) -> ResolverError:
+        """Translate a database failure into `ResolverError` without secrets in it."""
+        self._errors.inc()
+        message = self._describe(exc, key)
+        if not self._failing:
+            self._failing = True
+            log.warning("resolver_failed", site=self.site, error=message)
+        return ResolverError(message)
+
+    def check(self) -> None:
+        """Run the query once with a key that cannot exist; raise `ResolverError` if it fails."""
+        # A random text key first; a query keyed on an integer column rejects
+        # text, so then "-1", which no id or session key is in practice.
+        keys = ("tirreno-shipper-check-" + secrets.token_hex(16), "-1")
+        for attempt, key in enumerate(keys):
+            try:
+                with self._engine.connect() as conn:
+                    result = conn.execute(self._stmt, {"key": key})
+                    columns = list(result.keys())
+                    row = result.mappings().first()
+                break
+            except (SQLAlchemyError, OSError) as exc:
+                if isinstance(exc, DataError) and attempt + 1 < len(keys):
+                    continue
+                raise self._failure(exc, key) from None
+        fields = {_COLUMN_FIELDS.get(str(c).lower().replace("_", "")) for c in columns}
+        if "user_name" not in fields:
+            raise ResolverError(
+                f"user database {self._safe_url}: the query returns no user name column "
+                f"(got {', '.join(map(str, columns)) or 'none'}); select one AS user_name"
+            )
+        if row is not None:
+            log.warning(
+                "resolver_check_matched_unknown_key",
+                site=self.site,
+                hint="a key that cannot exist matched a row: does the query filter on :key?",
+            )
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self._engine.dispose()
+
+    @property
+    def cached(self) -> int:
+        """Entries in the cache (hits and misses), for status output."""
+        return len(self._cache)
