@@ -1,0 +1,526 @@
+"""The daemon: one isolated runner per site, a supervisor, signals and reload.
+
+Per site: a tail thread (tail → parse → filter → resolve → map → spool, in
+one transaction per chunk with the file checkpoint) and the site's sender
+workers. A site whose database, key or log is broken pauses alone; the others
+go on. The main thread supervises: it restarts dead stages, publishes gauges,
+writes ``status.json``, pings the systemd watchdog, recovers expired leases
+and handles signals:
+
+- SIGTERM/SIGINT: stop reading (the chunk in hand is committed or left for
+  the next start), give in-flight requests ``shutdown_grace`` seconds, exit 0.
+  A second signal exits at once: everything read is already in the spool.
+- SIGHUP: reload the configuration; an invalid one is logged and ignored;
+  sites added, removed or changed are started or restarted alone.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import structlog
+
+from tirreno_shipper import metrics
+from tirreno_shipper.config import Config, SiteConfig, load_config
+from tirreno_shipper.errors import ConfigError, ResolverError, SpoolError
+from tirreno_shipper.notify import Notifier
+from tirreno_shipper.parse import LineParser
+from tirreno_shipper.pipeline import SitePipeline
+from tirreno_shipper.records import Checkpoint, Chunk
+from tirreno_shipper.sender import SiteSender
+from tirreno_shipper.spool import Spool
+from tirreno_shipper.tail import FileStatus, Tailer, Waker
+from tirreno_shipper.users import UserResolver
+
+log = structlog.get_logger(__name__)
+
+EX_OK = 0
+EX_FAILURE = 1
+EX_CANTCREAT = 73  # state_dir missing or not writable (sysexits.h)
+EX_INTERRUPTED = 130
+RESOLVER_BACKOFF_MAX = 30.0
+STATUS_FILE = "status.json"
+
+
+class _SpoolFull(Exception):
+    """The site's spool is at its cap; the tail waits (the log file is the buffer)."""
+
+
+def _owns(pattern: str, cp: Checkpoint) -> bool:
+    return cp.path == pattern or fnmatch.fnmatch(cp.path, pattern)
+
+
+class SiteRunner:
+    """Everything one site runs: its tail thread, waker and sender."""
+
+    def __init__(self, site: SiteConfig, spool: Spool, *, poll_interval: float, once: bool) -> None:
+        self.site = site
+        self.name = site.name
+        self.spool = spool
+        self.poll_interval = poll_interval
+        self.once = once
+        self.drained = threading.Event()  # --once: every file read to its end
+        self.paused: str | None = None
+        self.last_error: str | None = None
+        self.files: list[FileStatus] = []
+        self.restarts = 0
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._waker: Waker | None = None
+        self._resolver: UserResolver | None = None
+        self._tailers: list[Tailer] = []
+        self._parsers: list[LineParser] = []
+        self._pending: list[Chunk | None] = []
+        self.sender = SiteSender(site.name, site.sensor, spool, lease_seconds=site.spool.lease_timeout)
+        self._spooled = metrics.EVENTS_SPOOLED.labels(site=site.name)
+        self._dropped = metrics.EVENTS_DROPPED.labels(site=site.name)
+        self._lag = metrics.FILE_LAG.labels(site=site.name)
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def start(self) -> None:
+        checkpoints = self.spool.get_checkpoints(self.name)
+        for src in self.site.logs:
+            mine = [cp for cp in checkpoints if _owns(src.path, cp)]
+            self._tailers.append(
+                Tailer(
+                    self.name,
+                    [src.path],
+                    start_at=src.start_at,
+                    max_line_bytes=src.max_line_bytes,
+                    checkpoints=mine,
+                )
+            )
+            self._pending.append(None)
+        dirs = sorted({d for t in self._tailers for d in t.watch_dirs()})
+        self._waker = Waker(dirs, self._wake)
+        try:
+            self._waker.start()
+        except Exception as exc:  # inotify limits: polling still works
+            log.warning("watch_failed", site=self.name, error=str(exc), fallback="stat polling")
+        self.sender.start()
+        self._start_tail()
+        log.info("site_started", site=self.name, logs=[s.path for s in self.site.logs])
+
+    def _start_tail(self) -> None:
+        self._thread = threading.Thread(target=self._tail_main, name=f"tail-{self.name}", daemon=True)
+        self._thread.start()
+
+    def restart_dead_stages(self) -> None:
+        if self._thread is not None and not self._thread.is_alive() and not self._stop.is_set():
+            self.restarts += 1
+            metrics.STAGE_RESTARTS.labels(site=self.name, stage="tail").inc()
+            log.error("stage_restarted", site=self.name, stage="tail")
+            self._start_tail()
+
+    def stop_reading(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def join_tail(self, timeout: float) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def stop(self, grace: float) -> None:
+        self.stop_reading()
+        self.join_tail(max(grace, 5.0))
+        if self._waker is not None:
+            self._waker.stop()
+        self.sender.stop(grace)
+        for tailer in self._tailers:
+            tailer.close()
+        if self._resolver is not None:
+            self._resolver.close()
+        self._set_paused(None)
+        log.info("site_stopped", site=self.name)
+
+    def alive(self) -> dict[str, bool]:
+        return {
+            "tail": self._thread is not None and self._thread.is_alive(),
+            "sender": self.sender.alive(),
+        }
+
+    # -- the tail thread --------------------------------------------------------
+
+    def _set_paused(self, reason: str | None) -> None:
+        if reason == self.paused:
+            return
+        for r in ("resolver_down", "spool_full", "spool_error"):
+            metrics.SITE_PAUSED.labels(site=self.name, reason=r).set(1 if r == reason else 0)
+        if reason is None:
+            log.info("site_resumed", site=self.name, was=self.paused)
+        else:
+            log.warning("site_paused", site=self.name, reason=reason, error=self.last_error)
+        self.paused = reason
+
+    def _tail_main(self) -> None:
+        backoff = 1.0
+        last_snapshot = 0.0
+        while not self._stop.is_set():
+            try:
+                if self._resolver is None and self.site.users is not None:
+                    self._resolver = UserResolver(self.name, self.site.users)
+                if not self._parsers:
+                    pipeline = SitePipeline(self.site, self._resolver)
+                    self._pipeline = pipeline
+                    self._parsers = [pipeline.parser(src) for src in self.site.logs]
+                progressed = self._step()
+                if self.paused is not None:
+                    self._set_paused(None)
+                    self.last_error = None
+                backoff = 1.0
+                now = time.monotonic()
+                if now - last_snapshot >= 1.0:
+                    self._snapshot()
+                    last_snapshot = now
+                if not progressed:
+                    if self.once and all(p is None for p in self._pending):
+                        self.drained.set()
+                    self._wake.wait(self.poll_interval)
+                    self._wake.clear()
+            except ResolverError as exc:
+                self.last_error = str(exc)
+                self._set_paused("resolver_down")
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, RESOLVER_BACKOFF_MAX)
+            except _SpoolFull:
+                self._set_paused("spool_full")
+                self._stop.wait(min(self.poll_interval, 1.0))
+            except SpoolError as exc:
+                self.last_error = str(exc)
+                self._set_paused("spool_error")
+                log.error("spool_write_failed", site=self.name, error=str(exc))
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, RESOLVER_BACKOFF_MAX)
+            except Exception as exc:  # a worker loop never dies
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("tail_step_failed", site=self.name)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, RESOLVER_BACKOFF_MAX)
+        self._snapshot()
+
+    def _step(self) -> bool:
+        """Process one chunk per log source; True if anything was read."""
+        progressed = False
+        for i, tailer in enumerate(self._tailers):
+            if self._stop.is_set():
+                break
+            chunk = self._pending[i] or tailer.poll()
+            if chunk is None:
+                continue
+            # Held until committed: if the resolver or the spool fails, the same
+            # lines are processed again later; nothing is skipped.
+            self._pending[i] = chunk
+            events, counts = self._pipeline.process(chunk, self._parsers[i])
+            spool_cfg = self.site.spool
+            if events and self.spool.is_full(self.name, spool_cfg.max_events, spool_cfg.max_bytes):
+                if spool_cfg.on_full == "pause":
+                    metrics.SPOOL_FULL.labels(site=self.name).inc()
+                    raise _SpoolFull
+                dropped = self.spool.drop_oldest(self.name, len(events))
+                self._dropped.inc(dropped)
+                log.warning("spool_full_dropped_oldest", site=self.name, dropped=dropped)
+            self.spool.commit_chunk(self.name, events, chunk.checkpoint())
+            self._pending[i] = None
+            counts.publish(self.name)
+            self._spooled.inc(len(events))
+            if events:
+                self.sender.wake()
+            retired = tailer.retired()
+            if retired:
+                self.spool.delete_checkpoints(self.name, retired)
+            progressed = True
+        return progressed
+
+    def _snapshot(self) -> None:
+        files: list[FileStatus] = []
+        lag = 0
+        for tailer in self._tailers:
+            files.extend(tailer.status())
+            lag += tailer.lag_bytes()
+        self.files = files
+        self._lag.set(lag)
+
+
+class Daemon:
+    def __init__(self, config: Config, config_path: Path | None, *, once: bool = False) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.once = once
+        self.notifier = Notifier()
+        self.runners: dict[str, SiteRunner] = {}
+        self.spool: Spool | None = None
+        self.metrics_server: metrics.MetricsServer | None = None
+        self._tick = threading.Event()
+        self._stop_requested = False
+        self._reload_requested = False
+        self._signals = 0
+        self._heartbeat = time.monotonic()
+        self._last_recover = 0.0
+
+    # -- signals ----------------------------------------------------------------
+
+    def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            # Everything read is in the spool already; leases expire and are
+            # recovered at the next start. Exiting now loses nothing.
+            os.write(2, b"tirreno-shipper: second signal, exiting now\n")
+            os._exit(EX_INTERRUPTED)
+        self._stop_requested = True
+        self._tick.set()
+
+    def _on_hup(self, _signum: int, _frame: FrameType | None) -> None:
+        self._reload_requested = True
+        self._tick.set()
+
+    def install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+
+    # -- health and status ---------------------------------------------------------
+
+    def health(self) -> tuple[bool, dict[str, object]]:
+        problems: dict[str, object] = {}
+        if time.monotonic() - self._heartbeat > 15:
+            problems["supervisor"] = "stalled"
+        for name, runner in list(self.runners.items()):
+            dead = [stage for stage, ok in runner.alive().items() if not ok]
+            if dead:
+                problems[name] = {"dead": dead}
+        return not problems, ({"problems": problems} if problems else {})
+
+    def _status_payload(self) -> dict[str, Any]:
+        sites: dict[str, Any] = {}
+        for name, runner in self.runners.items():
+            sites[name] = {
+                "sensor_state": runner.sender.state,
+                "paused": runner.paused,
+                "last_error": runner.last_error,
+                "stages": runner.alive(),
+                "files": [
+                    {
+                        "path": f.path,
+                        "identity": f.file.key(),
+                        "offset": f.offset,
+                        "size": f.size,
+                        "lag_bytes": max(0, f.size - f.offset),
+                    }
+                    for f in runner.files
+                ],
+            }
+        return {"pid": os.getpid(), "updated": time.time(), "sites": sites}
+
+    def _write_status(self) -> None:
+        path = self.config.state_dir / STATUS_FILE
+        tmp = path.with_suffix(".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                json.dump(self._status_payload(), fh)
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("status_write_failed", error=str(exc))
+
+    def _publish_gauges(self) -> None:
+        assert self.spool is not None
+        now = time.time()
+        for name in self.runners:
+            try:
+                stats = self.spool.stats(name)
+            except SpoolError as exc:
+                log.warning("spool_stats_failed", site=name, error=str(exc))
+                continue
+            metrics.SPOOL_DEPTH.labels(site=name).set(stats.depth)
+            metrics.SPOOL_BYTES.labels(site=name).set(stats.bytes)
+            age = now - stats.oldest_created if stats.oldest_created else 0.0
+            metrics.SPOOL_OLDEST_AGE.labels(site=name).set(max(0.0, age))
+
+    # -- sites ----------------------------------------------------------------------
+
+    def _start_site(self, site: SiteConfig) -> None:
+        assert self.spool is not None
+        runner = SiteRunner(site, self.spool, poll_interval=self.config.poll_interval, once=self.once)
+        self.runners[site.name] = runner
+        try:
+            runner.start()
+        except Exception as exc:
+            # One site's broken log path or sensor URL never stops the others.
+            runner.last_error = str(exc)
+            log.exception("site_start_failed", site=site.name)
+
+    def _reload(self) -> None:
+        if self.config_path is None:
+            return
+        self.notifier.reloading()
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload_rejected", problems=exc.problems, kept="the running configuration")
+            self.notifier.ready("reload rejected; running the previous configuration")
+            return
+        if new.state_dir != self.config.state_dir:
+            log.warning("reload_state_dir_ignored", hint="a new state_dir takes effect at restart")
+        old_sites = {s.name: s for s in self.config.sites}
+        new_sites = {s.name: s for s in new.sites}
+        for name in old_sites.keys() - new_sites.keys():
+            self.runners.pop(name).stop(self.config.shutdown_grace)
+            log.info("site_removed", site=name)
+        for name, site in new_sites.items():
+            if name not in old_sites:
+                self._start_site(site)
+                log.info("site_added", site=name)
+            elif site != old_sites[name]:
+                self.runners.pop(name).stop(self.config.shutdown_grace)
+                self._start_site(site)
+                log.info("site_reconfigured", site=name)
+        from tirreno_shipper.logs import setup_logging
+
+        setup_logging(new.log.level, new.log.format)
+        if new.metrics != self.config.metrics:
+            self._stop_metrics()
+            self.config = new
+            self._start_metrics()
+        self.config = new.model_copy(update={"state_dir": self.config.state_dir})
+        log.info("reloaded", sites=sorted(new_sites))
+        self.notifier.ready("reloaded")
+
+    def _start_metrics(self) -> None:
+        if self.config.metrics is None:
+            return
+        m = self.config.metrics
+        try:
+            self.metrics_server = metrics.MetricsServer(m.host, m.port, self.health)
+            self.metrics_server.start()
+            log.info("metrics_listening", listen=m.listen)
+        except OSError as exc:
+            log.error("metrics_listen_failed", listen=m.listen, error=str(exc))
+            self.metrics_server = None
+
+    def _stop_metrics(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+            self.metrics_server = None
+
+    # -- main loop ------------------------------------------------------------------
+
+    def run(self) -> int:
+        try:
+            self.spool = Spool.open(self.config.state_dir)
+        except SpoolError as exc:
+            log.error("spool_open_failed", state_dir=str(self.config.state_dir), error=str(exc))
+            return EX_CANTCREAT
+        recovered = self.spool.recover_leases()
+        if recovered:
+            log.info("leases_recovered", count=recovered)
+        self._start_metrics()
+        for site in self.config.sites:
+            self._start_site(site)
+        self.notifier.ready(f"shipping {len(self.runners)} site(s)")
+        log.info("daemon_started", sites=sorted(self.runners), once=self.once, pid=os.getpid())
+        code = EX_OK
+        once_deadline = time.monotonic() + self.config.once_timeout
+        last_watchdog = 0.0
+        last_status = 0.0
+        try:
+            while not self._stop_requested:
+                self._tick.wait(1.0)
+                self._tick.clear()
+                now = time.monotonic()
+                self._heartbeat = now
+                if self._reload_requested:
+                    self._reload_requested = False
+                    self._reload()
+                for runner in self.runners.values():
+                    runner.restart_dead_stages()
+                if now - self._last_recover >= 10.0:
+                    self._last_recover = now
+                    try:
+                        n = self.spool.recover_leases()
+                        if n:
+                            log.info("leases_recovered", count=n)
+                    except SpoolError as exc:
+                        log.warning("lease_recovery_failed", error=str(exc))
+                self._publish_gauges()
+                if now - last_status >= 2.0:
+                    self._write_status()
+                    last_status = now
+                interval = self.notifier.watchdog_interval
+                if interval is not None and now - last_watchdog >= interval:
+                    self.notifier.watchdog()
+                    last_watchdog = now
+                if self.once:
+                    done = self._once_done(once_deadline)
+                    if done is not None:
+                        code = done
+                        break
+        finally:
+            self._shutdown()
+        return code
+
+    def _once_done(self, deadline: float) -> int | None:
+        """None while ``--once`` is still working; else the exit code."""
+        assert self.spool is not None
+        now = time.monotonic()
+        drained = all(r.drained.is_set() for r in self.runners.values())
+        if drained:
+            empty = all(
+                (st := self.spool.stats(name)).depth == 0 and st.leased == 0 for name in self.runners
+            )
+            if empty:
+                log.info("once_complete")
+                return EX_OK
+        if now >= deadline:
+            left = {name: self.spool.stats(name).depth for name in self.runners}
+            log.error(
+                "once_timeout",
+                seconds=self.config.once_timeout,
+                files_read=drained,
+                events_left=left,
+                hint="the events stay in the spool; the next run sends them (raise once_timeout to wait longer)",
+            )
+            return EX_FAILURE
+        return None
+
+    def _shutdown(self) -> None:
+        self.notifier.stopping()
+        log.info("daemon_stopping", grace=self.config.shutdown_grace)
+        for runner in self.runners.values():
+            runner.stop_reading()
+        for runner in self.runners.values():
+            runner.join_tail(self.config.shutdown_grace)
+        # Senders share one grace window: stop them in parallel.
+        threads = [
+            threading.Thread(target=r.stop, args=(self.config.shutdown_grace,), name=f"stop-{n}")
+            for n, r in self.runners.items()
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(self.config.shutdown_grace + 10)
+        self._write_status()
+        self._stop_metrics()
+        if self.spool is not None:
+            self.spool.close()
+        log.info("daemon_stopped")
+
+
+def run_daemon(config: Config, config_path: Path | None = None, *, once: bool = False) -> int:
+    daemon = Daemon(config, config_path, once=once)
+    if threading.current_thread() is threading.main_thread():
+        daemon.install_signals()
+    return daemon.run()
+
+
+__all__: list[str] = ["Daemon", "SiteRunner", "run_daemon"]

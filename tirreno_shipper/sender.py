@@ -1,0 +1,640 @@
+"""Delivery of spooled events to a tirreno sensor.
+
+tirreno takes one event per request (there is no batch endpoint), answers 204
+on success and an *empty 200* on refusal, rate-limits with 429, and closes
+every connection itself; a real instance accepts 15 to 25 events/s. So the
+sender keeps a few requests in flight per site (``concurrency``), never posts
+faster than a client-side token bucket allows, and treats the sensor as
+fragile: when it struggles, the whole site backs off and only one probe event
+goes out until it answers 204 again.
+
+An event leaves the spool only when the sensor answered 204 (ack), when our
+own validation says tirreno would refuse or corrupt it, or when the sensor
+answered a permanent 4xx (dead letters). Everything else is released back to
+the spool: delivery is at-least-once, and the only duplicates are requests in
+flight (or answered but not yet acked) at a crash.
+
+httpx is the HTTP library. The hot path drives httpx's transport
+(`httpx.HTTPTransport.handle_request`) with a pre-encoded form body instead of
+`httpx.Client.post`: the client's per-call work (merging cookies, auth,
+redirect and event-hook machinery, default headers) cost about a third of the
+throughput in `benchmarks/deliver.py`, and none of it applies here.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import enum
+import math
+import random
+import ssl
+import threading
+import time
+import urllib.parse
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import structlog
+
+from tirreno_shipper import metrics, tirreno
+from tirreno_shipper._version import __version__
+from tirreno_shipper.config import SensorConfig
+from tirreno_shipper.errors import ConfigError
+from tirreno_shipper.records import LeasedEvent
+
+if TYPE_CHECKING:
+    from tirreno_shipper.spool import Spool
+
+log = structlog.get_logger(__name__)
+
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+
+# Events a worker leases at once. Small, because every leased event that is
+# answered but not yet acked is a possible duplicate after a crash.
+BATCH = 8
+# A worker with nothing to send looks at the spool again this often (or when woken).
+IDLE_WAIT = 0.5
+# A rejection below the threshold is retried after this long, without counting
+# an attempt: rejections never dead-letter an event.
+REJECT_RETRY_DELAY = 2.0
+# First event-level retry waits up to this long; it doubles with each attempt.
+EVENT_RETRY_BASE = 1.0
+
+# 4xx answers about the endpoint, not the event: a wrong URL, or an auth proxy
+# in front of tirreno. Dead-lettering on them would move a whole stream into
+# dead letters over a typo, so they keep events like a rejection does.
+_ENDPOINT_4XX = frozenset({401, 403, 404, 405, 407, 410, 421})
+
+
+class Outcome(enum.Enum):
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    RETRY = "retry"
+    PERMANENT = "permanent"
+
+
+@dataclass(slots=True, frozen=True)
+class Verdict:
+    """What to do with an event after one attempt; ``reason`` is short and bounded for RETRY."""
+
+    outcome: Outcome
+    reason: str
+    retry_after: float | None = None
+
+
+def user_agent() -> str:
+    return f"tirreno-shipper/{__version__} (+https://github.com/tirreno)"
+
+
+# -- classification ------------------------------------------------------------
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (delta-seconds or HTTP-date), or None."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    # An HTTP-date is GMT; parsedate_to_datetime leaves "-0000" naive.
+    stamp = when.timestamp() if when.tzinfo else when.replace(tzinfo=UTC).timestamp()
+    return max(0.0, stamp - (time.time() if now is None else now))
+
+
+def _header(headers: Mapping[str, str] | None, name: str) -> str | None:
+    if headers is None:
+        return None
+    value = headers.get(name)
+    if value is not None:
+        return value
+    lname = name.lower()
+    for key, val in headers.items():
+        if key.lower() == lname:
+            return val
+    return None
+
+
+def _error_reason(error: BaseException) -> str:
+    chain: list[BaseException] = []
+    seen: BaseException | None = error
+    while seen is not None and len(chain) < 10:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    if any(isinstance(e, ssl.SSLError | ssl.CertificateError) for e in chain):
+        return "tls"
+    if any(isinstance(e, httpx.TimeoutException | TimeoutError) for e in chain):
+        return "timeout"
+    if any(isinstance(e, httpx.ConnectError | ConnectionRefusedError) for e in chain):
+        return "connect"
+    if any(isinstance(e, httpx.TransportError | OSError) for e in chain):
+        return "network"
+    return "error"
+
+
+def classify(
+    status: int | None,
+    body: bytes,
+    headers: Mapping[str, str] | None,
+    error: BaseException | None,
+    *,
+    now: float | None = None,
+) -> Verdict:
+    """Classify one attempt: an HTTP answer (``status``, ``body``, ``headers``) or an ``error``.
+
+    Pure apart from reading the clock for an HTTP-date ``Retry-After`` (pass ``now``).
+    """
+    if error is not None:
+        return Verdict(Outcome.RETRY, _error_reason(error))
+    if status is None:
+        return Verdict(Outcome.RETRY, "no_answer")
+    if status == 204:
+        return Verdict(Outcome.ACCEPTED, "204")
+    if status in (408, 429) or 500 <= status <= 599:
+        retry_after = parse_retry_after(_header(headers, "Retry-After"), now)
+        return Verdict(Outcome.RETRY, str(status), retry_after)
+    if 200 <= status <= 299:
+        if status == 200 and not body.strip():
+            return Verdict(Outcome.REJECTED, "rejected")
+        # tirreno never answers this: the URL points at something else. Keep the events.
+        return Verdict(Outcome.REJECTED, f"not a tirreno sensor (http {status} with a body)")
+    if 300 <= status <= 399:
+        location = _header(headers, "Location")
+        where = f" to {_safe_url(location)}" if location else ""
+        return Verdict(Outcome.REJECTED, f"not a tirreno sensor URL (redirect {status}{where})")
+    if status in _ENDPOINT_4XX:
+        return Verdict(Outcome.REJECTED, f"not a tirreno sensor URL or key (http {status})")
+    if 400 <= status <= 499:
+        return Verdict(Outcome.PERMANENT, f"http {status}")
+    return Verdict(Outcome.RETRY, "http_other")
+
+
+# -- rate limit ------------------------------------------------------------------
+
+
+class TokenBucket:
+    """A token bucket shared by a site's workers: ``rate`` events/s, bursts of ``burst``.
+
+    It starts full, so in any window of ``w`` seconds at most ``burst + rate * w``
+    events pass. ``rate`` 0 means unlimited.
+    """
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = float(rate)
+        self.burst = max(1, int(burst))
+        self._tokens = float(self.burst)
+        self._stamp = time.monotonic()
+        self._lock = threading.Lock()
+
+    def acquire(self, stop: threading.Event) -> bool:
+        """Take one token, waiting as needed; False if ``stop`` is set first."""
+        if self.rate <= 0:
+            return not stop.is_set()
+        while not stop.is_set():
+            with self._lock:
+                now = time.monotonic()
+                self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+                self._stamp = now
+                if self._tokens >= 1.0:
+                    self._tokens -= 1.0
+                    return True
+                wait = (1.0 - self._tokens) / self.rate
+            if stop.wait(wait):
+                return False
+        return False
+
+
+# -- HTTP ----------------------------------------------------------------------
+
+
+def _verify(config: SensorConfig) -> ssl.SSLContext | bool:
+    if not config.verify_tls:
+        return False
+    if config.ca_bundle is not None:
+        try:
+            return ssl.create_default_context(cafile=str(config.ca_bundle))
+        except (OSError, ssl.SSLError) as exc:
+            problem = f"sensor.ca_bundle: cannot load {config.ca_bundle}: {exc} (expected PEM)"
+            raise ConfigError([problem]) from exc
+    return True
+
+
+def _safe_url(url: str) -> str:
+    """``url`` without user info, so a password in it never reaches a log."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if "@" not in parts.netloc:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+class _Poster:
+    """One sensor endpoint over a keep-alive connection pool; the single httpx boundary."""
+
+    def __init__(self, config: SensorConfig, connections: int) -> None:
+        self.url = httpx.URL(config.url)
+        self._transport = httpx.HTTPTransport(
+            verify=_verify(config),
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+            retries=0,
+        )
+        self._extensions: dict[str, Any] = {"timeout": httpx.Timeout(config.timeout).as_dict()}
+        self._headers = {
+            "Api-Key": config.key(),
+            "User-Agent": user_agent(),
+            "Content-Type": FORM_CONTENT_TYPE,
+            "Accept": "*/*",
+        }
+
+    def post(self, fields: Mapping[str, str], request_id: str) -> Verdict:
+        """POST one event; never raises: a failure is a RETRY verdict."""
+        body = urllib.parse.urlencode(fields).encode("utf-8")
+        headers = dict(self._headers)
+        headers["X-Request-Id"] = request_id
+        try:
+            request = httpx.Request(
+                "POST", self.url, content=body, headers=headers, extensions=self._extensions
+            )
+            response = self._transport.handle_request(request)
+            try:
+                content = response.read()
+            finally:
+                response.close()
+        except Exception as exc:
+            # Any failure before a complete answer keeps the event: even an
+            # unexpected error must not lose it. It is logged by the caller.
+            return classify(None, b"", None, exc)
+        return classify(response.status_code, content, response.headers, None)
+
+    def close(self) -> None:
+        try:
+            self._transport.close()
+        except Exception as exc:
+            log.debug("sensor_client_close_failed", error=type(exc).__name__)
+
+
+def send_one(config: SensorConfig, fields: Mapping[str, str], request_id: str) -> Verdict:
+    """Post one event synchronously (for ``check --send-test-event``)."""
+    poster = _Poster(config, 1)
+    try:
+        return poster.post(fields, request_id)
+    finally:
+        poster.close()
+
+
+# -- the site's workers --------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Worker:
+    """What one worker holds leased, so `SiteSender.stop` can release it past the grace."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    pending: deque[LeasedEvent] = field(default_factory=deque)
+    thread: threading.Thread | None = None
+
+
+class SiteSender:
+    """Sends one site's spooled events with ``config.concurrency`` worker threads.
+
+    States: ``ok``; ``backing_off`` after a retryable failure (workers wait,
+    then a single probe event goes out); ``rejecting`` after
+    ``reject_threshold`` rejections in a row of valid events (a wrong key or
+    URL: one probe with backoff from `PROBE_MIN` to `PROBE_MAX`). A 204 returns
+    to ``ok``.
+    """
+
+    BACKOFF_BASE = 0.5
+    PROBE_MIN = 5.0
+    PROBE_MAX = 300.0
+
+    def __init__(
+        self, site: str, config: SensorConfig, spool: Spool, *, lease_seconds: float = 60.0
+    ) -> None:
+        self.site = site
+        self.config = config
+        self.spool = spool
+        self.lease_seconds = lease_seconds
+        self.bucket = TokenBucket(config.rate_limit, config.burst)
+        self._url = _safe_url(config.url)
+        # Built here, not in start(): a bad CA bundle fails at construction, and
+        # loading the CA store (tens of ms) is not paid while events wait.
+        self._poster = _Poster(config, config.concurrency)
+        self._stop = threading.Event()
+        self._work = threading.Event()
+        self._cond = threading.Condition()
+        self._workers: list[_Worker] = []
+        # Guarded by _cond:
+        self._state = "ok"
+        self._resume_at = 0.0
+        self._failures = 0
+        self._last_failure = 0.0
+        self._rejects = 0
+        self._probe_delay = self.PROBE_MIN
+        self._prober = False
+        self._sent = metrics.EVENTS_SENT.labels(site=site)
+        self._rejected = metrics.EVENTS_REJECTED.labels(site=site)
+        self._dead = metrics.EVENTS_DEAD_LETTERED.labels(site=site)
+        self._latency = metrics.SEND_LATENCY.labels(site=site)
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._workers:
+            raise RuntimeError(f"sender for site {self.site!r} already started")
+        if self._stop.is_set():
+            raise RuntimeError(f"sender for site {self.site!r} was stopped; make a new one")
+        metrics.set_sensor_state(self.site, self._state)
+        for n in range(self.config.concurrency):
+            worker = _Worker()
+            worker.thread = threading.Thread(
+                target=self._run, args=(worker, n), name=f"send-{self.site}-{n}", daemon=True
+            )
+            self._workers.append(worker)
+        for worker in self._workers:
+            assert worker.thread is not None
+            worker.thread.start()
+        log.info(
+            "sender_started",
+            site=self.site,
+            url=self._url,
+            concurrency=self.config.concurrency,
+            rate_limit=self.config.rate_limit,
+        )
+
+    def stop(self, grace: float) -> None:
+        """Stop leasing, let in-flight requests finish within ``grace`` s, release the rest."""
+        self._stop.set()
+        self._work.set()
+        with self._cond:
+            self._cond.notify_all()
+        deadline = time.monotonic() + grace
+        threads = [w.thread for w in self._workers if w.thread is not None]
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        hung = [t for t in threads if t.is_alive()]
+        if hung:
+            # The requests in flight stay leased: their leases expire and the
+            # spool recovers them at the next start. Nothing is lost.
+            log.warning("sender_stop_grace_expired", site=self.site, hung_workers=len(hung))
+            for worker in self._workers:
+                self._release_pending(worker)
+        self._poster.close()
+        # Closing the pool fails requests that are between reads; one blocked in
+        # recv() ends at its timeout. Either way its thread is a daemon: no wait.
+        deadline = time.monotonic() + 0.5
+        for thread in hung:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        log.info("sender_stopped", site=self.site, hung_workers=sum(t.is_alive() for t in threads))
+
+    def wake(self) -> None:
+        """New events were spooled: idle workers look now instead of at their next poll."""
+        self._work.set()
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    def alive(self) -> bool:
+        return bool(self._workers) and all(
+            w.thread is not None and w.thread.is_alive() for w in self._workers
+        )
+
+    def wait_empty(self, timeout: float) -> bool:
+        """Wait until the site's spool holds no event (dead letters aside); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            stats = self.spool.stats(self.site)
+            if stats.depth == 0 and stats.leased == 0:
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if self._stop.wait(min(0.1, remaining)):
+                return False
+
+    # -- the worker loop -----------------------------------------------------
+
+    def _run(self, worker: _Worker, n: int) -> None:
+        while not self._stop.is_set():
+            probing = False
+            try:
+                limit = self._admit()
+                if limit is None:
+                    break
+                probing = limit == 1
+                batch = self.spool.lease(self.site, limit, self.lease_seconds)
+                if not batch:
+                    if probing:
+                        self._end_probe()
+                        probing = False
+                    self._work.wait(IDLE_WAIT * random.uniform(0.8, 1.2))
+                    self._work.clear()
+                    continue
+                with worker.lock:
+                    worker.pending.extend(batch)
+                self._send_batch(worker, probing)
+            except Exception:
+                log.exception("sender_worker_error", site=self.site, worker=n)
+                self._stop.wait(1.0)
+            finally:
+                if probing:
+                    self._end_probe()
+        self._release_pending(worker)
+
+    def _admit(self) -> int | None:
+        """Wait until this worker may send; the batch size (1 for a probe), None to stop."""
+        with self._cond:
+            while not self._stop.is_set():
+                if self._state == "ok":
+                    return BATCH
+                wait = self._resume_at - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                elif not self._prober:
+                    self._prober = True
+                    return 1
+                else:
+                    self._cond.wait(1.0)
+        return None
+
+    def _end_probe(self) -> None:
+        with self._cond:
+            self._prober = False
+            self._cond.notify_all()
+
+    def _send_batch(self, worker: _Worker, probing: bool) -> None:
+        acks: list[int] = []
+        try:
+            while not self._stop.is_set():
+                if not probing and self._state != "ok":
+                    break  # the site is backing off: the rest goes back unsent
+                with worker.lock:
+                    if not worker.pending:
+                        break
+                    event = worker.pending[0]
+                invalid = tirreno.validate_fields(event.fields, event.request_id)
+                if invalid is None and not self.bucket.acquire(self._stop):
+                    break
+                with worker.lock:
+                    if not worker.pending or worker.pending[0] is not event:
+                        break  # stop() took them back after its grace
+                    worker.pending.popleft()
+                if invalid is not None:
+                    self._dead_letter(event, invalid)
+                    continue
+                started = time.monotonic()
+                verdict = self._poster.post(event.fields, event.request_id)
+                self._latency.observe(time.monotonic() - started)
+                if verdict.outcome is Outcome.ACCEPTED:
+                    acks.append(event.id)
+                    self._sent.inc()
+                    self._on_success()
+                else:
+                    if acks:
+                        self.spool.ack(acks)
+                        acks = []
+                    self._on_failure(event, verdict, started)
+        finally:
+            if acks:
+                self.spool.ack(acks)
+            self._release_pending(worker)
+
+    def _release_pending(self, worker: _Worker) -> None:
+        with worker.lock:
+            rest = [e.id for e in worker.pending]
+            worker.pending.clear()
+        if rest:
+            try:
+                self.spool.release(rest, 0.0, count_attempt=False)
+            except Exception:
+                # Still leased: the lease expires and the spool recovers them.
+                log.exception("sender_release_failed", site=self.site, count=len(rest))
+
+    def _dead_letter(self, event: LeasedEvent, reason: str) -> None:
+        self.spool.dead_letter([event.id], reason)
+        self._dead.inc()
+        log.warning(
+            "event_dead_lettered", site=self.site, request_id=event.request_id, reason=reason
+        )
+
+    # -- outcomes --------------------------------------------------------------
+
+    def _on_failure(self, event: LeasedEvent, verdict: Verdict, started: float) -> None:
+        if verdict.outcome is Outcome.PERMANENT:
+            self._dead_letter(event, f"{verdict.reason} from the sensor")
+            return
+        if verdict.outcome is Outcome.REJECTED:
+            self._rejected.inc()
+            rejecting = self._on_reject(verdict)
+            delay = 0.0 if rejecting else REJECT_RETRY_DELAY
+            self.spool.release([event.id], delay, count_attempt=False)
+            return
+        if self._stop.is_set():
+            # Most likely our own shutdown cut the request: not the event's fault.
+            self.spool.release([event.id], 0.0, count_attempt=False)
+            return
+        metrics.EVENTS_RETRIED.labels(site=self.site, reason=verdict.reason).inc()
+        attempts = event.attempts + 1
+        if self.config.max_attempts and attempts >= self.config.max_attempts:
+            self._dead_letter(event, f"gave up after {attempts} attempts (last: {verdict.reason})")
+        else:
+            self.spool.release([event.id], self._event_delay(event, verdict), count_attempt=True)
+        self._on_retry(verdict, started)
+
+    def _event_delay(self, event: LeasedEvent, verdict: Verdict) -> float:
+        cap = self.config.retry_max_delay
+        if verdict.retry_after is not None:
+            return min(cap, verdict.retry_after)
+        # Full jitter: spreads retries of many events that failed together.
+        return random.uniform(0.0, min(cap, EVENT_RETRY_BASE * 2.0 ** min(event.attempts, 30)))
+
+    def _on_success(self) -> None:
+        if self._state == "ok" and self._failures == 0 and self._rejects == 0:
+            return  # the common case, without taking the lock
+        with self._cond:
+            previous = self._state
+            self._failures = 0
+            self._rejects = 0
+            self._probe_delay = self.PROBE_MIN
+            if previous != "ok":
+                self._set_state("ok")
+                self._cond.notify_all()
+        if previous != "ok":
+            log.info("sensor_ok", site=self.site, url=self._url, previous=previous)
+
+    def _on_retry(self, verdict: Verdict, started: float) -> None:
+        now = time.monotonic()
+        with self._cond:
+            # Requests that were in flight together fail together: count them once,
+            # or four workers would quadruple the backoff exponent at once.
+            if started >= self._last_failure:
+                self._failures += 1
+            self._last_failure = now
+            if self._state == "rejecting":
+                delay = self._probe_delay
+            elif verdict.retry_after is not None:
+                delay = min(self.config.retry_max_delay, max(verdict.retry_after, 0.1))
+            else:
+                exp = self.BACKOFF_BASE * 2.0 ** min(self._failures - 1, 30)
+                top = min(self.config.retry_max_delay, exp)
+                # Half jitter: spread, yet never near zero, so an outage cannot spin.
+                delay = random.uniform(top / 2, top)
+            self._resume_at = max(self._resume_at, now + delay)
+            entering = self._state == "ok"
+            if entering:
+                self._set_state("backing_off")
+        (log.warning if entering else log.info)(
+            "sensor_backing_off",
+            site=self.site,
+            url=self._url,
+            reason=verdict.reason,
+            delay=round(delay, 2),
+            failures=self._failures,
+        )
+
+    def _on_reject(self, verdict: Verdict) -> bool:
+        """Count a rejection; True when the site is (now) in the rejecting state."""
+        now = time.monotonic()
+        with self._cond:
+            self._rejects += 1
+            if self._state == "rejecting":
+                self._probe_delay = min(self.PROBE_MAX, self._probe_delay * 2)
+                self._resume_at = now + self._probe_delay
+                log.info(
+                    "sensor_still_rejecting", site=self.site, next_probe=round(self._probe_delay, 1)
+                )
+                return True
+            if self._rejects < self.config.reject_threshold:
+                return False
+            self._probe_delay = self.PROBE_MIN
+            self._resume_at = now + self._probe_delay
+            self._set_state("rejecting")
+        log.error(
+            "sensor_rejecting",
+            site=self.site,
+            url=self._url,
+            reason=verdict.reason,
+            rejected_in_a_row=self._rejects,
+            hint="check sensor.api_key / api_key_file and sensor.url; events are kept",
+        )
+        return True
+
+    def _set_state(self, state: str) -> None:
+        self._state = state
+        metrics.set_sensor_state(self.site, state)
