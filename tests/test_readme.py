@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from tirreno_shipper.config import Config, EVENT_TYPES
+from tirreno_shipper.config import EVENT_TYPES, Config
 from tirreno_shipper.formats import PRESET_NAMES
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
@@ -32,7 +32,9 @@ def _keys(model: type[BaseModel], prefix: str) -> list[str]:
         path = f"{prefix}{key}"
         keys.append(path)
         origin = typing.get_origin(fld.annotation)
-        is_list = origin is list or any(typing.get_origin(a) is list for a in typing.get_args(fld.annotation))
+        is_list = origin is list or any(
+            typing.get_origin(a) is list for a in typing.get_args(fld.annotation)
+        )
         child = f"{path}[N]." if is_list else f"{path}."
         if path + "[N]" in DOCUMENTED_ELSEWHERE or child.rstrip(".") in DOCUMENTED_ELSEWHERE:
             continue

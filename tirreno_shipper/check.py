@@ -30,9 +30,14 @@ def _check_logs(site: SiteConfig, out: TextIO) -> bool:
         if not paths or not any(os.path.exists(p) for p in paths):
             parent = os.path.dirname(src.path) or "."
             if os.path.isdir(parent) and os.access(parent, os.R_OK | os.X_OK):
-                print(f"  [warn] logs {src.path}: no such file yet (it is picked up when it appears)", file=out)
+                print(
+                    f"  [warn] logs {src.path}: no such file yet (it is picked up when it appears)",
+                    file=out,
+                )
             else:
-                print(f"  [FAIL] logs {src.path}: folder {parent} missing or not readable", file=out)
+                print(
+                    f"  [FAIL] logs {src.path}: folder {parent} missing or not readable", file=out
+                )
                 ok = False
             continue
         for p in paths:
@@ -41,7 +46,11 @@ def _check_logs(site: SiteConfig, out: TextIO) -> bool:
                     fh.read(1)
                 print(f"  [ok]   logs {p}: readable", file=out)
             except OSError as exc:
-                print(f"  [FAIL] logs {p}: {exc.strerror} (the service user needs read access, e.g. group adm)", file=out)
+                print(
+                    f"  [FAIL] logs {p}: {exc.strerror} "
+                    "(the service user needs read access, e.g. group adm)",
+                    file=out,
+                )
                 ok = False
     return ok
 
@@ -70,7 +79,9 @@ def _check_sensor(site: SiteConfig, out: TextIO, send_test_event: bool) -> bool:
     verify: bool | str = str(cfg.ca_bundle) if cfg.ca_bundle else cfg.verify_tls
     try:
         # Any HTTP answer proves DNS, TCP and TLS; tirreno answers GET on /sensor/ too.
-        r = httpx.get(cfg.url, timeout=cfg.timeout, verify=verify, headers={"User-Agent": user_agent()})
+        r = httpx.get(
+            cfg.url, timeout=cfg.timeout, verify=verify, headers={"User-Agent": user_agent()}
+        )
         print(f"  [ok]   sensor {cfg.url}: reachable (HTTP {r.status_code})", file=out)
     except httpx.HTTPError as exc:
         print(f"  [FAIL] sensor {cfg.url}: {type(exc).__name__}: {exc}", file=out)
@@ -90,15 +101,22 @@ def _check_sensor(site: SiteConfig, out: TextIO, send_test_event: bool) -> bool:
     }
     verdict = send_one(cfg, fields, str(uuid.uuid4()))
     if verdict.outcome is Outcome.ACCEPTED:
-        print("  [ok]   test event accepted (204): look for user 'tirreno-shipper-check' in tirreno", file=out)
+        print(
+            "  [ok]   test event accepted (204): look for user 'tirreno-shipper-check' in tirreno",
+            file=out,
+        )
         return True
     if verdict.outcome is Outcome.REJECTED:
         print(
-            "  [FAIL] test event rejected (empty 200): check sensor.api_key / api_key_file and sensor.url",
+            "  [FAIL] test event rejected (empty 200): "
+            "check sensor.api_key / api_key_file and sensor.url",
             file=out,
         )
         return False
-    print(f"  [FAIL] test event not accepted: {verdict.outcome.name.lower()} ({verdict.reason})", file=out)
+    print(
+        f"  [FAIL] test event not accepted: {verdict.outcome.name.lower()} ({verdict.reason})",
+        file=out,
+    )
     return False
 
 

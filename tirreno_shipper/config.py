@@ -452,29 +452,44 @@ def _read_key_files(data: Any, problems: list[str]) -> None:
             sensor["_api_key_from_file"] = key
 
 
-def _semantic_checks(config: Config) -> list[str]:
+def _semantic_checks(data: Any) -> list[str]:
+    """Checks beyond the models' types, run on the raw data so that they are
+    reported together with the type errors of other keys, not after they are fixed."""
     # Imported here: formats imports nothing from config, but keeps this module light.
     from tirreno_shipper.formats import compile_format
 
     problems: list[str] = []
     seen: dict[str, int] = {}
-    for i, site in enumerate(config.sites):
-        if site.name in seen:
-            problems.append(
-                f"sites[{i}].name: duplicate site name {site.name!r} (also sites[{seen[site.name]}])"
-            )
-        seen.setdefault(site.name, i)
-        cookie = site.users.key.cookie if site.users else None
-        for j, src in enumerate(site.logs):
+    sites = data.get("sites") if isinstance(data, dict) else None
+    for i, site in enumerate(sites if isinstance(sites, list) else []):
+        if not isinstance(site, dict):
+            continue
+        name = site.get("name")
+        if isinstance(name, str):
+            if name in seen:
+                problems.append(
+                    f"sites[{i}].name: duplicate site name {name!r} (also sites[{seen[name]}])"
+                )
+            seen.setdefault(name, i)
+        users = site.get("users")
+        key = users.get("key") if isinstance(users, dict) else None
+        cookie = key.get("cookie") if isinstance(key, dict) else None
+        logs = site.get("logs")
+        for j, raw_src in enumerate(logs if isinstance(logs, list) else []):
             try:
-                compile_format(src.format, cookie_name=cookie)
+                src = LogSource.model_validate(raw_src)
+            except ValidationError:
+                continue  # already reported by the whole model's validation
+            try:
+                compile_format(src.format, cookie_name=cookie if isinstance(cookie, str) else None)
             except FormatError as exc:
                 problems.append(f"sites[{i}].logs[{j}].format: {exc}")
-        if site.users is not None:
+        database = users.get("database") if isinstance(users, dict) else None
+        if isinstance(database, str):
             try:
                 from sqlalchemy.engine import make_url
 
-                make_url(site.users.database)
+                make_url(database)
             except Exception:
                 problems.append(
                     f"sites[{i}].users.database: not an SQLAlchemy URL "
@@ -553,8 +568,9 @@ def parse_config(
         config = Config.model_validate(_restore_keyfile(data))
     except ValidationError as exc:
         problems.extend(_describe(e) for e in exc.errors())
+        problems.extend(_semantic_checks(data))
         raise ConfigError(problems) from None
-    problems.extend(_semantic_checks(config))
+    problems.extend(_semantic_checks(data))
     if problems:
         raise ConfigError(problems)
     return config

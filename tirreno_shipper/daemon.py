@@ -22,7 +22,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -81,7 +80,9 @@ class SiteRunner:
         self._tailers: list[Tailer] = []
         self._parsers: list[LineParser] = []
         self._pending: list[Chunk | None] = []
-        self.sender = SiteSender(site.name, site.sensor, spool, lease_seconds=site.spool.lease_timeout)
+        self.sender = SiteSender(
+            site.name, site.sensor, spool, lease_seconds=site.spool.lease_timeout
+        )
         self._spooled = metrics.EVENTS_SPOOLED.labels(site=site.name)
         self._dropped = metrics.EVENTS_DROPPED.labels(site=site.name)
         self._lag = metrics.FILE_LAG.labels(site=site.name)
@@ -113,7 +114,9 @@ class SiteRunner:
         log.info("site_started", site=self.name, logs=[s.path for s in self.site.logs])
 
     def _start_tail(self) -> None:
-        self._thread = threading.Thread(target=self._tail_main, name=f"tail-{self.name}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._tail_main, name=f"tail-{self.name}", daemon=True
+        )
         self._thread.start()
 
     def restart_dead_stages(self) -> None:
@@ -351,7 +354,9 @@ class Daemon:
 
     def _start_site(self, site: SiteConfig) -> None:
         assert self.spool is not None
-        runner = SiteRunner(site, self.spool, poll_interval=self.config.poll_interval, once=self.once)
+        runner = SiteRunner(
+            site, self.spool, poll_interval=self.config.poll_interval, once=self.once
+        )
         self.runners[site.name] = runner
         try:
             runner.start()
@@ -476,7 +481,8 @@ class Daemon:
         drained = all(r.drained.is_set() for r in self.runners.values())
         if drained:
             empty = all(
-                (st := self.spool.stats(name)).depth == 0 and st.leased == 0 for name in self.runners
+                (st := self.spool.stats(name)).depth == 0 and st.leased == 0
+                for name in self.runners
             )
             if empty:
                 log.info("once_complete")
@@ -488,7 +494,8 @@ class Daemon:
                 seconds=self.config.once_timeout,
                 files_read=drained,
                 events_left=left,
-                hint="the events stay in the spool; the next run sends them (raise once_timeout to wait longer)",
+                hint="the events stay in the spool and the next run sends them; "
+                "raise once_timeout to wait longer",
             )
             return EX_FAILURE
         return None

@@ -119,6 +119,54 @@ def _quoted(prev: str, nxt: str) -> bool:
 _QUOTED = r'[^"\\]*+(?:\\.[^"\\]*+)*+'
 
 
+# nginx joins the values of each upstream tried with ", " (and of internal
+# redirects with " : "): "0.003, 0.001" is one field, not two.
+_UPSTREAM = r"[^ ,]*+(?:(?:, | : )[^ ,]*+)*+"
+
+# strftime directives of Apache's %{FORMAT}t that both Python's strptime and a
+# fixed-shape pattern can take; a format using any other keeps the generic
+# pattern (which cannot hold the separator that follows it).
+_STRFTIME = {
+    "Y": "[0-9]{4}",
+    "y": "[0-9]{2}",
+    "m": "[0-9]{2}",
+    "d": "[0-9]{2}",
+    "H": "[0-9]{2}",
+    "I": "[0-9]{2}",
+    "M": "[0-9]{2}",
+    "S": "[0-9]{2}",
+    "j": "[0-9]{3}",
+    "b": "[A-Za-z]{3}",
+    "a": "[A-Za-z]{3}",
+    "B": "[A-Za-z]++",
+    "A": "[A-Za-z]++",
+    "p": "[A-Za-z]{2}",
+    "z": "[+-][0-9]{4}",
+    "T": "[0-9]{2}:[0-9]{2}:[0-9]{2}",
+    "F": "[0-9]{4}-[0-9]{2}-[0-9]{2}",
+    "D": "[0-9]{2}/[0-9]{2}/[0-9]{2}",
+    "R": "[0-9]{2}:[0-9]{2}",
+    "%": "%",
+}
+
+
+def _strftime_pattern(fmt: str) -> str | None:
+    """A linear pattern for the text ``strftime(fmt)`` writes, or None."""
+    out = ""
+    i = 0
+    while i < len(fmt):
+        if fmt[i] == "%":
+            part = _STRFTIME.get(fmt[i + 1 : i + 2])
+            if part is None:
+                return None
+            out += part
+            i += 2
+        else:
+            out += re.escape(fmt[i])
+            i += 1
+    return out
+
+
 def _pattern(name: str, prev: str, nxt: str) -> str:
     """The linear-time pattern for one variable between two literals."""
     if _quoted(prev, nxt):
@@ -127,6 +175,8 @@ def _pattern(name: str, prev: str, nxt: str) -> str:
         return r"[0-9]{3}|-"
     if name in NUMERIC:
         return r"-|[0-9][0-9.]*+"
+    if name.startswith("upstream_") and nxt[:1] == " ":
+        return _UPSTREAM
     if nxt:
         stop = re.escape(nxt[0])
         body = f"[^{stop}]" if len(nxt[0]) == 1 and nxt[0] not in "]\\^-" else f"(?:(?!{stop}).)"
@@ -136,8 +186,11 @@ def _pattern(name: str, prev: str, nxt: str) -> str:
     return r".*+"
 
 
-def _build(kind: str, source: str, tokens: list[tuple[str, str]]) -> CompiledFormat:
-    """``tokens`` alternate ("lit", text) and ("var", name)."""
+def _build(
+    kind: str, source: str, tokens: list[tuple[str, str]], patterns: Mapping[str, str] | None = None
+) -> CompiledFormat:
+    """``tokens`` alternate ("lit", text) and ("var", name); ``patterns`` overrides
+    the pattern of a variable whose shape is known."""
     # Merge neighbouring literals so "prev"/"next" are whole literal runs.
     merged: list[tuple[str, str]] = []
     for tok in tokens:
@@ -160,7 +213,8 @@ def _build(kind: str, source: str, tokens: list[tuple[str, str]]) -> CompiledFor
                 f"variables {text!r} and {merged[i + 1][1]!r} follow each other with no "
                 "separator; put a space or a quote between them"
             )
-        rx += f"({_pattern(text, prev, nxt)})"
+        special = patterns.get(text) if patterns else None
+        rx += f"({special or _pattern(text, prev, nxt)})"
         groups.append(text)
     if not groups:
         raise FormatError("the format has no variables")
@@ -299,7 +353,8 @@ def compile_apache(text: str) -> CompiledFormat:
             tokens += [("lit", "["), ("var", name), ("lit", "]")]
             continue
         tokens.append(("var", name))
-    compiled = _build("apache", body, tokens)
+    special = _strftime_pattern(strftime) if strftime else None
+    compiled = _build("apache", body, tokens, {"time_strftime": special} if special else None)
     return CompiledFormat(
         kind=compiled.kind,
         source=compiled.source,

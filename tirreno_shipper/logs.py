@@ -13,10 +13,14 @@ from typing import Any, TextIO
 
 import structlog
 
-_SECRET_KEYS = frozenset({"api_key", "apikey", "cookie", "session", "session_key", "password", "secret", "token"})
+_SECRET_KEYS = frozenset(
+    {"api_key", "apikey", "cookie", "session", "session_key", "password", "secret", "token"}
+)
 
 
-def _mask_secrets(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+def _mask_secrets(
+    _logger: Any, _name: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     for key in list(event):
         if key.lower() in _SECRET_KEYS and event[key] is not None:
             event[key] = "***"
@@ -26,7 +30,11 @@ def _mask_secrets(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> 
 def setup_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     out = stream if stream is not None else sys.stderr
     console = fmt == "console" or (fmt == "auto" and out.isatty())
-    renderer: Any = structlog.dev.ConsoleRenderer(colors=out.isatty()) if console else structlog.processors.JSONRenderer()
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=out.isatty())
+        if console
+        else structlog.processors.JSONRenderer()
+    )
     numeric = logging.getLevelName(level.upper())
     structlog.configure(
         processors=[
@@ -45,4 +53,6 @@ def setup_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None 
     # Libraries (httpx, SQLAlchemy, watchdog) log through stdlib logging; only
     # their warnings matter to an operator, and httpx's INFO lines would repeat
     # every request.
-    logging.basicConfig(level=logging.WARNING, stream=out, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, stream=out, format="%(levelname)s %(name)s: %(message)s"
+    )

@@ -14,8 +14,12 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 _P = "tirreno_shipper_"
 
-LINES_READ = Counter(_P + "lines_read", "Complete lines read from log files", ["site"], registry=REGISTRY)
-LINES_PARSED = Counter(_P + "lines_parsed", "Lines parsed into requests", ["site"], registry=REGISTRY)
+LINES_READ = Counter(
+    _P + "lines_read", "Complete lines read from log files", ["site"], registry=REGISTRY
+)
+LINES_PARSED = Counter(
+    _P + "lines_parsed", "Lines parsed into requests", ["site"], registry=REGISTRY
+)
 LINES_UNPARSEABLE = Counter(
     _P + "lines_unparseable",
     "Lines skipped, by reason (no_match, too_long, invalid_bytes, bad_field)",
@@ -40,8 +44,12 @@ FIELDS_TRUNCATED = Counter(
     ["site", "field"],
     registry=REGISTRY,
 )
-EVENTS_SPOOLED = Counter(_P + "events_spooled", "Events written to the spool", ["site"], registry=REGISTRY)
-EVENTS_SENT = Counter(_P + "events_sent", "Events accepted by the sensor (204)", ["site"], registry=REGISTRY)
+EVENTS_SPOOLED = Counter(
+    _P + "events_spooled", "Events written to the spool", ["site"], registry=REGISTRY
+)
+EVENTS_SENT = Counter(
+    _P + "events_sent", "Events accepted by the sensor (204)", ["site"], registry=REGISTRY
+)
 EVENTS_REJECTED = Counter(
     _P + "events_rejected", "Sensor answers of an empty 200 (rejected)", ["site"], registry=REGISTRY
 )
@@ -61,12 +69,17 @@ EVENTS_DROPPED = Counter(
     registry=REGISTRY,
 )
 SPOOL_DEPTH = Gauge(_P + "spool_depth", "Events waiting in the spool", ["site"], registry=REGISTRY)
-SPOOL_BYTES = Gauge(_P + "spool_bytes", "Bytes of events waiting in the spool", ["site"], registry=REGISTRY)
+SPOOL_BYTES = Gauge(
+    _P + "spool_bytes", "Bytes of events waiting in the spool", ["site"], registry=REGISTRY
+)
 SPOOL_OLDEST_AGE = Gauge(
     _P + "spool_oldest_age_seconds", "Age of the oldest spooled event", ["site"], registry=REGISTRY
 )
 SPOOL_FULL = Counter(
-    _P + "spool_full", "Times the tail paused because the spool was full", ["site"], registry=REGISTRY
+    _P + "spool_full",
+    "Times the tail paused because the spool was full",
+    ["site"],
+    registry=REGISTRY,
 )
 SEND_LATENCY = Histogram(
     _P + "send_latency_seconds",
@@ -76,7 +89,10 @@ SEND_LATENCY = Histogram(
     registry=REGISTRY,
 )
 RESOLVER_CACHE = Counter(
-    _P + "resolver_cache", "User resolver cache lookups, by result (hit, miss)", ["site", "result"], registry=REGISTRY
+    _P + "resolver_cache",
+    "User resolver cache lookups, by result (hit, miss)",
+    ["site", "result"],
+    registry=REGISTRY,
 )
 RESOLVER_QUERY_LATENCY = Histogram(
     _P + "resolver_query_seconds",
@@ -85,10 +101,20 @@ RESOLVER_QUERY_LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
     registry=REGISTRY,
 )
-RESOLVER_ERRORS = Counter(_P + "resolver_errors", "User queries that failed", ["site"], registry=REGISTRY)
-FILE_LAG = Gauge(_P + "file_lag_bytes", "Bytes written to the site's logs not yet read", ["site"], registry=REGISTRY)
+RESOLVER_ERRORS = Counter(
+    _P + "resolver_errors", "User queries that failed", ["site"], registry=REGISTRY
+)
+FILE_LAG = Gauge(
+    _P + "file_lag_bytes",
+    "Bytes written to the site's logs not yet read",
+    ["site"],
+    registry=REGISTRY,
+)
 FILE_ROTATIONS = Counter(
-    _P + "file_rotations", "Rotations seen, by kind (rename, truncate, delete)", ["site", "kind"], registry=REGISTRY
+    _P + "file_rotations",
+    "Rotations seen, by kind (rename, truncate, delete)",
+    ["site", "kind"],
+    registry=REGISTRY,
 )
 SENSOR_STATE = Gauge(
     _P + "sensor_state",
@@ -103,7 +129,10 @@ SITE_PAUSED = Gauge(
     registry=REGISTRY,
 )
 STAGE_RESTARTS = Counter(
-    _P + "stage_restarts", "Worker threads restarted after dying", ["site", "stage"], registry=REGISTRY
+    _P + "stage_restarts",
+    "Worker threads restarted after dying",
+    ["site", "stage"],
+    registry=REGISTRY,
 )
 
 SENSOR_STATES = ("ok", "backing_off", "rejecting")
@@ -128,7 +157,7 @@ HealthCheck = Callable[[], tuple[bool, dict[str, object]]]
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: MetricsServer  # type: ignore[assignment]
+    server: MetricsServer
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
@@ -149,7 +178,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         return  # scrapes every few seconds would drown the daemon's own log
 
 

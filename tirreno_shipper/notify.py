@@ -24,7 +24,9 @@ class Notifier:
         pid = env.get("WATCHDOG_PID", "")
         # WATCHDOG_PID, when set, names the process the watchdog is meant for.
         mine = not pid or pid == str(os.getpid())
-        self.watchdog_interval: float | None = int(usec) / 1e6 / 2 if usec.isdigit() and mine else None
+        self.watchdog_interval: float | None = (
+            int(usec) / 1e6 / 2 if usec.isdigit() and mine else None
+        )
 
     @property
     def enabled(self) -> bool:

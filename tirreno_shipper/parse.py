@@ -102,7 +102,9 @@ def time_local_to_utc(value: str) -> str | None:
         return None
     base = _day_base(value[:11] + value[20:])
     hms = value[12:20]
-    if base is None or hms[2] != ":" or hms[5] != ":" or not (hms[:2] + hms[3:5] + hms[6:]).isdigit():
+    digits = hms[:2] + hms[3:5] + hms[6:]
+    # isascii: Latin-1 "²" passes isdigit() but int() refuses it.
+    if base is None or hms[2] != ":" or hms[5] != ":" or not (digits.isascii() and digits.isdigit()):
         return None
     secs = base + int(hms[:2]) * 3600 + int(hms[3:5]) * 60 + int(hms[6:])
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(secs))
@@ -111,11 +113,11 @@ def time_local_to_utc(value: str) -> str | None:
 def iso8601_to_utc(value: str) -> str | None:
     try:
         dt = datetime.fromisoformat(value)
-    except ValueError:
+        if dt.tzinfo is None:
+            dt = dt.astimezone()  # nginx always writes the zone; a bare time is local
+        return _fmt(dt, dt.microsecond != 0)
+    except (ValueError, OverflowError):  # year 1 or 9999 shifted out of range by the zone
         return None
-    if dt.tzinfo is None:
-        dt = dt.astimezone()  # nginx always writes the zone; a bare time is local
-    return _fmt(dt, dt.microsecond != 0)
 
 
 def epoch_to_utc(value: str, scale: float, millis: bool) -> str | None:
@@ -220,6 +222,9 @@ class LineParser:
         self._exclude_path = exclude_path
         self.cookie_name = cookie_name
         self._cookie_var = f"cookie_{cookie_name}" if cookie_name else None
+        if self._cookie_var and fmt.kind == "nginx":
+            # compile_nginx lowercases variable names, as nginx itself does ($cookie_PHPSESSID).
+            self._cookie_var = self._cookie_var.lower()
         self._cookie_in_header = _cookie_re(cookie_name) if cookie_name else None
         self._extra = tuple(dict.fromkeys(extra))
         self._local = _TimeCache(time_local_to_utc)
@@ -270,9 +275,9 @@ class LineParser:
         if kind == "time_strftime" and self.fmt.strftime:
             try:
                 dt = datetime.strptime(value, self.fmt.strftime)
-            except ValueError:
+                return _fmt(dt if dt.tzinfo else dt.astimezone(), False)
+            except (ValueError, OverflowError):
                 return None
-            return _fmt(dt if dt.tzinfo else dt.astimezone(), False)
         return None
 
     def parse(self, raw: bytes) -> Request | str:
@@ -363,16 +368,16 @@ class LineParser:
                 return EXCLUDED_PATH
             when = None
             if has_time:
-                when = conv_time(g[i_time])  # type: ignore[arg-type]
+                when = conv_time(g[i_time])
                 if when is None:
                     return BAD_TIME
             status = None
             if has_status:
                 s = g[i_status]
                 if s != "-":
-                    if not s.isdigit():  # type: ignore[union-attr]
+                    if not s.isdigit():
                         return BAD_STATUS
-                    status = int(s)  # type: ignore[arg-type]
+                    status = int(s)
             if has_cookie:
                 session = text(g[i_cookie])
             elif i_cookie_header >= 0 and cookie_in_header is not None:
@@ -405,7 +410,7 @@ class LineParser:
     def _parse_json(self, raw: bytes) -> Request | str:
         try:
             obj = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # "[[[[..." nests past the stack
             return NO_MATCH
         if not isinstance(obj, dict):
             return NO_MATCH
@@ -415,7 +420,11 @@ class LineParser:
             v = obj.get(keys.get(name, name))
             if v is None:
                 return None
-            return _absent(v if isinstance(v, str) else str(v))
+            text = v if isinstance(v, str) else str(v)
+            if not text.isascii():
+                # "\ud800" decodes to a lone surrogate, which no later stage can encode.
+                text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+            return _absent(text)
 
         when = None
         for kind in ("msec", "time_iso8601", "time_local"):
@@ -428,7 +437,7 @@ class LineParser:
         status: int | None = None
         s = get("status")
         if s is not None:
-            if not s.isdigit():
+            if not (len(s) == 3 and s.isascii() and s.isdigit()):
                 return BAD_STATUS
             status = int(s)
         request = get("request")

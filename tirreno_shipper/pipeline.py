@@ -118,8 +118,8 @@ class SitePipeline:
         """Events of a chunk, in file order. Raises `ResolverError` if the user
         database fails: the caller keeps the chunk and tries again later."""
         counts = Counts(lines=len(chunk.lines) + len(chunk.skipped))
-        for _offset, reason in chunk.skipped:
-            counts.unparseable[reason if reason else TOO_LONG] += 1
+        for _offset, skip in chunk.skipped:
+            counts.unparseable[skip or TOO_LONG] += 1
         events: list[Event] = []
         file_key = chunk.file.key()
         parse = parser.parse

@@ -356,13 +356,15 @@ class Spool:
             log.info("spool_migrated", path=str(self.path), from_version=start, to_version=version)
 
     def _move_aside(self, detail: str) -> None:
-        self._close_all()
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
         n = 1
         while target.exists():
             n += 1
             target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}.{n}")
+        # Renamed before our connections close: the last close of a WAL database
+        # unlinks the -wal by name, so closing first would delete it. After the
+        # rename that unlink finds the name gone and the moved -wal stays.
         try:
             for suffix in ("-wal", "-shm"):
                 side = self._sidecar(suffix)
@@ -370,14 +372,16 @@ class Spool:
                     os.replace(side, target.with_name(target.name + suffix))
             os.replace(self.path, target)
         except OSError as exc:
+            self._close_all()
             raise SpoolError(
                 f"spool {self.path} is corrupt ({detail}) and could not be moved aside to "
                 f"{target}: {exc.strerror or exc}"
             ) from exc
+        self._close_all()
         log.error("spool_corrupt_moved_aside", path=str(self.path), moved_to=str(target))
         raise SpoolCorruptError(
-            f"spool {self.path} is corrupt ({detail}); it was moved aside to {target}, and the "
-            "next start begins with an empty spool (read positions are lost)",
+            f"spool {self.path} is corrupt ({detail}); it was moved aside to {target}, and "
+            "opening again starts an empty spool (read positions are lost)",
             str(target),
         )
 

@@ -42,13 +42,18 @@ def collect(config: Config) -> dict[str, Any]:
     now = time.time()
     report: dict[str, Any] = {
         "state_dir": str(config.state_dir),
-        "daemon": {"running": bool(live and live["running"]), "pid": live.get("pid") if live else None},
+        "daemon": {
+            "running": bool(live and live["running"]),
+            "pid": live.get("pid") if live else None,
+        },
         "sites": {},
     }
     try:
         for site in config.sites:
             stats = spool.stats(site.name)
-            live_site = (live or {}).get("sites", {}).get(site.name, {}) if live and live["running"] else {}
+            live_site = (
+                (live or {}).get("sites", {}).get(site.name, {}) if live and live["running"] else {}
+            )
             files = []
             for cp in spool.get_checkpoints(site.name):
                 try:
@@ -64,14 +69,18 @@ def collect(config: Config) -> dict[str, Any]:
                         "offset": cp.offset,
                         "size": size,
                         "lag_bytes": max(0, size - cp.offset) if size is not None else None,
-                        "note": None if same else "rotated away or missing: read to its end, then dropped",
+                        "note": None
+                        if same
+                        else "rotated away or missing: read to its end, then dropped",
                     }
                 )
             report["sites"][site.name] = {
                 "spool_depth": stats.depth,
                 "spool_bytes": stats.bytes,
                 "leased": stats.leased,
-                "oldest_age_seconds": round(now - stats.oldest_created, 1) if stats.oldest_created else None,
+                "oldest_age_seconds": round(now - stats.oldest_created, 1)
+                if stats.oldest_created
+                else None,
                 "dead_letters": stats.dead_letters,
                 "sensor_state": live_site.get("sensor_state", "unknown (daemon not running)"),
                 "paused": live_site.get("paused"),
@@ -87,7 +96,7 @@ def render(report: dict[str, Any]) -> str:
     daemon = report["daemon"]
     lines = [
         f"state_dir: {report['state_dir']}",
-        f"daemon: {'running (pid ' + str(daemon['pid']) + ')' if daemon['running'] else 'not running'}",
+        "daemon: " + (f"running (pid {daemon['pid']})" if daemon["running"] else "not running"),
     ]
     for name, site in report["sites"].items():
         age = site["oldest_age_seconds"]
@@ -98,7 +107,9 @@ def render(report: dict[str, Any]) -> str:
             f"dead letters: {site['dead_letters']}"
         )
         state = site["sensor_state"]
-        lines.append(f"  sensor: {state}" + (f"; paused: {site['paused']}" if site["paused"] else ""))
+        lines.append(
+            f"  sensor: {state}" + (f"; paused: {site['paused']}" if site["paused"] else "")
+        )
         if site["last_error"]:
             lines.append(f"  last error: {site['last_error']}")
         if not site["files"]:
@@ -106,7 +117,10 @@ def render(report: dict[str, Any]) -> str:
         for f in site["files"]:
             size = f["size"] if f["size"] is not None else "?"
             lag = f["lag_bytes"] if f["lag_bytes"] is not None else "?"
-            lines.append(f"  {f['path']}  offset {f['offset']} / size {size}  lag {lag} B  [{f['identity'][:40]}]")
+            lines.append(
+                f"  {f['path']}  offset {f['offset']} / size {size}  lag {lag} B"
+                f"  [{f['identity'][:40]}]"
+            )
             if f["note"]:
                 lines.append(f"    ({f['note']})")
     return "\n".join(lines)
