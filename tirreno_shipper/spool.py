@@ -131,6 +131,21 @@ _CACHE_KIB: Final = 8192
 # ensure_ascii: the stored text is pure ASCII, so its length is its byte size
 # and the per-row size for the byte cap costs no encode().
 _ENCODER: Final = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), check_circular=False)
+
+
+def _no_default(value: object) -> object:
+    raise TypeError(f"event field of type {type(value).__name__} is not JSON text")
+
+
+# JSONEncoder.encode builds a C encoder on every call; building it once saves
+# about a third of the encoding time, which is most of commit_chunk's Python work.
+_C_ENCODER: Final = (
+    json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+        None, _no_default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True
+    )
+    if getattr(json.encoder, "c_make_encoder", None) is not None
+    else None
+)
 _I64: Final = 1 << 63
 
 _umask_lock = threading.Lock()
@@ -171,7 +186,10 @@ def _from_i64(value: int) -> int:
 
 
 def _encode_fields(fields: Mapping[str, str]) -> str:
-    return _ENCODER.encode(fields if type(fields) is dict else dict(fields))
+    plain = fields if type(fields) is dict else dict(fields)
+    if _C_ENCODER is not None:
+        return "".join(_C_ENCODER(plain, 0))
+    return _ENCODER.encode(plain)
 
 
 def _decode_fields(text: str) -> dict[str, str]:
@@ -266,13 +284,12 @@ class Spool:
         directory = self.path.parent
         if not directory.is_dir():
             try:
-                directory.parent.mkdir(parents=True, exist_ok=True)
-                directory.mkdir(mode=0o700)
+                directory.mkdir(mode=0o700, parents=True)
                 os.chmod(directory, 0o700)
             except FileExistsError:
                 if not directory.is_dir():
                     raise SpoolError(
-                        f"cannot create state_dir {directory}: it exists and is not a directory"
+                        f"cannot use state_dir {directory}: it exists and is not a directory"
                     ) from None
             except OSError as exc:
                 raise SpoolError(
@@ -322,7 +339,7 @@ class Spool:
                 raise _Corrupt("; ".join(str(p) for p in problems))
         except _Corrupt as exc:
             self._move_aside(str(exc))
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.Error as exc:
             if _is_corruption(exc):
                 self._move_aside(str(exc))
             raise self._translate_error(exc) from exc
@@ -352,7 +369,9 @@ class Spool:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        if version != start:
+        if start == 0:
+            log.info("spool_created", path=str(self.path), schema_version=version)
+        elif version != start:
             log.info("spool_migrated", path=str(self.path), from_version=start, to_version=version)
 
     def _move_aside(self, detail: str) -> None:
@@ -523,6 +542,8 @@ class Spool:
         An event whose ``request_id`` is still spooled is ignored, so reading the
         same lines again (a re-read, a repeated backfill) never queues them twice.
         """
+        if not events and checkpoint is None:
+            return 0
         now = time.time()
         rows = []
         total = 0
@@ -797,7 +818,8 @@ class Spool:
             before = (seq.fetchone() or (0,))[0]
             conn.execute(
                 "INSERT OR IGNORE INTO events (site, request_id, fields, size, created, "
-                "not_before) SELECT site, request_id, fields, length(fields), created, ? "
+                "not_before) SELECT site, request_id, fields, length(CAST(fields AS BLOB)), "
+                "created, ? "
                 f"FROM dead_letters WHERE {where} ORDER BY id",
                 (now, *params),
             )
