@@ -177,6 +177,12 @@ def _pattern(name: str, prev: str, nxt: str) -> str:
         return r"-|[0-9][0-9.]*+"
     if name.startswith("upstream_") and nxt[:1] == " ":
         return _UPSTREAM
+    if name == "remote_user" and len(nxt) > 1 and nxt[0] == " ":
+        # Neither server escapes spaces in the user name, and any client can send
+        # Basic credentials for "a b": stopping at the first space would make its
+        # lines unparseable, i.e. invisible. Spaces are taken unless followed by
+        # the rest of the next literal (" [" before $time_local).
+        return f"[^ ]*+(?: (?!{re.escape(nxt[1])})[^ ]*+)*+"
     if nxt:
         stop = re.escape(nxt[0])
         body = f"[^{stop}]" if len(nxt[0]) == 1 and nxt[0] not in "]\\^-" else f"(?:(?!{stop}).)"
@@ -309,6 +315,10 @@ def compile_apache(text: str) -> CompiledFormat:
         if not m:
             raise FormatError('a LogFormat directive without a quoted format: LogFormat "..." name')
         body = m.group(1).replace('\\"', '"')
+    elif '\\"' in body:
+        # The format as written between LogFormat's quotes in httpd.conf (the
+        # README's and DESIGN's examples): Apache's config parser turns \" into ".
+        body = body.replace('\\"', '"')
     try:
         format2regex(body)  # apachelogs' verdict on the grammar and the directive names
     except ApachelogsError as exc:

@@ -446,6 +446,10 @@ class LineParser:
         else:
             method, target = get("request_method"), get("request_uri")
         uri = normalise_target(target) if target else None
+        path = uri.split("?", 1)[0] if uri else None
+        # The pipeline leaves path exclusion to the parser (as for text formats).
+        if path is not None and self._exclude_path is not None and self._exclude_path(path):
+            return EXCLUDED_PATH
         session: str | None = None
         if self._cookie_var:
             session = get(self._cookie_var)
@@ -459,7 +463,7 @@ class LineParser:
             when,
             method,
             uri,
-            uri.split("?", 1)[0] if uri else None,
+            path,
             status,
             get("remote_user"),
             get("http_referer"),

@@ -1,0 +1,375 @@
+"""What the end-to-end tests share: a Django-style user directory in a real database,
+the real daemon as a subprocess, and the events the driver's requests must become.
+
+The expectations are computed from what the driver sent and what the server
+answered, following the README (rules, filters, redaction, tirreno's masked-IP
+userName), never by running the shipper's own parser or mapper.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from calendar import timegm
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import Database
+from tests.support.traffic import NEVER_EVENTS, Sent
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# The README's example rules, as the config uses them.
+RULES: list[dict[str, Any]] = [
+    {"method": "POST", "path": "^/login/?$", "status": "3xx", "type": "account_login"},
+    {
+        "method": "POST",
+        "path": "^/login/?$",
+        "type": "account_login_fail",
+        "unresolved": "anonymous",
+    },
+    {"path": "^/logout/?$", "type": "account_logout"},
+    {"path": "^/search", "query": True, "type": "page_search"},
+]
+REDACT = ("token", "password", "code", "secret")
+
+
+@dataclass(frozen=True, slots=True)
+class UserRow:
+    username: str
+    email: str | None
+    first_name: str | None
+    last_name: str | None
+    date_joined: datetime | None
+    valid_email: bool  # whether tirreno would accept the address as it is
+
+    def expected_fields(self) -> dict[str, str]:
+        out = {"userName": self.username[:100]}
+        if self.email and self.valid_email:
+            out["emailAddress"] = self.email
+        if self.first_name:
+            out["firstName"] = self.first_name
+        if self.last_name:
+            out["lastName"] = self.last_name
+        if self.date_joined is not None:
+            out["userCreated"] = self.date_joined.strftime("%Y-%m-%d %H:%M:%S")
+        return out
+
+
+USERS: tuple[UserRow, ...] = (
+    UserRow("alice", "alice@example.com", "Alice", "Liddell", datetime(2020, 1, 2, 3, 4, 5), True),
+    UserRow(
+        "zoë.ångström", "zoe@example.org", "Zoë", "Ångström", datetime(2021, 6, 7, 8, 9, 10), True
+    ),
+    UserRow("山田太郎", None, "太郎", "山田", datetime(2022, 12, 31, 23, 59, 59), True),
+    UserRow("o'brien", "o'brien@example.ie", None, None, datetime(2019, 5, 5, 5, 5, 5), True),
+    UserRow('back\\slash"quote', "not-an-email", "", None, None, False),
+    UserRow("Łukasz-" + "ł" * 113, "lukasz@example.pl", "Łukasz", None, None, True),  # 120 chars
+)
+
+
+@dataclass
+class UserDirectory:
+    """auth_user and django_session tables (unique names) with `USERS` and their sessions."""
+
+    db: Database
+    user_table: str
+    session_table: str
+    sessions: dict[str, UserRow] = field(default_factory=dict)
+
+    @property
+    def query(self) -> str:
+        return (
+            "SELECT u.username AS user_name, u.email AS email_address, u.first_name, "
+            "u.last_name, u.date_joined AS user_created "
+            f"FROM {self.session_table} s JOIN {self.user_table} u ON u.id = s.user_id "
+            "WHERE s.session_key = :key"
+        )
+
+    def counts(self) -> tuple[int, int]:
+        users = self.db.rows(f"SELECT COUNT(*) FROM {self.user_table}")[0][0]
+        sessions = self.db.rows(f"SELECT COUNT(*) FROM {self.session_table}")[0][0]
+        return int(users), int(sessions)
+
+
+def make_directory(db: Database) -> UserDirectory:
+    ts = db.timestamp_type
+    users = db.create(
+        "auth_user",
+        "id INTEGER PRIMARY KEY, username VARCHAR(150) NOT NULL, email VARCHAR(254), "
+        f"first_name VARCHAR(150), last_name VARCHAR(150), date_joined {ts} NULL",
+    )
+    sessions = db.create(
+        "django_session",
+        "session_key VARCHAR(40) PRIMARY KEY, session_data TEXT, "
+        f"expire_date {ts} NULL, user_id INTEGER",
+    )
+    directory = UserDirectory(db, users, sessions)
+    db.execute(
+        f"INSERT INTO {users} (id, username, email, first_name, last_name, date_joined) "
+        "VALUES (:id, :username, :email, :first_name, :last_name, :date_joined)",
+        [
+            {
+                "id": i,
+                "username": u.username,
+                "email": u.email,
+                "first_name": u.first_name,
+                "last_name": u.last_name,
+                "date_joined": u.date_joined,
+            }
+            for i, u in enumerate(USERS, 1)
+        ],
+    )
+    rows = []
+    for i, user in enumerate(USERS, 1):
+        for _ in range(2):
+            key = "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(32))
+            directory.sessions[key] = user
+            rows.append({"k": key, "u": i})
+    # A session whose user is gone: it must resolve nobody.
+    rows.append({"k": secrets.token_hex(16), "u": 999_999})
+    db.execute(
+        f"INSERT INTO {sessions} (session_key, session_data, expire_date, user_id) "
+        "VALUES (:k, 'e30', NULL, :u)",
+        rows,
+    )
+    return directory
+
+
+# -- expectations ----------------------------------------------------------------
+
+
+def mask_ip(ip: str) -> str:
+    """tirreno's PHP tracker ``maskIp()``: the last group becomes ``*``."""
+    sep = ":" if ":" in ip else "."
+    parts = ip.split(sep)
+    if sep == ":" or len(parts) == 4:
+        parts[-1] = "*"
+    return sep.join(parts)
+
+
+def redact(url: str) -> str:
+    return re.sub(rf"([?&;](?:{'|'.join(REDACT)})=)[^&;#]*", r"\1REDACTED", url)
+
+
+@dataclass(frozen=True, slots=True)
+class Expected:
+    sent: Sent
+    fields: dict[str, str]  # every field but eventTime
+
+
+def expected_event(
+    sent: Sent, sessions: Mapping[str, UserRow], *, accept_language: bool
+) -> Expected | None:
+    """The event ``sent`` must become, or None if it must not become one."""
+    if sent.kind in NEVER_EVENTS or sent.status is None:
+        return None
+    assert sent.method is not None and sent.target is not None
+    path = sent.target.split("?", 1)[0]
+    has_query = "?" in sent.target
+    unresolved = "drop"
+    if sent.method == "POST" and re.search("^/login/?$", path) and 300 <= sent.status < 400:
+        event_type = "account_login"
+    elif sent.method == "POST" and re.search("^/login/?$", path):
+        event_type, unresolved = "account_login_fail", "anonymous"
+    elif re.search("^/logout/?$", path):
+        event_type = "account_logout"
+    elif path.startswith("/search") and has_query:
+        event_type = "page_search"
+    else:
+        event_type = "page_error" if sent.status >= 400 else "page_view"
+    user = sessions.get(sent.session_key) if sent.session_key else None
+    if user is not None:
+        user_fields = user.expected_fields()
+    elif unresolved == "anonymous":
+        user_fields = {"userName": mask_ip(sent.host)}
+    else:
+        return None
+    fields = {
+        "ipAddress": sent.host,
+        "url": redact(sent.target),
+        "httpCode": str(sent.status),
+        "httpMethod": sent.method,
+        "eventType": event_type,
+        **user_fields,
+    }
+    if sent.user_agent is not None:
+        fields["userAgent"] = sent.user_agent
+    if sent.referer is not None:
+        fields["httpReferer"] = sent.referer
+    if accept_language and sent.accept_language is not None:
+        fields["browserLanguage"] = sent.accept_language
+    return Expected(sent, fields)
+
+
+def event_epoch(event_time: str) -> float:
+    """tirreno's ``Y-m-d H:i:s[.v]`` (UTC) as epoch seconds."""
+    fmt = "%Y-%m-%d %H:%M:%S.%f" if "." in event_time else "%Y-%m-%d %H:%M:%S"
+    return timegm(datetime.strptime(event_time, fmt).timetuple()) + (
+        float("0." + event_time.split(".")[1]) if "." in event_time else 0.0
+    )
+
+
+# -- the daemon ------------------------------------------------------------------
+
+
+class Shipper:
+    """``python -m tirreno_shipper run -c CONFIG`` as a subprocess, JSON logs to a file."""
+
+    def __init__(self, workdir: Path, config: Mapping[str, Any], env: Mapping[str, str]) -> None:
+        self.workdir = workdir
+        self.config_path = workdir / "config.yaml"
+        # JSON is YAML: no quoting surprises in format strings and regexes.
+        self.config_path.write_text(
+            json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8"
+        )
+        self.state_dir = Path(config["state_dir"])
+        self.metrics_url = (
+            f"http://{config['metrics']['listen']}" if config.get("metrics") else None
+        )
+        self.env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+        self.stderr_path = workdir / "shipper.stderr"
+        self.stdout_path = workdir / "shipper.stdout"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.exit_code: int | None = None
+
+    @property
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "tirreno_shipper", "run", "-c", str(self.config_path)]
+
+    def start(self, *, ready_timeout: float = 20.0) -> Shipper:
+        """Start the daemon and wait until it logged ``daemon_started`` (and /healthz is 200)."""
+        before = self._started_count()
+        with open(self.stderr_path, "ab") as err, open(self.stdout_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                self.command, cwd=ROOT, env=self.env, stdout=out, stderr=err
+            )
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                code = self.proc.returncode
+                raise AssertionError(
+                    f"the daemon exited with {code} at start-up:\n{self.output()[-4000:]}"
+                )
+            if self._started_count() > before and (
+                self.metrics_url is None or self.healthz()[0] == 200
+            ):
+                return self
+            time.sleep(0.05)
+        raise AssertionError(
+            f"the daemon did not start in {ready_timeout} s:\n{self.output()[-4000:]}"
+        )
+
+    def _started_count(self) -> int:
+        if not self.stderr_path.exists():
+            return 0
+        return self.stderr_path.read_text(errors="replace").count('"daemon_started"')
+
+    def healthz(self) -> tuple[int, str]:
+        assert self.metrics_url is not None
+        try:
+            with urllib.request.urlopen(self.metrics_url + "/healthz", timeout=2) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+        except OSError as exc:
+            return 0, str(exc)
+
+    def scrape(self) -> str:
+        assert self.metrics_url is not None
+        with urllib.request.urlopen(self.metrics_url + "/metrics", timeout=5) as resp:
+            text: str = resp.read().decode()
+            return text
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, then wait; a daemon that does not stop in time is killed and it fails."""
+        proc = self.proc
+        if proc is None:
+            return self.exit_code if self.exit_code is not None else -1
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+                raise AssertionError(
+                    f"the daemon did not stop {timeout} s after SIGTERM:\n{self.output()[-4000:]}"
+                ) from None
+        self.proc = None
+        self.exit_code = proc.returncode
+        return proc.returncode
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
+    def output(self) -> str:
+        text = ""
+        for path in (self.stderr_path, self.stdout_path):
+            if path.exists():
+                text += path.read_text(errors="replace")
+        return text
+
+    def log_events(self) -> list[dict[str, Any]]:
+        """The daemon's JSON log lines (other lines, e.g. library warnings, are kept raw)."""
+        out: list[dict[str, Any]] = []
+        for line in self.stderr_path.read_text(errors="replace").splitlines():
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                obj = {"raw": line}
+            out.append(obj if isinstance(obj, dict) else {"raw": line})
+        return out
+
+
+def site_config(
+    name: str,
+    *,
+    sensor_url: str,
+    key_env: str,
+    log_path: Path,
+    log_format: str | Mapping[str, str],
+    directory: UserDirectory,
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "sensor": {
+            "url": sensor_url,
+            "api_key": "${" + key_env + "}",
+            "rate_limit": 0,
+            "concurrency": 4,
+            "timeout": 5,
+        },
+        "logs": [{"path": str(log_path), "format": log_format, "start_at": "beginning"}],
+        "users": {
+            "key": {"cookie": "sessionid"},
+            "database": directory.db.url,
+            "query": directory.query,
+            "cache_ttl": 300,
+            "unresolved": "drop",
+        },
+        "events": {"rules": RULES, "redact_query": list(REDACT)},
+    }
+
+
+def find_secrets(haystacks: Mapping[str, str], needles: Sequence[str]) -> list[str]:
+    """``where: which secret`` for every secret found in any haystack (secrets shown cut)."""
+    found = []
+    for where, text in haystacks.items():
+        for needle in needles:
+            if needle and needle in text:
+                found.append(f"{where}: {needle[:6]}...")
+    return found
