@@ -1,9 +1,11 @@
 """Whole-file runs through the pipeline: ``run --dry-run`` and ``backfill``.
 
 Neither touches the live checkpoints. A dry run writes nothing at all; a
-backfill writes events to the spool (request ids are a function of file
-identity and offset, so a repeated backfill of the same file is recognised:
-the spool ignores ids it already holds, and tirreno keeps them as traceid).
+backfill writes events to the spool and remembers, per file identity, how far
+it got (under the pseudo-site ``<site>#backfill``), so running the same
+backfill again, or again after an interruption, ships only what it has not
+shipped yet. Request ids are a function of file identity and offset, so an
+event shipped twice anyway is recognisable in tirreno (``traceid``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,27 @@ def site_files(site: SiteConfig) -> list[tuple[int, str]]:
         matches = sorted(glob.glob(src.path)) if glob.has_magic(src.path) else [src.path]
         out.extend((i, p) for p in matches if os.path.isfile(p))
     return out
+
+
+def content_size(path: str) -> int:
+    """Bytes of text in ``path``: for a ``.gz``, the size once decompressed.
+
+    Progress is counted in decompressed offsets (those of the chunks), so the
+    total must be too. gzip keeps the size modulo 2**32 in its last 4 bytes:
+    exact for one member under 4 GiB, which is what logrotate writes; good
+    enough for a progress bar otherwise.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        if fh.read(2) != b"\x1f\x8b" or size < 18:
+            return size
+        fh.seek(-4, os.SEEK_END)
+        return int.from_bytes(fh.read(4), "little")
+
+
+def backfill_marker(site: str) -> str:
+    """The pseudo-site under which a backfill keeps its per-file progress."""
+    return f"{site}#backfill"
 
 
 def make_resolver(site: SiteConfig) -> UserResolver | None:
@@ -80,10 +103,18 @@ def backfill(
     # A backfilled file has no logs entry of its own: use the first one's format.
     parser = pipeline.parser(site.logs[0])
     total = Counts()
+    marker = backfill_marker(site_name)
+    shipped = {cp.file: cp.offset for cp in spool.get_checkpoints(marker)}
     try:
         for path in files:
             done = 0
             for chunk in file_chunks(path, site.logs[0].max_line_bytes):
+                if chunk.end_offset <= shipped.get(chunk.file, -1):
+                    total.already += len(chunk.lines) + len(chunk.skipped)
+                    if progress is not None:
+                        progress(chunk.end_offset - done, 0, 0)
+                    done = chunk.end_offset
+                    continue
                 while True:
                     try:
                         events, counts = pipeline.process(chunk, parser)
@@ -98,6 +129,9 @@ def backfill(
                 while spool.is_full(site.name, site.spool.max_events, site.spool.max_bytes):
                     time.sleep(1.0)  # the sender drains it (run the daemon beside a backfill)
                 spool.commit_chunk(site.name, events, None)
+                # A second transaction: a crash between the two re-ships this one
+                # chunk on the next backfill (at-least-once, same request ids).
+                spool.commit_chunk(marker, [], chunk.checkpoint())
                 total.merge(counts)
                 counts.publish(site.name)
                 if progress is not None:

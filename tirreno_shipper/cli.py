@@ -150,7 +150,7 @@ def _dry_run(config: Config) -> int:
 
 
 def _backfill(config: Config, site: str, files: list[str]) -> int:
-    from tirreno_shipper.backfill import backfill
+    from tirreno_shipper.backfill import backfill, content_size
     from tirreno_shipper.spool import Spool
 
     try:
@@ -163,7 +163,7 @@ def _backfill(config: Config, site: str, files: list[str]) -> int:
     if missing:
         print(f"tirreno-shipper: not a readable file: {', '.join(missing)}", file=sys.stderr)
         return EX_FAILURE
-    total_bytes = sum(os.path.getsize(f) for f in files)
+    total_bytes = sum(content_size(f) for f in files)
     spool = Spool.open(config.state_dir)
     started = time.monotonic()
     bar: Any = None

@@ -498,6 +498,11 @@ def _semantic_checks(data: Any) -> list[str]:
     return problems
 
 
+def _list(value: Any) -> list[Any]:
+    """``value`` if it is a list; anything else is the models' to report (``sites: true``)."""
+    return value if isinstance(value, list) else []
+
+
 def _relative_to(base: Path, data: Any) -> None:
     """Make relative paths relative to the configuration file's folder, in place.
 
@@ -514,10 +519,10 @@ def _relative_to(base: Path, data: Any) -> None:
         return
     if "state_dir" in data:
         data["state_dir"] = fix(data["state_dir"])
-    for site in data.get("sites") or []:
+    for site in _list(data.get("sites")):
         if not isinstance(site, dict):
             continue
-        for src in site.get("logs") or []:
+        for src in _list(site.get("logs")):
             if isinstance(src, dict) and "path" in src:
                 src["path"] = fix(src["path"])
         sensor = site.get("sensor")
@@ -558,7 +563,7 @@ def parse_config(
         _relative_to(base_dir, data)
     _read_key_files(data, problems)
     # api_key_file is replaced by its content; validation still sees the path.
-    for site in data.get("sites") or []:
+    for site in _list(data.get("sites")):
         if isinstance(site, dict) and isinstance(site.get("sensor"), dict):
             key = site["sensor"].pop("_api_key_from_file", None)
             if key is not None:
@@ -578,7 +583,7 @@ def parse_config(
 
 def _restore_keyfile(data: Any) -> Any:
     """Keep ``api_key_file`` visible on the model, beside the key read from it."""
-    for site in (data.get("sites") or []) if isinstance(data, dict) else []:
+    for site in _list(data.get("sites")) if isinstance(data, dict) else []:
         sensor = site.get("sensor") if isinstance(site, dict) else None
         if isinstance(sensor, dict) and "_keyfile" in sensor:
             sensor["api_key_file"] = None

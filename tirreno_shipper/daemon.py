@@ -80,12 +80,16 @@ class SiteRunner:
         self._tailers: list[Tailer] = []
         self._parsers: list[LineParser] = []
         self._pending: list[Chunk | None] = []
-        self.sender = SiteSender(
-            site.name, site.sensor, spool, lease_seconds=site.spool.lease_timeout
-        )
+        self.sender = self._new_sender()
+        self._sender_started = False
         self._spooled = metrics.EVENTS_SPOOLED.labels(site=site.name)
         self._dropped = metrics.EVENTS_DROPPED.labels(site=site.name)
         self._lag = metrics.FILE_LAG.labels(site=site.name)
+
+    def _new_sender(self) -> SiteSender:
+        return SiteSender(
+            self.name, self.site.sensor, self.spool, lease_seconds=self.site.spool.lease_timeout
+        )
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -110,6 +114,7 @@ class SiteRunner:
         except Exception as exc:  # inotify limits: polling still works
             log.warning("watch_failed", site=self.name, error=str(exc), fallback="stat polling")
         self.sender.start()
+        self._sender_started = True
         self._start_tail()
         log.info("site_started", site=self.name, logs=[s.path for s in self.site.logs])
 
@@ -125,6 +130,15 @@ class SiteRunner:
             metrics.STAGE_RESTARTS.labels(site=self.name, stage="tail").inc()
             log.error("stage_restarted", site=self.name, stage="tail")
             self._start_tail()
+        if self._sender_started and not self.sender.alive() and not self._stop.is_set():
+            # A worker that died took nothing with it: its leases are released or
+            # expire. A fresh sender (a stopped one cannot start again) takes over.
+            self.restarts += 1
+            metrics.STAGE_RESTARTS.labels(site=self.name, stage="sender").inc()
+            log.error("stage_restarted", site=self.name, stage="sender")
+            self.sender.stop(0.0)
+            self.sender = self._new_sender()
+            self.sender.start()
 
     def stop_reading(self) -> None:
         self._stop.set()
@@ -278,12 +292,25 @@ class Daemon:
         if self._signals > 1:
             # Everything read is in the spool already; leases expire and are
             # recovered at the next start. Exiting now loses nothing.
-            os.write(2, b"tirreno-shipper: second signal, exiting now\n")
+            message = "second signal, exiting now"
+            if os.isatty(2):
+                line = f"tirreno-shipper: {message}\n"
+            else:  # journald and containers get the same JSON lines as every other event
+                line = json.dumps({"event": "second_signal_exit", "level": "warning"}) + "\n"
+            os.write(2, line.encode())
             os._exit(EX_INTERRUPTED)
+        self.request_stop()
+
+    def _on_hup(self, _signum: int, _frame: FrameType | None) -> None:
+        self.request_reload()
+
+    def request_stop(self) -> None:
+        """Stop as SIGTERM does (from a signal handler or another thread)."""
         self._stop_requested = True
         self._tick.set()
 
-    def _on_hup(self, _signum: int, _frame: FrameType | None) -> None:
+    def request_reload(self) -> None:
+        """Reload the configuration as SIGHUP does."""
         self._reload_requested = True
         self._tick.set()
 
@@ -354,16 +381,26 @@ class Daemon:
 
     def _start_site(self, site: SiteConfig) -> None:
         assert self.spool is not None
-        runner = SiteRunner(
-            site, self.spool, poll_interval=self.config.poll_interval, once=self.once
-        )
+        try:
+            runner = SiteRunner(
+                site, self.spool, poll_interval=self.config.poll_interval, once=self.once
+            )
+        except Exception:
+            # A bad sensor.ca_bundle fails here. One site's broken log path or
+            # sensor never stops the others, at start-up or at a reload.
+            log.exception("site_start_failed", site=site.name)
+            return
         self.runners[site.name] = runner
         try:
             runner.start()
         except Exception as exc:
-            # One site's broken log path or sensor URL never stops the others.
             runner.last_error = str(exc)
             log.exception("site_start_failed", site=site.name)
+
+    def _stop_site(self, name: str) -> None:
+        runner = self.runners.pop(name, None)
+        if runner is not None:
+            runner.stop(self.config.shutdown_grace)
 
     def _reload(self) -> None:
         if self.config_path is None:
@@ -380,24 +417,27 @@ class Daemon:
         old_sites = {s.name: s for s in self.config.sites}
         new_sites = {s.name: s for s in new.sites}
         for name in old_sites.keys() - new_sites.keys():
-            self.runners.pop(name).stop(self.config.shutdown_grace)
+            self._stop_site(name)
             log.info("site_removed", site=name)
         for name, site in new_sites.items():
             if name not in old_sites:
                 self._start_site(site)
                 log.info("site_added", site=name)
-            elif site != old_sites[name]:
-                self.runners.pop(name).stop(self.config.shutdown_grace)
+            elif site != old_sites[name] or name not in self.runners:
+                self._stop_site(name)
                 self._start_site(site)
                 log.info("site_reconfigured", site=name)
         from tirreno_shipper.logs import setup_logging
 
         setup_logging(new.log.level, new.log.format)
-        if new.metrics != self.config.metrics:
+        # The spool stays where it was opened: keep its state_dir (status.json goes there).
+        new = new.model_copy(update={"state_dir": self.config.state_dir})
+        metrics_changed = new.metrics != self.config.metrics
+        if metrics_changed:
             self._stop_metrics()
-            self.config = new
+        self.config = new
+        if metrics_changed:
             self._start_metrics()
-        self.config = new.model_copy(update={"state_dir": self.config.state_dir})
         log.info("reloaded", sites=sorted(new_sites))
         self.notifier.ready("reloaded")
 
@@ -420,7 +460,8 @@ class Daemon:
 
     # -- main loop ------------------------------------------------------------------
 
-    def run(self) -> int:
+    def start(self) -> int | None:
+        """Open the spool and start the metrics server and every site; an exit code on failure."""
         try:
             self.spool = Spool.open(self.config.state_dir)
         except SpoolError as exc:
@@ -434,13 +475,26 @@ class Daemon:
             self._start_site(site)
         self.notifier.ready(f"shipping {len(self.runners)} site(s)")
         log.info("daemon_started", sites=sorted(self.runners), once=self.once, pid=os.getpid())
+        return None
+
+    def run(self) -> int:
+        """Supervise until stopped (starting first unless `start` already ran); the exit code."""
+        if self.spool is None:
+            failed = self.start()
+            if failed is not None:
+                return failed
+        assert self.spool is not None
         code = EX_OK
         once_deadline = time.monotonic() + self.config.once_timeout
         last_watchdog = 0.0
         last_status = 0.0
+        # systemd's WATCHDOG_USEC/2 is the longest a ping may wait: wake often
+        # enough that a ping is never later than that.
+        interval = self.notifier.watchdog_interval
+        tick = 1.0 if interval is None else min(1.0, interval / 2)
         try:
             while not self._stop_requested:
-                self._tick.wait(1.0)
+                self._tick.wait(tick)
                 self._tick.clear()
                 now = time.monotonic()
                 self._heartbeat = now
@@ -461,8 +515,7 @@ class Daemon:
                 if now - last_status >= 2.0:
                     self._write_status()
                     last_status = now
-                interval = self.notifier.watchdog_interval
-                if interval is not None and now - last_watchdog >= interval:
+                if interval is not None and now - last_watchdog >= interval / 2:
                     self.notifier.watchdog()
                     last_watchdog = now
                 if self.once:

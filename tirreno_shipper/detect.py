@@ -7,6 +7,7 @@ they capture (a format with a cookie beats the same format without one).
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from itertools import islice
 
@@ -40,6 +41,16 @@ def sample_lines(path: str, limit: int = 500) -> list[bytes]:
     return lines
 
 
+def _is_ip(value: str | None) -> bool:
+    if value is None:
+        return False
+    try:
+        ipaddress.ip_address(value.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
 def detect(lines: list[bytes]) -> list[Candidate]:
     out: list[Candidate] = []
     for preset in (*PRESETS, "json"):
@@ -51,8 +62,10 @@ def detect(lines: list[bytes]) -> list[Candidate]:
             req = parser.parse(raw)
             if isinstance(req, str):
                 continue
-            if req.remote_addr is None and req.status is None:
-                continue  # a JSON object that is not an access-log line
+            if not _is_ip(req.remote_addr):
+                # The pipeline drops such lines (bad_address); counting them would let
+                # apache_combined "parse" vhost_combined lines with "host:port" as %h.
+                continue
             parsed += 1
             for name, value in (
                 ("cookie", req.session),

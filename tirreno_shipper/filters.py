@@ -22,10 +22,21 @@ METHOD = "method"
 NO_REQUEST = "no_request"  # no method or URL: a TLS handshake on port 80, a scanner's junk
 
 
+_GLOBAL_FLAGS = re.compile(r"\(\?([aiLmsux]+)\)")
+
+
+def _scoped(pattern: str) -> str:
+    """``(?i)bot`` → ``(?i:bot)``: global flags are refused inside an alternation."""
+    m = _GLOBAL_FLAGS.match(pattern)
+    if m:
+        return f"(?{m.group(1)}:{pattern[m.end() :]})"
+    return f"(?:{pattern})"
+
+
 def _union(patterns: Sequence[str]) -> re.Pattern[str] | None:
     if not patterns:
         return None
-    return re.compile("|".join(f"(?:{p})" for p in patterns))
+    return re.compile("|".join(_scoped(p) for p in patterns))
 
 
 def _status_test(spec: str) -> tuple[int, int]:

@@ -27,6 +27,7 @@ class Notifier:
         self.watchdog_interval: float | None = (
             int(usec) / 1e6 / 2 if usec.isdigit() and mine else None
         )
+        self._failing = False
 
     @property
     def enabled(self) -> bool:
@@ -43,8 +44,12 @@ class Notifier:
                 sock.connect(address)
                 sock.sendall("\n".join(states).encode())
         except OSError as exc:
-            log.warning("sd_notify_failed", error=str(exc))
+            # Once per outage: a watchdog ping every few seconds would flood the log.
+            if not self._failing:
+                log.warning("sd_notify_failed", socket=self._address, error=str(exc))
+            self._failing = True
             return False
+        self._failing = False
         return True
 
     def ready(self, status: str = "") -> None:

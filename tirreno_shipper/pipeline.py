@@ -34,11 +34,13 @@ class Counts:
     filtered: Counter[str] = field(default_factory=Counter)
     unresolved: Counter[str] = field(default_factory=Counter)
     fixed: Counter[str] = field(default_factory=Counter)
+    already: int = 0  # backfill: lines skipped because an earlier backfill shipped them
 
     def merge(self, other: Counts) -> None:
         self.lines += other.lines
         self.parsed += other.parsed
         self.events += other.events
+        self.already += other.already
         self.unparseable.update(other.unparseable)
         self.filtered.update(other.filtered)
         self.unresolved.update(other.unresolved)
@@ -66,6 +68,7 @@ class Counts:
             "unresolved": dict(self.unresolved),
             "fixed": dict(self.fixed),
             "events": self.events,
+            **({"already_backfilled": self.already} if self.already else {}),
         }
 
 

@@ -44,7 +44,8 @@ def collect(config: Config) -> dict[str, Any]:
         "state_dir": str(config.state_dir),
         "daemon": {
             "running": bool(live and live["running"]),
-            "pid": live.get("pid") if live else None,
+            # status.json outlives the daemon: a dead one's pid would mislead.
+            "pid": live.get("pid") if live and live["running"] else None,
         },
         "sites": {},
     }

@@ -1,0 +1,207 @@
+"""Log format presets and nginx/Apache format strings compiled to one linear regex each."""
+
+from __future__ import annotations
+
+import pytest
+
+from tirreno_shipper.config import ApacheFormat, JsonFormat, NginxFormat
+from tirreno_shipper.errors import FormatError
+from tirreno_shipper.formats import (
+    PRESET_NAMES,
+    PRESETS,
+    compile_apache,
+    compile_format,
+    compile_nginx,
+    preset_source,
+)
+from tirreno_shipper.parse import LineParser
+from tirreno_shipper.records import Request
+
+COMBINED_GROUPS = (
+    "remote_addr",
+    "remote_user",
+    "time_local",
+    "request",
+    "status",
+    "body_bytes_sent",
+    "http_referer",
+    "http_user_agent",
+)
+
+
+def parse(
+    spec: object, line: bytes, cookie: str | None = None, extra: tuple[str, ...] = ()
+) -> Request:
+    req = LineParser(compile_format(spec, cookie), cookie, extra).parse(line)
+    assert isinstance(req, Request), req
+    return req
+
+
+def test_preset_list_is_complete() -> None:
+    """Every preset the README documents exists, plus json."""
+    assert set(PRESET_NAMES) == {
+        "nginx_combined",
+        "nginx_cookie",
+        "apache_common",
+        "apache_combined",
+        "vhost_combined",
+        "apache_cookie",
+        "json",
+    }
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_compiles_with_a_cookie_name(name: str) -> None:
+    """Each preset compiles and knows its source text for the docs."""
+    fmt = compile_format(name, "sessionid")
+    assert fmt.regex is not None
+    assert fmt.source
+    assert fmt.has("remote_addr") and fmt.has("status") and fmt.has("request")
+
+
+def test_nginx_combined_groups() -> None:
+    """nginx combined captures the eight classic fields in order."""
+    assert compile_format("nginx_combined").groups == (
+        "remote_addr",
+        "remote_user",
+        "time_local",
+        "request",
+        "status",
+        "body_bytes_sent",
+        "http_referer",
+        "http_user_agent",
+    )
+
+
+def test_apache_combined_groups_use_nginx_names() -> None:
+    """Apache directives are translated to nginx variable names."""
+    fmt = compile_format("apache_combined")
+    assert fmt.kind == "apache"
+    assert fmt.groups == (
+        "remote_addr",
+        "apache_l",
+        "remote_user",
+        "time_local",
+        "request",
+        "status",
+        "body_bytes_sent",
+        "http_referer",
+        "http_user_agent",
+    )
+
+
+def test_cookie_presets_fill_in_the_cookie_name() -> None:
+    """nginx_cookie logs "$cookie_NAME", apache_cookie "%{NAME}C"."""
+    assert preset_source("nginx_cookie", "PHPSESSID")[1].endswith('"$cookie_PHPSESSID"')
+    assert preset_source("apache_cookie", "laravel_session")[1].endswith('"%{laravel_session}C"')
+    assert compile_format("nginx_cookie", "PHPSESSID").groups[-1] == "cookie_phpsessid"
+    assert compile_format("apache_cookie", "sid").groups[-1] == "cookie_sid"
+
+
+def test_cookie_preset_without_cookie_is_an_error() -> None:
+    """A *_cookie preset needs the cookie's name."""
+    with pytest.raises(FormatError, match=r"users\.key\.cookie"):
+        compile_format("apache_cookie")
+
+
+def test_unknown_preset_suggests_the_closest() -> None:
+    """A typo in a preset name gets a "did you mean"."""
+    with pytest.raises(FormatError, match="did you mean 'apache_combined'"):
+        compile_format("apache_combind")
+
+
+def test_json_preset_default_and_custom_keys() -> None:
+    """json is a regex-free format; custom keys map our names to the line's keys."""
+    assert compile_format("json").kind == "json"
+    custom = compile_format(JsonFormat.model_validate({"json": {"remote_addr": "ip"}}))
+    assert custom.json_keys == {"remote_addr": "ip"}
+
+
+def test_apache_unknown_directive_is_refused() -> None:
+    """apachelogs' grammar decides which directives exist."""
+    with pytest.raises(FormatError, match="%Z"):
+        compile_apache("%h %Z")
+
+
+def test_two_variables_without_separator_are_refused() -> None:
+    """Adjacent variables cannot be split without guessing."""
+    with pytest.raises(FormatError, match="separator"):
+        compile_nginx("$remote_addr$status")
+    with pytest.raises(FormatError, match="no variables"):
+        compile_nginx("just text")
+
+
+def test_apache_logformat_line_pasted_whole() -> None:
+    """`LogFormat "..." name` as copied from httpd.conf, escaped quotes and all."""
+    fmt = compile_apache(
+        r'LogFormat "%h %l %u %t \"%r\" %>s %b \"%{Referer}i\" \"%{User-Agent}i\"" combined'
+    )
+    assert fmt.groups == compile_format("apache_combined").groups
+    with pytest.raises(FormatError, match="LogFormat"):
+        compile_apache("LogFormat %h combined")
+
+
+def test_nginx_log_format_directive_pasted_whole() -> None:
+    """A multi-line `log_format main '...' '...';` directive is its quoted parts joined."""
+    directive = """log_format  main  '$remote_addr - $remote_user [$time_local] "$request" '
+                      '$status $body_bytes_sent "$http_referer" '
+                      '"$http_user_agent" "$http_x_forwarded_for"';"""
+    fmt = compile_nginx(directive)
+    assert fmt.groups == (*COMBINED_GROUPS, "http_x_forwarded_for")
+    line = (
+        b'10.0.0.1 - - [29/Nov/2026:10:00:01 +0000] "GET /a HTTP/1.1" 200 5 "-" "ua" '
+        b'"203.0.113.9, 10.0.0.2"'
+    )
+    req = parse(NginxFormat(nginx=directive), line, extra=("http_x_forwarded_for",))
+    assert req.extra == {"http_x_forwarded_for": "203.0.113.9, 10.0.0.2"}
+    with pytest.raises(FormatError, match="quoted"):
+        compile_nginx("log_format main;")
+
+
+def test_nginx_braced_variables() -> None:
+    """nginx's ${var} form names the same variable."""
+    assert compile_nginx('${remote_addr} "$request" ${status}').groups == (
+        "remote_addr",
+        "request",
+        "status",
+    )
+
+
+def test_apache_header_cookie_time_directives_named() -> None:
+    """%{X}i, %{X}C, %D, %T, %{msec}t and %{strftime}t get stable names."""
+    fmt = compile_apache(
+        '%a %{msec}t "%r" %>s %D %T "%{Accept-Language}i" "%{X-Request-Id}i" "%{Cookie}i" "%{sid}C"'
+    )
+    assert fmt.groups == (
+        "remote_addr",
+        "time_msec",
+        "request",
+        "status",
+        "apache_D",
+        "apache_T",
+        "http_accept_language",
+        "http_x_request_id",
+        "http_cookie",
+        "cookie_sid",
+    )
+    strf = compile_apache('%h %{%Y-%m-%d %H:%M:%S}t "%r" %>s')
+    assert strf.strftime == "%Y-%m-%d %H:%M:%S"
+    assert "time_strftime" in strf.groups
+
+
+def test_format_specs_from_config_models() -> None:
+    """compile_format takes the config's {nginx: ...} and {apache: ...} models."""
+    assert compile_format(NginxFormat(nginx='$remote_addr "$request" $status')).kind == "nginx"
+    assert compile_format(ApacheFormat(apache='%h "%r" %>s')).kind == "apache"
+    with pytest.raises(FormatError):
+        compile_format(42)
+
+
+def test_patterns_are_possessive() -> None:
+    """No lazy or greedy-backtracking quantifier: every run is possessive or bounded."""
+    for name in PRESETS:
+        pattern = compile_format(name, "sid").regex
+        assert pattern is not None
+        text = pattern.pattern
+        assert "*?" not in text and "+?" not in text
+        assert text.count("*+") >= 3
