@@ -16,7 +16,7 @@ the whole file would take most of a minute; a rate is a rate.
 from __future__ import annotations
 
 import argparse
-import os
+import contextlib
 import resource
 import sqlite3
 import sys
@@ -140,14 +140,15 @@ sites:
             for raw in fh:
                 if n >= args.apachelogs_lines:
                     break
-                try:
+                with contextlib.suppress(apachelogs.InvalidEntryError):
                     parser_ref.parse(raw.decode("latin-1"))
-                except apachelogs.InvalidEntryError:
-                    pass
                 n += 1
         ref_wall = time.perf_counter() - t0
         ref_rate = n / ref_wall
-        print(f"apachelogs: {n:,} lines parsed in {ref_wall:.1f} s = {ref_rate:,.0f} lines/s (parse only)")
+        print(
+            f"apachelogs: {n:,} lines parsed in {ref_wall:.1f} s = {ref_rate:,.0f} lines/s "
+            "(parse only)"
+        )
         ratio = product_rate / ref_rate
         print(f"ratio     : {ratio:.1f}x apachelogs' parse rate (target >= 8x)")
 

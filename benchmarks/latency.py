@@ -34,7 +34,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def run_rate(sensor: FakeSensor, rate: int, seconds: float, tmp: Path) -> tuple[float, float, int, int]:
+def run_rate(
+    sensor: FakeSensor, rate: int, seconds: float, tmp: Path
+) -> tuple[float, float, int, int]:
     log = tmp / f"access-{rate}.log"
     log.write_bytes(b"")
     config = tmp / f"config-{rate}.yaml"
@@ -96,7 +98,8 @@ def main() -> None:
             p50, p99, got, total = run_rate(sensor, rate, args.seconds, Path(tmp))
             print(
                 f"{rate:4d} events/s: p50 {p50 * 1000:6.1f} ms  p99 {p99 * 1000:6.1f} ms  "
-                f"({got}/{total} delivered){'  TARGET MISSED' if p99 >= 1.0 and rate >= 500 else ''}"
+                f"({got}/{total} delivered)"
+                + ("  TARGET MISSED" if p99 >= 1.0 and rate >= 500 else "")
             )
 
 

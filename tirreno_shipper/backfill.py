@@ -77,7 +77,11 @@ def dry_run(config: Config, out: TextIO = sys.stdout) -> dict[str, Counts]:
                     for ev in events:
                         out.write(
                             json.dumps(
-                                {"site": site.name, "request_id": ev.request_id, "fields": ev.fields},
+                                {
+                                    "site": site.name,
+                                    "request_id": ev.request_id,
+                                    "fields": ev.fields,
+                                },
                                 ensure_ascii=False,
                             )
                             + "\n"

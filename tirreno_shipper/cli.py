@@ -29,7 +29,9 @@ EX_INTERRUPTED = 130
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tirreno-shipper",
-        description="Tail nginx/Apache access logs and ship each meaningful request to a tirreno sensor.",
+        description=(
+            "Tail nginx/Apache access logs and ship each meaningful request to a tirreno sensor."
+        ),
     )
     p.add_argument("--version", action="version", version=f"tirreno-shipper {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -39,18 +41,31 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="follow the logs and ship events (the daemon)")
     with_config(run)
-    run.add_argument("--once", action="store_true", help="ship what the files hold now, wait for the spool to empty, exit")
+    run.add_argument(
+        "--once",
+        action="store_true",
+        help="ship what the files hold now, wait for the spool to empty, exit",
+    )
     run.add_argument(
         "--dry-run",
         action="store_true",
-        help="print the events as JSON lines instead of sending them; reads each file from its start; writes no state",
+        help=(
+            "print the events as JSON lines instead of sending them; "
+            "reads each file from its start; writes no state"
+        ),
     )
 
-    check = sub.add_parser("check", help="validate the config, the log paths, the user query and the sensor")
+    check = sub.add_parser(
+        "check", help="validate the config, the log paths, the user query and the sensor"
+    )
     with_config(check)
-    check.add_argument("--send-test-event", action="store_true", help="post one clearly labelled test event")
+    check.add_argument(
+        "--send-test-event", action="store_true", help="post one clearly labelled test event"
+    )
 
-    status = sub.add_parser("status", help="spool depth, dead letters, sensor state and file offsets per site")
+    status = sub.add_parser(
+        "status", help="spool depth, dead letters, sensor state and file offsets per site"
+    )
     with_config(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -59,16 +74,22 @@ def _parser() -> argparse.ArgumentParser:
     bf.add_argument("--site", required=True, help="the site whose pipeline and sensor to use")
     bf.add_argument("files", nargs="+", metavar="FILE")
 
-    dl = sub.add_parser("dead-letters", help="list, retry or purge events the sensor will never accept as they are")
+    dl = sub.add_parser(
+        "dead-letters", help="list, retry or purge events the sensor will never accept as they are"
+    )
     with_config(dl)
     dl.add_argument("action", choices=["list", "retry", "purge"])
     dl.add_argument("--site", help="only this site")
-    dl.add_argument("--id", type=int, action="append", dest="ids", help="only this dead letter id (repeatable)")
+    dl.add_argument(
+        "--id", type=int, action="append", dest="ids", help="only this dead letter id (repeatable)"
+    )
     dl.add_argument("--json", action="store_true", help="list as JSON lines")
 
     det = sub.add_parser("detect-format", help="name the presets that parse a log file")
     det.add_argument("file")
-    det.add_argument("--lines", type=int, default=500, help="how many lines to examine (default 500)")
+    det.add_argument(
+        "--lines", type=int, default=500, help="how many lines to examine (default 500)"
+    )
     return p
 
 
@@ -90,7 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except ConfigError as exc:
-        print(f"tirreno-shipper: invalid configuration ({len(exc.problems)} problem(s)):", file=sys.stderr)
+        print(
+            f"tirreno-shipper: invalid configuration ({len(exc.problems)} problem(s)):",
+            file=sys.stderr,
+        )
         for problem in exc.problems:
             print(f"  - {problem}", file=sys.stderr)
         return EX_CONFIG
@@ -170,7 +194,9 @@ def _backfill(config: Config, site: str, files: list[str]) -> int:
     if sys.stderr.isatty():
         from tqdm import tqdm
 
-        bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"backfill {site}", file=sys.stderr)
+        bar = tqdm(
+            total=total_bytes, unit="B", unit_scale=True, desc=f"backfill {site}", file=sys.stderr
+        )
     lines = events = 0
 
     def progress(nbytes: int, nlines: int, nevents: int) -> None:
@@ -188,7 +214,12 @@ def _backfill(config: Config, site: str, files: list[str]) -> int:
             bar.close()
         spool.close()
     elapsed = time.monotonic() - started
-    summary = {"backfill": site, "files": len(files), "seconds": round(elapsed, 2), **counts.summary()}
+    summary = {
+        "backfill": site,
+        "files": len(files),
+        "seconds": round(elapsed, 2),
+        **counts.summary(),
+    }
     print(json.dumps(summary), file=sys.stderr)
     print(
         f"backfilled {counts.events} events from {counts.lines} lines in {elapsed:.1f} s; "
@@ -206,7 +237,9 @@ def _status(config: Config, as_json: bool) -> int:
     return EX_OK
 
 
-def _dead_letters(config: Config, action: str, site: str | None, ids: list[int] | None, as_json: bool) -> int:
+def _dead_letters(
+    config: Config, action: str, site: str | None, ids: list[int] | None, as_json: bool
+) -> int:
     from tirreno_shipper.spool import Spool
 
     spool = Spool.open(config.state_dir)
@@ -233,7 +266,10 @@ def _dead_letters(config: Config, action: str, site: str | None, ids: list[int] 
                     )
                 else:
                     when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.failed_at))
-                    print(f"{r.id:>6} {r.site:12s} {when}  {r.request_id}  {r.reason}  {r.fields.get('url', '')}")
+                    print(
+                        f"{r.id:>6} {r.site:12s} {when}  {r.request_id}  {r.reason}  "
+                        f"{r.fields.get('url', '')}"
+                    )
             if not as_json:
                 print(f"{len(rows)} dead letter(s)", file=sys.stderr)
         elif action == "retry":

@@ -155,7 +155,7 @@ class MetricsConfig(_Model):
     @field_validator("listen")
     @classmethod
     def _host_port(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
+        _host, sep, port = value.rpartition(":")
         if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError('expected "host:port", e.g. "127.0.0.1:9108" or "0.0.0.0:9108"')
         return value
@@ -268,7 +268,13 @@ class ClientIpConfig(_Model):
     # Requires the format to log the header ($http_x_forwarded_for / %{X-Forwarded-For}i).
     forwarded_for: bool = False
     trusted_proxies: list[Network] = Field(
-        default_factory=lambda: ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+        default_factory=lambda: [
+            "127.0.0.0/8",
+            "::1/128",
+            "10.0.0.0/8",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
+        ]
     )
 
 
@@ -354,7 +360,8 @@ def _expand(value: str, path: str, env: Mapping[str, str], problems: list[str]) 
         if default is not None:
             return default
         problems.append(
-            f"{path}: environment variable {name} is not set (export it, or write ${{{name}:-default}})"
+            f"{path}: environment variable {name} is not set "
+            f"(export it, or write ${{{name}:-default}})"
         )
         return ""
 
@@ -365,7 +372,9 @@ def _walk(node: Any, path: str, env: Mapping[str, str], problems: list[str]) -> 
     if isinstance(node, str):
         return _expand(node, path, env, problems)
     if isinstance(node, dict):
-        return {k: _walk(v, f"{path}.{k}" if path else str(k), env, problems) for k, v in node.items()}
+        return {
+            k: _walk(v, f"{path}.{k}" if path else str(k), env, problems) for k, v in node.items()
+        }
     if isinstance(node, list):
         return [_walk(v, f"{path}[{i}]", env, problems) for i, v in enumerate(node)]
     return node
@@ -416,7 +425,11 @@ def _describe(err: Mapping[str, Any]) -> str:
         known = sorted(model.model_fields) if model else []
         close = difflib.get_close_matches(str(loc[-1]), known, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        return f"{path}: unknown key{hint} (known: {', '.join(known)})" if known else f"{path}: unknown key"
+        return (
+            f"{path}: unknown key{hint} (known: {', '.join(known)})"
+            if known
+            else f"{path}: unknown key"
+        )
     if kind == "missing":
         return f"{path}: required key is missing"
     msg = str(err["msg"]).removeprefix("Value error, ")
@@ -511,7 +524,12 @@ def _relative_to(base: Path, data: Any) -> None:
     """
 
     def fix(value: Any) -> Any:
-        if isinstance(value, str) and value and not os.path.isabs(value) and not value.startswith("~"):
+        if (
+            isinstance(value, str)
+            and value
+            and not os.path.isabs(value)
+            and not value.startswith("~")
+        ):
             return str(base / value)
         return value
 

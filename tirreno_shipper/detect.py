@@ -111,11 +111,15 @@ def report(path: str, limit: int = 500) -> tuple[str, int]:
     out = [f"{path}: {len(lines)} lines examined"]
     if not found:
         out.append("No preset parses these lines. Copy your server's format into the config:")
-        out.append("  format: {nginx: '<your log_format string>'}  or  format: {apache: '<LogFormat>'}")
+        out.append(
+            "  format: {nginx: '<your log_format string>'}  or  format: {apache: '<LogFormat>'}"
+        )
         return "\n".join(out), 1
     for c in found:
         fields = ", ".join(c.fields) or "none"
-        out.append(f"  {c.preset:16s} parses {c.share:6.1%} ({c.parsed}/{c.total})  fields: {fields}")
+        out.append(
+            f"  {c.preset:16s} parses {c.share:6.1%} ({c.parsed}/{c.total})  fields: {fields}"
+        )
     best = found[0]
     out.append(f"Best match: format: {best.preset}")
     if "cookie" in best.fields:

@@ -13,7 +13,7 @@ import ipaddress
 import re
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from tirreno_shipper.config import ClientIpConfig
 from tirreno_shipper.records import Event, Request, User
@@ -24,13 +24,32 @@ REQUEST_ID_NAMESPACE = uuid.UUID("6f1d5a0c-3b5e-5c8a-9d0e-7a4f2b9c1e30")
 _NS = REQUEST_ID_NAMESPACE.bytes
 
 
+# UUID version 5 and RFC 4122 variant bits, as uuid.uuid5 sets them.
+_CLEAR = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
+_SET = (0x5 << 76) | (0x2 << 62)
+
+
+def request_ids(site: str, file_key: str) -> Callable[[int], str]:
+    """A function offset → UUIDv5 of site, file identity and offset.
+
+    The same value as ``uuid.uuid5(REQUEST_ID_NAMESPACE, f"{site}|{file_key}|{offset}")``;
+    the hash of the common prefix is computed once per file and copied per line.
+    """
+    prefix = hashlib.sha1(_NS + f"{site}|{file_key}|".encode())  # noqa: S324 - as UUIDv5 says
+
+    def for_offset(offset: int) -> str:
+        h = prefix.copy()
+        h.update(str(offset).encode())
+        n = (int.from_bytes(h.digest()[:16]) & _CLEAR) | _SET
+        x = f"{n:032x}"
+        return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+
+    return for_offset
+
+
 def request_id(site: str, file_key: str, offset: int) -> str:
-    """UUIDv5 of site, file identity and byte offset (same as ``uuid.uuid5``, 3x faster)."""
-    digest = bytearray(hashlib.sha1(_NS + f"{site}|{file_key}|{offset}".encode()).digest()[:16])  # noqa: S324
-    digest[6] = (digest[6] & 0x0F) | 0x50
-    digest[8] = (digest[8] & 0x3F) | 0x80
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    """UUIDv5 of site, file identity and byte offset."""
+    return request_ids(site, file_key)(offset)
 
 
 _EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]+\.[^@\s]+")
@@ -113,7 +132,10 @@ class EventMapper:
         """``ip`` is the already validated client address (`ClientIp.of`)."""
         assert req.uri is not None
         url = self.url(req.uri)
-        fields: dict[str, str] = {"ipAddress": ip, "url": url if len(url) <= 2047 else self._cut("url", url)}
+        fields: dict[str, str] = {
+            "ipAddress": ip,
+            "url": url if len(url) <= 2047 else self._cut("url", url),
+        }
         if req.time is not None:
             fields["eventTime"] = req.time
         if req.user_agent is not None:

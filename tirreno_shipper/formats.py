@@ -417,5 +417,7 @@ def compile_format(spec: object, cookie_name: str | None = None) -> CompiledForm
     if isinstance(spec, ApacheFormat):
         return compile_apache(spec.apache)
     if isinstance(spec, JsonFormat):
-        return CompiledFormat(kind="json", source="json", regex=None, groups=(), json_keys=dict(spec.json_))
+        return CompiledFormat(
+            kind="json", source="json", regex=None, groups=(), json_keys=dict(spec.json_)
+        )
     raise FormatError(f"unsupported format specification: {spec!r}")

@@ -18,7 +18,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Collection, Mapping
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 
 from tirreno_shipper.formats import CompiledFormat
 from tirreno_shipper.records import EMPTY, Request
@@ -35,7 +35,17 @@ REASONS = (NO_MATCH, INVALID_BYTES, BAD_TIME, BAD_STATUS, TOO_LONG)
 EXCLUDED_PATH = "excluded_path"
 
 _ESCAPE = re.compile(rb'\\(x[0-9A-Fa-f]{2}|u[0-9A-Fa-f]{4}|["\\nrtvbf/])')
-_SIMPLE = {b'"': b'"', b"\\": b"\\", b"n": b"\n", b"r": b"\r", b"t": b"\t", b"v": b"\v", b"b": b"\b", b"f": b"\f", b"/": b"/"}
+_SIMPLE = {
+    b'"': b'"',
+    b"\\": b"\\",
+    b"n": b"\n",
+    b"r": b"\r",
+    b"t": b"\t",
+    b"v": b"\v",
+    b"b": b"\b",
+    b"f": b"\f",
+    b"/": b"/",
+}
 
 
 def _unescape_one(m: re.Match[bytes]) -> bytes:
@@ -60,12 +70,19 @@ def decode_field(value: str) -> str:
         return raw.decode("latin-1")
 
 
-_MONTHS = {m: i for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
+_MONTHS = {
+    m: i
+    for i, m in enumerate(
+        ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1
+    )
+}
 
 
 def _fmt(dt: datetime, millis: bool) -> str:
     dt = dt.astimezone(UTC)
-    text = f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d} {dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"
+    text = (
+        f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d} {dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"
+    )
     return f"{text}.{dt.microsecond // 1000:03d}" if millis else text
 
 
@@ -104,7 +121,12 @@ def time_local_to_utc(value: str) -> str | None:
     hms = value[12:20]
     digits = hms[:2] + hms[3:5] + hms[6:]
     # isascii: Latin-1 "²" passes isdigit() but int() refuses it.
-    if base is None or hms[2] != ":" or hms[5] != ":" or not (digits.isascii() and digits.isdigit()):
+    if (
+        base is None
+        or hms[2] != ":"
+        or hms[5] != ":"
+        or not (digits.isascii() and digits.isdigit())
+    ):
         return None
     secs = base + int(hms[:2]) * 3600 + int(hms[3:5]) * 60 + int(hms[6:])
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(secs))
@@ -162,14 +184,29 @@ def _method_ok(method: str) -> bool:
     return ok
 
 
+_SPLIT_CACHE: dict[str, tuple[str | None, str | None]] = {}
+
+
 def split_request(line: str | None) -> tuple[str | None, str | None]:
     """``GET /a?b HTTP/1.1`` → (method, target). HTTP/0.9's ``GET /a`` has no version.
 
     Garbage (a TLS handshake on the HTTP port, a scanner's junk) gives
     ``(None, None)``: a request without a method, never an exception.
+    Memoised: the same request lines come back all day.
     """
     if not line:
         return None, None
+    hit = _SPLIT_CACHE.get(line)
+    if hit is not None:
+        return hit
+    out = _split_request(line)
+    if len(_SPLIT_CACHE) >= 16384:
+        _SPLIT_CACHE.clear()
+    _SPLIT_CACHE[line] = out
+    return out
+
+
+def _split_request(line: str) -> tuple[str | None, str | None]:
     parts = line.split(" ")
     if len(parts) not in (2, 3):
         return None, None
@@ -198,7 +235,7 @@ def _cookie_re(name: str) -> re.Pattern[str]:
 
 
 def _absent(value: str | None) -> str | None:
-    if value is None or value == "-" or value == "" or value == '""':
+    if value is None or value in {"-", "", '""'}:
         return None
     return value
 
@@ -249,12 +286,20 @@ class LineParser:
             self._i_cookie = idx.get(self._cookie_var, -1) if self._cookie_var else -1
             self._i_cookie_header = idx.get("http_cookie", -1) if cookie_name else -1
             self._i_extra = tuple((name, idx[name]) for name in self._extra if name in idx)
-        self._parse = self._build_parser()
+        self.fast: Callable[[bytes], Request | str] = self._build_parser()
 
     @staticmethod
     def _pick_time(idx: Mapping[str, int]) -> tuple[str, int]:
         # Prefer the most precise timestamp the format logs.
-        for kind in ("msec", "time_msec", "time_usec", "time_iso8601", "time_local", "time_sec", "time_strftime"):
+        for kind in (
+            "msec",
+            "time_msec",
+            "time_usec",
+            "time_iso8601",
+            "time_local",
+            "time_sec",
+            "time_strftime",
+        ):
             if kind in idx:
                 return kind, idx[kind]
         return "", -1
@@ -281,8 +326,12 @@ class LineParser:
         return None
 
     def parse(self, raw: bytes) -> Request | str:
-        """The `Request` of one line (without its newline), or why it was skipped."""
-        return self._parse(raw)
+        """The `Request` of one line (without its newline), or why it was skipped.
+
+        Hot loops call ``parser.fast`` (the same function without this method's
+        extra call frame).
+        """
+        return self.fast(raw)
 
     def _time_converter(self, kind: str) -> Callable[[str], str | None]:
         return lambda value: self._time(kind, value)
@@ -316,8 +365,17 @@ class LineParser:
         i_status, has_status = at("status"), self._i_status >= 0
         i_addr, i_user = at("remote_addr"), at("remote_user")
         i_request, has_request = at("request"), self._i_request >= 0
-        i_method, i_uri, i_path, i_query = at("request_method"), at("request_uri"), at("uri"), self._i_query
-        i_referer, i_agent, i_lang = at("http_referer"), at("http_user_agent"), at("http_accept_language")
+        i_method, i_uri, i_path, i_query = (
+            at("request_method"),
+            at("request_uri"),
+            at("uri"),
+            self._i_query,
+        )
+        i_referer, i_agent, i_lang = (
+            at("http_referer"),
+            at("http_user_agent"),
+            at("http_accept_language"),
+        )
         i_cookie = self._i_cookie if self._i_cookie >= 0 else none
         has_cookie = self._i_cookie >= 0
         i_cookie_header = self._i_cookie_header

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from tirreno_shipper import metrics
 from tirreno_shipper.config import LogSource, SiteConfig
-from tirreno_shipper.events import EventMapper, request_id
+from tirreno_shipper.events import EventMapper, request_ids
 from tirreno_shipper.filters import PATH, RequestFilter, RuleSet
 from tirreno_shipper.formats import compile_format
 from tirreno_shipper.parse import EXCLUDED_PATH, TOO_LONG, LineParser
@@ -124,8 +124,8 @@ class SitePipeline:
         for _offset, skip in chunk.skipped:
             counts.unparseable[skip or TOO_LONG] += 1
         events: list[Event] = []
-        file_key = chunk.file.key()
-        parse = parser.parse
+        rid = request_ids(self.name, chunk.file.key())
+        parse = parser.fast
         excluded = self.filter.excluded
         match_rule = self.rules.match
         client_of = self.mapper.client.of
@@ -133,7 +133,6 @@ class SitePipeline:
         resolver = self.resolver
         key_for = resolver.key_for if resolver is not None else None
         resolve = resolver.resolve if resolver is not None else None
-        site = self.name
         self.mapper.fixed = counts.fixed
         for offset, raw in chunk.lines:
             req = parse(raw)
@@ -170,6 +169,6 @@ class SitePipeline:
                     continue
                 counts.unresolved["anonymous"] += 1
                 user = self._anonymous_user(ip)
-            events.append(build(req, user, ip, event_type, request_id(site, file_key, offset)))
+            events.append(build(req, user, ip, event_type, rid(offset)))
         counts.events = len(events)
         return events, counts

@@ -25,7 +25,7 @@ def _open(path: str) -> BinaryIO:
         magic = probe.read(2)
     if magic == b"\x1f\x8b":
         return gzip.open(path, "rb")  # type: ignore[return-value]
-    return open(path, "rb")  # noqa: SIM115 - closed by the caller's with
+    return open(path, "rb")
 
 
 def _fingerprint(head: bytes) -> str:

@@ -1,0 +1,748 @@
+"""The sender: classification, rate limit, and delivery to a real fake sensor over real sockets."""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import http.server
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import urllib.parse
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import structlog
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import SecretStr
+
+from tests.support.fake_sensor import FakeSensor
+from tirreno_shipper import metrics
+from tirreno_shipper._version import __version__
+from tirreno_shipper.config import SensorConfig
+from tirreno_shipper.errors import SpoolError
+from tirreno_shipper.records import Event
+from tirreno_shipper.sender import (
+    BATCH,
+    Outcome,
+    SiteSender,
+    TokenBucket,
+    Verdict,
+    classify,
+    encode_form,
+    parse_retry_after,
+    send_one,
+    user_agent,
+)
+from tirreno_shipper.spool import Spool
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "k-123"
+
+
+def sensor_config(url: str, **overrides: Any) -> SensorConfig:
+    values: dict[str, Any] = {"url": url, "api_key": KEY, "rate_limit": 0, "timeout": 2.0}
+    values.update(overrides)
+    return SensorConfig(**values)
+
+
+def rid(i: int) -> str:
+    return f"00000000-0000-5000-8000-{i:012d}"
+
+
+def make_events(n: int, start: int = 0) -> list[Event]:
+    return [
+        Event(
+            rid(i),
+            {
+                "ipAddress": "203.0.113.7",
+                "url": f"/page/{i}?q=a b&c=ü",
+                "userName": f"user{i}",
+                "eventTime": "2024-05-01 10:00:00.123",
+                "eventType": "page_view",
+                "httpCode": "200",
+            },
+        )
+        for i in range(start, start + n)
+    ]
+
+
+# -- classify ---------------------------------------------------------------------------
+
+
+def test_204_is_accepted() -> None:
+    """Only 204 is success."""
+    assert classify(204, b"", {}, None) == Verdict(Outcome.ACCEPTED, "204")
+
+
+@pytest.mark.parametrize("body", [b"", b"\n", b"  "])
+def test_empty_200_is_rejected(body: bytes) -> None:
+    """An empty 200 is tirreno's refusal (wrong key, missing field, wrong content type)."""
+    assert classify(200, body, {}, None) == Verdict(Outcome.REJECTED, "rejected")
+
+
+@pytest.mark.parametrize("status", [200, 201, 202])
+def test_a_2xx_with_a_body_is_not_tirreno_and_keeps_the_event(status: int) -> None:
+    """A page answering 200 with HTML means a wrong URL: rejected (kept), never dropped."""
+    verdict = classify(status, b"<html>welcome</html>", {}, None)
+    assert verdict.outcome is Outcome.REJECTED
+    assert "not a tirreno sensor" in verdict.reason
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_a_redirect_means_a_wrong_url_and_hides_credentials(status: int) -> None:
+    """A redirect is a wrong URL: rejected (kept), and the Location's password is not echoed."""
+    verdict = classify(status, b"", {"Location": "https://u:secret@example.com/sensor/"}, None)
+    assert verdict.outcome is Outcome.REJECTED
+    assert f"redirect {status}" in verdict.reason
+    assert "example.com/sensor/" in verdict.reason
+    assert "secret" not in verdict.reason
+
+
+@pytest.mark.parametrize("status", [401, 403, 404, 405])
+def test_endpoint_4xx_keep_the_event(status: int) -> None:
+    """4xx answers about the endpoint (auth proxy, wrong path) keep events like a rejection."""
+    assert classify(status, b"nope", {}, None).outcome is Outcome.REJECTED
+
+
+@pytest.mark.parametrize("status", [400, 413, 414, 415, 422])
+def test_other_4xx_are_permanent(status: int) -> None:
+    """A 4xx about the event itself is permanent: it goes to the dead letters."""
+    assert classify(status, b"bad", {}, None) == Verdict(Outcome.PERMANENT, f"http {status}")
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504, 599])
+def test_408_429_and_5xx_are_retried(status: int) -> None:
+    """Server trouble and rate limits are retried, with the status as the reason."""
+    assert classify(status, b"", {}, None) == Verdict(Outcome.RETRY, str(status))
+
+
+def test_retry_after_seconds_is_parsed_case_insensitively() -> None:
+    """Retry-After in seconds is honoured whatever the header's case."""
+    assert classify(429, b"", {"retry-after": "7"}, None).retry_after == 7.0
+    assert classify(503, b"", {"RETRY-AFTER": " 2 "}, None).retry_after == 2.0
+
+
+def test_retry_after_http_date_is_parsed() -> None:
+    """Retry-After as an HTTP-date gives the seconds from now until that date."""
+    now = 1_700_000_000.0
+    date = email.utils.formatdate(now + 120, usegmt=True)
+    verdict = classify(503, b"", httpx.Headers({"Retry-After": date}), None, now=now)
+    assert verdict == Verdict(Outcome.RETRY, "503", 120.0)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("0", 0.0),
+        ("-5", 0.0),
+        ("1.5", 1.5),
+        ("soon", None),
+        ("", None),
+        (None, None),
+        ("nan", None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # in the past
+    ],
+)
+def test_parse_retry_after_edge_cases(value: str | None, expected: float | None) -> None:
+    """Garbage Retry-After values are ignored; past dates and negatives mean now."""
+    assert parse_retry_after(value, now=1_700_000_000.0) == expected
+
+
+def _chained(outer: BaseException, cause: BaseException) -> BaseException:
+    try:
+        try:
+            raise cause
+        except BaseException as inner:
+            raise outer from inner
+    except BaseException as exc:
+        return exc
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (httpx.ConnectError("refused"), "connect"),
+        (ConnectionRefusedError(111, "refused"), "connect"),
+        (httpx.ReadTimeout("slow"), "timeout"),
+        (httpx.ConnectTimeout("slow"), "timeout"),
+        (httpx.PoolTimeout("busy"), "timeout"),
+        (httpx.RemoteProtocolError("closed"), "network"),
+        (httpx.ReadError("reset"), "network"),
+        (_chained(httpx.ConnectError("tls"), ssl.SSLCertVerificationError("bad cert")), "tls"),
+        (RuntimeError("surprise"), "error"),
+    ],
+)
+def test_errors_without_an_answer_are_retried(error: BaseException, reason: str) -> None:
+    """Timeouts, refused connects, TLS and other failures are retried with a bounded reason."""
+    assert classify(None, b"", None, error) == Verdict(Outcome.RETRY, reason)
+
+
+def test_user_agent_names_product_and_version() -> None:
+    """The User-Agent names the product and its version."""
+    assert user_agent() == f"tirreno-shipper/{__version__} (+https://github.com/tirreno)"
+
+
+@given(st.dictionaries(st.text(max_size=20), st.text(max_size=60), max_size=8))
+def test_encode_form_is_urlencode_byte_for_byte(fields: dict[str, str]) -> None:
+    """The fast form encoder gives exactly what urllib.parse.urlencode gives."""
+    assert encode_form(fields) == urllib.parse.urlencode(fields).encode()
+
+
+def test_encode_form_of_real_fields() -> None:
+    """Known names, safe values, spaces, slashes and non-ASCII encode as urlencode does."""
+    fields = {"ipAddress": "::1", "url": "/a b?c=d&e=ü", "eventType": "page_view", "x y": "~"}
+    assert encode_form(fields) == urllib.parse.urlencode(fields).encode()
+    with pytest.raises(UnicodeEncodeError):
+        encode_form({"userName": "bad\ud800"})
+
+
+# -- send_one over real sockets ----------------------------------------------------------
+
+
+def test_send_one_classifies_real_answers() -> None:
+    """send_one gets 204, an empty 200, a refused connect and a timeout from a real server."""
+    fields = {"ipAddress": "192.0.2.1", "url": "/check", "eventType": "page_view"}
+    with FakeSensor(api_key=KEY) as sensor:
+        config = sensor_config(sensor.url, timeout=0.3)
+        assert send_one(config, fields, rid(1)).outcome is Outcome.ACCEPTED
+        assert sensor.accepted[0].fields == fields
+        wrong = sensor_config(sensor.url, api_key="nope")
+        assert send_one(wrong, fields, rid(2)) == Verdict(Outcome.REJECTED, "rejected")
+        sensor.set_mode("hang")
+        assert send_one(config, fields, rid(3)) == Verdict(Outcome.RETRY, "timeout")
+        sensor.set_mode("refuse")
+        assert send_one(config, fields, rid(4)) == Verdict(Outcome.RETRY, "connect")
+        sensor.set_mode("ok")
+
+
+# -- token bucket ---------------------------------------------------------------------------
+
+
+def test_token_bucket_rate_zero_never_waits() -> None:
+    """rate 0 disables the limit."""
+    bucket, stop = TokenBucket(0, 1), threading.Event()
+    started = time.monotonic()
+    assert all(bucket.acquire(stop) for _ in range(10_000))
+    assert time.monotonic() - started < 1.0
+
+
+def test_token_bucket_allows_a_burst_then_the_rate() -> None:
+    """A full bucket passes `burst` at once, then one token every 1/rate seconds."""
+    bucket, stop = TokenBucket(20, 5), threading.Event()
+    started = time.monotonic()
+    for _ in range(5):
+        assert bucket.acquire(stop)
+    assert time.monotonic() - started < 0.05
+    for _ in range(10):
+        assert bucket.acquire(stop)
+    assert 0.45 <= time.monotonic() - started < 1.0
+
+
+def test_token_bucket_is_shared_safely_by_threads() -> None:
+    """Four threads sharing a bucket together never exceed its rate."""
+    bucket, stop = TokenBucket(50, 1), threading.Event()
+    stamps: list[float] = []
+    lock = threading.Lock()
+
+    def take() -> None:
+        for _ in range(10):
+            assert bucket.acquire(stop)
+            with lock:
+                stamps.append(time.monotonic())
+
+    threads = [threading.Thread(target=take) for _ in range(4)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(stamps) == 40
+    assert max(stamps) - started >= 39 / 50 - 0.02
+
+
+def test_token_bucket_wait_is_interrupted_by_stop() -> None:
+    """A stop while waiting for a token returns False at once."""
+    bucket, stop = TokenBucket(0.1, 1), threading.Event()
+    assert bucket.acquire(stop)
+    threading.Timer(0.1, stop.set).start()
+    started = time.monotonic()
+    assert bucket.acquire(stop) is False
+    assert time.monotonic() - started < 1.0
+
+
+# -- end to end: SiteSender + real Spool + FakeSensor ------------------------------------
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Iterator[Spool]:
+    opened = Spool.open(tmp_path / "state")
+    yield opened
+    opened.close()
+
+
+@contextlib.contextmanager
+def running(
+    config: SensorConfig, spool: Spool, site: str = "shop", **kwargs: Any
+) -> Iterator[SiteSender]:
+    sender = SiteSender(site, config, spool, **kwargs)
+    # Sampled from before the start: the first failure can come within milliseconds.
+    _STATE_LOGS[id(sender)] = StateLog(sender)
+    sender.start()
+    try:
+        yield sender
+    finally:
+        sender.stop(5)
+        _STATE_LOGS.pop(id(sender)).close()
+
+
+def states_of(sender: SiteSender) -> list[str]:
+    """Every state the running sender went through so far."""
+    return list(_STATE_LOGS[id(sender)].states)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+_STATE_LOGS: dict[int, StateLog] = {}
+
+
+class StateLog:
+    """Samples a sender's state in the background, keeping each change."""
+
+    def __init__(self, sender: SiteSender) -> None:
+        self.states = [sender.state]
+        self._sender = sender
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.005):
+            if self._sender.state != self.states[-1]:
+                self.states.append(self._sender.state)
+
+    def close(self) -> list[str]:
+        self._stop.set()
+        self._thread.join()
+        return self.states
+
+
+def counter(metric: Any, **labels: str) -> float:
+    return float(metric.labels(**labels)._value.get())
+
+
+def test_delivers_every_event_with_form_fields_and_headers(spool: Spool) -> None:
+    """Every spooled event arrives once, form-encoded, with Api-Key, X-Request-Id and User-Agent."""
+    events = make_events(60)
+    spool.commit_chunk("deliver", events, None)
+    sent_before = counter(metrics.EVENTS_SENT, site="deliver")
+    with FakeSensor(api_key=KEY) as sensor:
+        with running(sensor_config(sensor.url), spool, site="deliver") as sender:
+            assert sender.alive()
+            assert sender.wait_empty(20)
+            assert sender.state == "ok"
+        assert not sender.alive()
+        by_id = {r.request_id: r for r in sensor.accepted}
+        assert len(sensor.accepted) == 60  # no fault: exactly once
+        for event in events:
+            received = by_id[event.request_id]
+            assert received.fields == dict(event.fields)
+            assert received.headers["api-key"] == KEY
+            assert received.headers["user-agent"] == user_agent()
+            assert received.headers["content-type"] == "application/x-www-form-urlencoded"
+            assert received.headers["x-request-id"] == event.request_id
+    assert counter(metrics.EVENTS_SENT, site="deliver") - sent_before == 60
+    assert spool.stats("deliver").depth == 0
+
+
+def test_wait_empty_times_out_while_the_sensor_is_down(spool: Spool) -> None:
+    """wait_empty returns False when the bounded time runs out with events left."""
+    spool.commit_chunk("shop", make_events(3), None)
+    with FakeSensor(api_key=KEY) as sensor:
+        sensor.set_mode("503")
+        with running(sensor_config(sensor.url), spool) as sender:
+            assert sender.wait_empty(0.5) is False
+        assert spool.stats("shop").depth == 3
+
+
+def test_stop_interrupts_a_backoff_wait(spool: Spool) -> None:
+    """A shutdown during a long Retry-After backoff returns at once and keeps every event."""
+    spool.commit_chunk("wait", make_events(10), None)
+    with FakeSensor(api_key=KEY, retry_after=120) as sensor:
+        sensor.set_mode("503")
+        sender = SiteSender("wait", sensor_config(sensor.url), spool)
+        sender.start()
+        assert wait_until(lambda: sender.state == "backing_off", 5)
+        started = time.monotonic()
+        sender.stop(5)
+        assert time.monotonic() - started < 1.0
+    stats = spool.stats("wait")
+    assert (stats.depth, stats.leased, stats.dead_letters) == (10, 0, 0)
+
+
+def test_a_single_rejection_below_the_threshold_is_retried_later(spool: Spool) -> None:
+    """One empty 200 leaves the site ok and retries the event after a delay; never dropped."""
+    spool.commit_chunk("once", make_events(1), None)
+    with FakeSensor(api_key="other") as sensor:
+        with running(sensor_config(sensor.url), spool, site="once") as sender:
+            assert wait_until(lambda: sensor.count("200") == 1, 5)
+            sensor.set_api_key(KEY)
+            assert sender.state == "ok"
+            assert spool.stats("once").depth == 1
+            assert sender.wait_empty(10)
+            assert states_of(sender) == ["ok"]
+        assert sensor.count("200") == 1
+        assert len(sensor.accepted) == 1
+
+
+@pytest.mark.slow
+def test_outage_of_30_seconds_then_recovery_loses_nothing(spool: Spool) -> None:
+    """Refused connects for 30 s: few attempts (no spinning), then everything is delivered."""
+    events = make_events(40)
+    spool.commit_chunk("outage", events, None)
+    with FakeSensor(api_key=KEY) as sensor:
+        sensor.set_mode("refuse")
+        config = sensor_config(sensor.url, retry_max_delay=8.0)
+        before = counter(metrics.EVENTS_RETRIED, site="outage", reason="connect")
+        with running(config, spool, site="outage") as sender:
+            time.sleep(10)
+            attempts_10s = counter(metrics.EVENTS_RETRIED, site="outage", reason="connect") - before
+            assert 1 <= attempts_10s < 15
+            time.sleep(20)
+            attempts_30s = counter(metrics.EVENTS_RETRIED, site="outage", reason="connect") - before
+            assert attempts_30s < 25
+            assert sender.state == "backing_off"
+            assert spool.stats("outage").depth == 40
+            sensor.set_mode("ok")
+            assert sender.wait_empty(20)
+            assert states_of(sender) == ["ok", "backing_off", "ok"]
+        assert set(sensor.accepted_ids()) == {e.request_id for e in events}
+        assert len(sensor.accepted) == 40
+
+
+def test_500_and_503_then_recovery_loses_nothing(spool: Spool) -> None:
+    """Server errors back the site off; after recovery every event is delivered once."""
+    events = make_events(20)
+    spool.commit_chunk("err", events, None)
+    with FakeSensor(api_key=KEY, retry_after=1) as sensor:
+        sensor.set_mode("500")
+        with running(sensor_config(sensor.url), spool, site="err") as sender:
+            assert wait_until(lambda: sensor.count("500") >= 1, 5)
+            sensor.set_mode("503")
+            assert wait_until(lambda: sensor.count("503") >= 1, 5)
+            sensor.set_mode("ok")
+            assert sender.wait_empty(20)
+            assert states_of(sender)[-2:] == ["backing_off", "ok"]
+        assert sorted(sensor.accepted_ids()) == sorted(e.request_id for e in events)  # type: ignore[type-var]
+        # The struggling sensor was not hammered: a handful of requests, not hundreds.
+        assert sensor.count("500") + sensor.count("503") <= 12
+
+
+def test_slow_and_hung_sensor_time_out_and_recover(spool: Spool) -> None:
+    """Answers slower than the timeout and a hung sensor are retried; nothing is lost."""
+    events = make_events(12)
+    spool.commit_chunk("slow", events, None)
+    before = counter(metrics.EVENTS_RETRIED, site="slow", reason="timeout")
+    with FakeSensor(api_key=KEY, slow_seconds=1.0) as sensor:
+        sensor.set_mode("slow")
+        with running(sensor_config(sensor.url, timeout=0.3), spool, site="slow") as sender:
+            assert wait_until(
+                lambda: counter(metrics.EVENTS_RETRIED, site="slow", reason="timeout") > before, 5
+            )
+            sensor.set_mode("hang")
+            assert wait_until(lambda: sensor.hanging >= 1, 10)
+            assert sender.state == "backing_off"
+            sensor.set_mode("ok")
+            assert sender.wait_empty(20)
+            assert sender.state == "ok"
+        # A slow answer after our timeout may still have been stored: at least once.
+        assert set(sensor.accepted_ids()) == {e.request_id for e in events}
+
+
+@pytest.mark.slow
+def test_429_storm_is_honoured_with_retry_after(spool: Spool) -> None:
+    """A small server bucket answers 429 with Retry-After; the sender waits, nothing is lost."""
+    events = make_events(50)
+    spool.commit_chunk("storm", events, None)
+    with FakeSensor(api_key=KEY, bucket_capacity=10, bucket_window=1.0) as sensor:
+        started = time.monotonic()
+        with running(sensor_config(sensor.url), spool, site="storm") as sender:
+            assert sender.wait_empty(30)
+        elapsed = time.monotonic() - started
+        assert sorted(sensor.accepted_ids()) == sorted(e.request_id for e in events)  # type: ignore[type-var]
+        assert elapsed >= 4.0
+        # Honouring Retry-After: a few 429s per window (the requests in flight), not a flood.
+        assert 1 <= sensor.count("429") <= 5 * 6
+        for answer in sensor.answer_log():
+            if answer.answer == "429":
+                # No request may start more than `concurrency` times in the second after a 429.
+                window = [
+                    a for a in sensor.answer_log() if answer.time < a.time < answer.time + 0.9
+                ]
+                assert len(window) <= 4 + 1
+
+
+@pytest.mark.slow
+def test_wrong_key_for_a_while_then_the_right_key_loses_nothing(spool: Spool) -> None:
+    """A run of rejections stops the site loudly, keeps every event, and a 204 resumes it."""
+    events = make_events(30)
+    spool.commit_chunk("keys", events, None)
+    with FakeSensor(api_key="some-other-key") as sensor:
+        with (
+            structlog.testing.capture_logs() as logs,
+            running(sensor_config(sensor.url), spool, site="keys") as sender,
+        ):
+            assert wait_until(lambda: sender.state == "rejecting", 10)
+            rejected = sensor.count("200")
+            time.sleep(2)
+            # Stopped: no more requests until the probe (5 s after the threshold).
+            assert sensor.count("200") == rejected
+            assert spool.stats("keys").depth == 30
+            assert spool.stats("keys").dead_letters == 0
+            gauge = metrics.SENSOR_STATE.labels(site="keys", state="rejecting")
+            assert gauge._value.get() == 1
+            sensor.set_api_key(KEY)
+            assert sender.wait_empty(20)
+            assert states_of(sender) == ["ok", "rejecting", "ok"]
+        assert sorted(sensor.accepted_ids()) == sorted(e.request_id for e in events)  # type: ignore[type-var]
+        assert rejected <= 5 + 4
+    errors = [e for e in logs if e["event"] == "sensor_rejecting"]
+    assert len(errors) == 1
+    assert errors[0]["log_level"] == "error"
+    assert errors[0]["site"] == "keys"
+    assert errors[0]["url"] == sensor.url
+    assert "sensor.api_key" in errors[0]["hint"]
+    assert KEY not in repr(logs)
+
+
+def test_invalid_events_go_to_dead_letters_and_never_leave(spool: Spool) -> None:
+    """Events that fail our own validation are dead-lettered; the sensor never sees them."""
+    good = make_events(5)
+    bad = [
+        Event(rid(100), {"url": "/no-ip"}),
+        Event("x" * 37, {"ipAddress": "192.0.2.1", "url": "/long-id"}),
+        Event(rid(101), {"ipAddress": "not-an-ip", "url": "/bad-ip"}),
+        Event(rid(102), {"ipAddress": "192.0.2.1", "url": "/x", "userName": "bad\ud800"}),
+    ]
+    spool.commit_chunk("invalid", [*good, *bad], None)
+    with FakeSensor(api_key=KEY) as sensor:
+        with running(sensor_config(sensor.url), spool, site="invalid") as sender:
+            assert sender.wait_empty(10)
+        assert sorted(sensor.accepted_ids()) == sorted(e.request_id for e in good)  # type: ignore[type-var]
+        assert sensor.count("200") == 0
+    assert spool.stats("invalid").dead_letters == 4
+
+
+class _PermanentHandler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(413 if b"huge" in body else 204)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+def test_permanent_4xx_goes_to_dead_letters(spool: Spool) -> None:
+    """A 413 for one event dead-letters that event only; the others are delivered."""
+    events = make_events(4)
+    huge = Event(rid(50), {"ipAddress": "192.0.2.1", "url": "/huge"})
+    spool.commit_chunk("perm", [*events, huge], None)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _PermanentHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/sensor/"
+        with running(sensor_config(url), spool, site="perm") as sender:
+            assert sender.wait_empty(10)
+            assert sender.state == "ok"
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert spool.stats("perm").dead_letters == 1
+
+
+def test_max_attempts_dead_letters_after_that_many_failures(spool: Spool) -> None:
+    """With max_attempts set, an event that keeps failing ends in the dead letters."""
+    spool.commit_chunk("maxatt", make_events(2), None)
+    with FakeSensor(api_key=KEY) as sensor:
+        sensor.set_mode("500")
+        config = sensor_config(sensor.url, max_attempts=2, retry_max_delay=0.3)
+        with running(config, spool, site="maxatt") as sender:
+            assert sender.wait_empty(15)
+        assert sensor.count("500") == 4
+    assert spool.stats("maxatt").dead_letters == 2
+
+
+def test_rate_limit_is_held(spool: Spool) -> None:
+    """With rate 20/s and burst 5, no one-second window sees more than 5 + 20 events."""
+    events = make_events(70)
+    spool.commit_chunk("rate", events, None)
+    with FakeSensor(api_key=KEY) as sensor:
+        config = sensor_config(sensor.url, rate_limit=20, burst=5)
+        started = time.monotonic()
+        with running(config, spool, site="rate") as sender:
+            assert sender.wait_empty(20)
+        elapsed = time.monotonic() - started
+        stamps = sorted(r.time for r in sensor.accepted)
+    assert len(stamps) == 70
+    assert elapsed >= (70 - 5) / 20 - 0.1
+    for i, t in enumerate(stamps):
+        in_window = sum(1 for s in stamps[i:] if s < t + 1.0)
+        assert in_window <= 5 + 20 + 1
+
+
+@pytest.mark.slow
+def test_default_rate_limit_never_meets_the_default_tirreno_bucket(spool: Spool) -> None:
+    """The default 9/s burst 10 stays within tirreno's 200 per 20 s: not a single 429."""
+    events = make_events(230)
+    spool.commit_chunk("default", events, None)
+    with FakeSensor(api_key=KEY) as sensor:  # 200 per rolling 20 s, as tirreno
+        config = SensorConfig(url=sensor.url, api_key=SecretStr(KEY))
+        with running(config, spool, site="default") as sender:
+            assert sender.wait_empty(60)
+        assert sensor.count("429") == 0
+        assert len(set(sensor.accepted_ids())) == 230
+
+
+def test_stop_finishes_in_flight_requests_and_releases_the_rest(spool: Spool) -> None:
+    """stop(grace) lets in-flight requests finish and gives every unsent lease back."""
+    spool.commit_chunk("stop", make_events(60), None)
+    with FakeSensor(api_key=KEY, delay=0.1) as sensor:
+        sender = SiteSender("stop", sensor_config(sensor.url), spool, lease_seconds=600)
+        sender.start()
+        assert sensor.wait_accepted(8, 10)
+        sender.stop(5)
+        assert not sender.alive()
+        stats = spool.stats("stop")
+        assert stats.leased == 0
+        assert stats.depth + len(sensor.accepted) == 60
+        assert len(set(sensor.accepted_ids())) == len(sensor.accepted)
+
+
+def test_stop_past_grace_with_a_hung_sensor_loses_nothing(spool: Spool) -> None:
+    """With hung requests stop returns after the grace; only in-flight events stay leased."""
+    spool.commit_chunk("hung", make_events(40), None)
+    with FakeSensor(api_key=KEY) as sensor:
+        sensor.set_mode("hang")
+        config = sensor_config(sensor.url, timeout=30)
+        sender = SiteSender("hung", config, spool, lease_seconds=600)
+        sender.start()
+        assert wait_until(lambda: sensor.hanging >= 4, 5)
+        started = time.monotonic()
+        sender.stop(0.5)
+        assert time.monotonic() - started < 3.0
+        stats = spool.stats("hung")
+        assert stats.depth == 40
+        assert stats.leased <= 4  # at most the one request in flight per worker
+        # When the hung requests end, the stopped workers give their events back.
+        sensor.set_mode("ok")
+        assert wait_until(lambda: spool.stats("hung").leased == 0, 5)
+    assert spool.stats("hung").depth == 40
+    assert sensor.accepted == []
+
+
+class _FlakySpool:
+    """A real spool whose first leases fail, as a locked or full disk would make them."""
+
+    def __init__(self, spool: Spool, failures: int) -> None:
+        self._spool = spool
+        self.failures = failures
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._spool, name)
+
+    def lease(self, site: str, limit: int, lease_seconds: float) -> Any:
+        if self.failures > 0:
+            self.failures -= 1
+            raise SpoolError("database is locked")
+        return self._spool.lease(site, limit, lease_seconds)
+
+
+def test_worker_loops_survive_errors(spool: Spool) -> None:
+    """A worker whose spool call fails logs it and carries on; events still arrive."""
+    events = make_events(10)
+    spool.commit_chunk("flaky", events, None)
+    flaky = _FlakySpool(spool, failures=2)
+    with FakeSensor(api_key=KEY) as sensor:
+        with (
+            structlog.testing.capture_logs() as logs,
+            running(sensor_config(sensor.url), flaky, site="flaky") as sender,  # type: ignore[arg-type]
+        ):
+            assert sender.wait_empty(10)
+            assert sender.alive()
+        assert len(set(sensor.accepted_ids())) == 10
+    assert sum(1 for e in logs if e["event"] == "sender_worker_error") == 2
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from tirreno_shipper.config import SensorConfig
+    from tirreno_shipper.sender import SiteSender
+    from tirreno_shipper.spool import Spool
+
+    spool = Spool.open(Path(sys.argv[1]))
+    config = SensorConfig(url=sys.argv[2], api_key=sys.argv[3], rate_limit=0)
+    SiteSender("kill", config, spool, lease_seconds=600).start()
+    time.sleep(600)
+    """
+)
+
+
+@pytest.mark.slow
+def test_kill_mid_flight_duplicates_only_requests_in_flight(tmp_path: Path) -> None:
+    """SIGKILL while sending, restart: nothing lost, duplicates bounded by concurrency x batch."""
+    state = tmp_path / "state"
+    events = make_events(400)
+    first = Spool.open(state)
+    first.commit_chunk("kill", events, None)
+    first.close()
+    with FakeSensor(api_key=KEY, delay=0.01, bucket_capacity=0) as sensor:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(state), sensor.url, KEY], env=env
+        )
+        try:
+            assert sensor.wait_accepted(150, 30)
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait(10)
+        # Requests the server was still handling at the kill finish on its side.
+        time.sleep(0.3)
+        accepted_before_kill = len(sensor.accepted)
+        assert accepted_before_kill < 400
+        spool = Spool.open(state)
+        try:
+            spool.recover_leases()
+            with running(sensor_config(sensor.url), spool, site="kill") as sender:
+                assert sender.wait_empty(30)
+        finally:
+            spool.close()
+        ids = sensor.accepted_ids()
+    assert set(ids) == {e.request_id for e in events}
+    duplicates = Counter(ids)
+    extra = sum(n - 1 for n in duplicates.values())
+    print(f"killed after {accepted_before_kill} accepted; duplicates: {extra}")
+    assert extra <= 4 * BATCH
+    # Only events the killed process had sent can have been sent twice.
+    first_seen = {i: ids.index(i) for i, n in duplicates.items() if n > 1}
+    assert all(index < accepted_before_kill for index in first_seen.values())
