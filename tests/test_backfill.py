@@ -1,0 +1,212 @@
+"""``backfill``: historical files, plain or gzip, through the pipeline into the spool."""
+
+from __future__ import annotations
+
+import fcntl
+import gzip
+import hashlib
+import json
+import os
+import pty
+import re
+import select
+import struct
+import subprocess
+import sys
+import termios
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.fake_sensor import FakeSensor
+from tests.support.shipper import (
+    ROOT,
+    append,
+    child_env,
+    nginx_line,
+    run_cli,
+    site,
+    spooled_ids,
+    write_config,
+)
+from tirreno_shipper.backfill import content_size
+from tirreno_shipper.events import request_id
+from tirreno_shipper.records import FileId
+from tirreno_shipper.spool import Spool
+
+
+@pytest.fixture
+def sensor() -> Iterator[FakeSensor]:
+    with FakeSensor(bucket_capacity=0) as s:
+        yield s
+
+
+def lines(prefix: str, n: int) -> list[str]:
+    return [nginx_line(f"/{prefix}/{i}") for i in range(n)]
+
+
+def write_gz(path: Path, text: list[str]) -> Path:
+    with gzip.open(path, "wt", encoding="utf-8") as fh:
+        fh.writelines(text)
+    return path
+
+
+def summary(stderr: str) -> dict[str, object]:
+    found = [json.loads(x) for x in stderr.splitlines() if x.startswith('{"backfill"')]
+    assert len(found) == 1, stderr
+    return found[0]
+
+
+@pytest.mark.slow
+def test_backfill_of_gz_and_plain_files_spools_once_and_leaves_live_checkpoints(
+    tmp_path: Path, sensor: FakeSensor
+) -> None:
+    """Events land in the spool with request ids; a repeat adds none; live checkpoints stay."""
+    live = tmp_path / "live.log"
+    append(live, lines("live", 3))
+    cfg = write_config(tmp_path / "c.yaml", [site("a", sensor.url, live)])
+    state = tmp_path / "state"
+    assert run_cli("run", "-c", str(cfg), "--once").returncode == 0
+    assert sensor.wait_accepted(3, 5)
+    with Spool.open(state) as spool:
+        checkpoints = spool.get_checkpoints("a")
+    assert checkpoints and checkpoints[0].offset == live.stat().st_size
+
+    gz = write_gz(tmp_path / "access.log.2.gz", [*lines("gz", 20), "not a log line\n"])
+    plain = tmp_path / "access.log.1"
+    append(plain, lines("plain", 5))
+    r = run_cli("backfill", "-c", str(cfg), "--site", "a", str(gz), str(plain))
+    assert r.returncode == 0, r.stderr
+    s = summary(r.stderr)
+    assert (s["files"], s["lines"], s["events"]) == (2, 26, 25)
+    assert s["unparseable"] == {"no_match": 1}
+    assert "backfilled 25 events from 26 lines" in r.stderr
+    ids = spooled_ids(state, "a")
+    assert len(ids) == 25
+    assert all(uuid.UUID(i).version == 5 for i in ids)
+
+    again = run_cli("backfill", "-c", str(cfg), "--site", "a", str(gz), str(plain))
+    assert again.returncode == 0, again.stderr
+    assert spooled_ids(state, "a") == ids  # recognised: nothing new queued
+
+    with Spool.open(state) as spool:
+        assert spool.get_checkpoints("a") == checkpoints
+
+    assert run_cli("run", "-c", str(cfg), "--once").returncode == 0
+    got = {r.request_id: r.fields["url"] for r in sensor.accepted[3:]}
+    assert set(got) == set(ids)
+    assert sorted(got.values()) == sorted(
+        [f"/gz/{i}" for i in range(20)] + [f"/plain/{i}" for i in range(5)]
+    )
+    assert len(sensor.accepted) == 28  # the live lines were not sent again
+
+
+@pytest.mark.slow
+def test_a_backfill_run_again_after_delivery_ships_nothing_twice(
+    tmp_path: Path, sensor: FakeSensor
+) -> None:
+    """Backfill, deliver, backfill again: the second run knows the file and adds nothing."""
+    live = tmp_path / "live.log"
+    live.touch()
+    cfg = write_config(tmp_path / "c.yaml", [site("a", sensor.url, live)])
+    gz = write_gz(tmp_path / "old.gz", lines("o", 4))
+    first = run_cli("backfill", "-c", str(cfg), "--site", "a", str(gz))
+    assert first.returncode == 0, first.stderr
+    assert run_cli("run", "-c", str(cfg), "--once").returncode == 0
+    ids = sensor.accepted_ids()
+    assert len(ids) == 4
+    # The ids are a function of the file's identity and each line's offset.
+    st = gz.stat()
+    with gzip.open(gz, "rb") as fh:
+        text = fh.read()
+    head = text[: text.index(b"\n") + 1]
+    file_key = FileId(st.st_dev, st.st_ino, hashlib.sha1(head).hexdigest()).key()
+    offsets = [0, *(i + 1 for i, b in enumerate(text[:-1]) if b == ord("\n"))]
+    assert ids == [request_id("a", file_key, off) for off in offsets]
+
+    again = run_cli("backfill", "-c", str(cfg), "--site", "a", str(gz))
+    assert again.returncode == 0, again.stderr
+    s = summary(again.stderr)
+    assert s["events"] == 0 and s["already_backfilled"] == 4
+    assert spooled_ids(tmp_path / "state", "a") == []
+    assert run_cli("run", "-c", str(cfg), "--once").returncode == 0
+    assert sensor.accepted_ids() == ids
+
+
+def test_backfill_rejects_an_unknown_site_and_a_missing_file(
+    tmp_path: Path, sensor: FakeSensor
+) -> None:
+    """An unknown --site exits 78 naming the sites; a missing file exits 1 naming it."""
+    live = tmp_path / "live.log"
+    live.touch()
+    cfg = write_config(tmp_path / "c.yaml", [site("a", sensor.url, live)])
+    r = run_cli("backfill", "-c", str(cfg), "--site", "zzz", str(live))
+    assert r.returncode == 78 and "no site named 'zzz' (sites: a)" in r.stderr
+    r = run_cli("backfill", "-c", str(cfg), "--site", "a", str(tmp_path / "nope.gz"))
+    assert r.returncode == 1 and "nope.gz" in r.stderr
+
+
+def test_content_size_of_a_gz_is_its_decompressed_size(tmp_path: Path) -> None:
+    """Progress totals are in decompressed bytes, like the chunk offsets they are compared to."""
+    text = "".join(lines("z", 200))
+    gz = write_gz(tmp_path / "z.gz", [text])
+    assert content_size(str(gz)) == len(text.encode())
+    assert os.path.getsize(gz) < len(text)
+    plain = tmp_path / "p.log"
+    plain.write_text(text)
+    assert content_size(str(plain)) == len(text.encode())
+
+
+def test_backfill_on_a_tty_shows_a_progress_bar_that_ends_at_100_percent(
+    tmp_path: Path, sensor: FakeSensor
+) -> None:
+    """On a terminal: a bar with lines and events, never past 100 % (also for a .gz)."""
+    live = tmp_path / "live.log"
+    live.touch()
+    cfg = write_config(tmp_path / "c.yaml", [site("a", sensor.url, live)])
+    gz = write_gz(tmp_path / "old.gz", lines("t", 3000))
+    master, slave = pty.openpty()
+    # A real terminal has a size; tqdm draws nothing in a 0-column one.
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tirreno_shipper",
+            "backfill",
+            "-c",
+            str(cfg),
+            "--site",
+            "a",
+            str(gz),
+        ],
+        cwd=ROOT,
+        env=child_env(),
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+    )
+    os.close(slave)
+    out = b""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            out += data
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    assert proc.wait(10) == 0
+    text = out.decode(errors="replace")
+    assert "backfill a" in text and "lines=3000" in text and "events=3000" in text
+    percents = [int(p) for p in re.findall(r"(\d+)%\|", text)]
+    assert percents and percents[-1] == 100 and max(percents) == 100, text[-2000:]

@@ -1,0 +1,201 @@
+"""``status``, ``check`` and ``dead-letters`` from the command line, against real state."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.fake_sensor import FakeSensor
+from tests.support.shipper import (
+    append,
+    nginx_line,
+    run_cli,
+    running,
+    site,
+    spooled_ids,
+    wait_until,
+    write_config,
+)
+from tirreno_shipper.records import Event
+from tirreno_shipper.spool import Spool
+
+
+@pytest.fixture
+def sensor() -> Iterator[FakeSensor]:
+    with FakeSensor(bucket_capacity=0) as s:
+        yield s
+
+
+def test_status_json_reports_spool_files_and_the_daemon(tmp_path: Path, sensor: FakeSensor) -> None:
+    """``status --json``: per site spool depth, age, dead letters, sensor state; per file lag."""
+    sensor.set_mode("refuse")
+    log = tmp_path / "a.log"
+    append(log, [nginx_line(f"/s/{i}") for i in range(4)])
+    cfg = write_config(tmp_path / "c.yaml", [site("a", sensor.url, log)], once_timeout=1)
+    assert run_cli("run", "-c", str(cfg), "--once").returncode == 1  # sensor down: kept
+    append(log, [nginx_line("/s/late")])  # written after the run: lag
+    late = len(nginx_line("/s/late"))
+
+    r = run_cli("status", "-c", str(cfg), "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["state_dir"] == str(tmp_path / "state")
+    assert report["daemon"] == {"running": False, "pid": None}
+    a = report["sites"]["a"]
+    assert a["spool_depth"] == 4 and a["spool_bytes"] > 0 and a["leased"] == 0
+    assert a["oldest_age_seconds"] is not None and a["oldest_age_seconds"] >= 0
+    assert a["dead_letters"] == 0
+    assert a["sensor_state"].startswith("unknown")
+    assert a["paused"] is None
+    [f] = a["files"]
+    size = log.stat().st_size
+    assert (f["path"], f["offset"], f["size"], f["lag_bytes"]) == (
+        str(log),
+        size - late,
+        size,
+        late,
+    )
+    assert f["identity"].startswith(f"{log.stat().st_dev}:{log.stat().st_ino}:")
+    assert f["note"] is None
+
+    text = run_cli("status", "-c", str(cfg))
+    assert text.returncode == 0
+    assert "daemon: not running" in text.stdout and "site a:" in text.stdout
+    assert f"lag {late} B" in text.stdout
+
+
+def test_status_json_shows_the_running_daemons_live_state(
+    tmp_path: Path, sensor: FakeSensor
+) -> None:
+    """With the daemon running, status names its pid and the sensor's live state."""
+    log = tmp_path / "a.log"
+    append(log, [nginx_line("/l/1")])
+    cfg = write_config(tmp_path / "c.yaml", [site("a", sensor.url, log)])
+    with running(cfg) as shipper:
+        assert sensor.wait_accepted(1, 20)
+
+        def live() -> dict[str, object] | None:
+            report = json.loads(run_cli("status", "-c", str(cfg), "--json").stdout)
+            return report if report["daemon"]["running"] else None
+
+        report = wait_until(live, 15, interval=0.3)
+        assert report, "status never saw the daemon running"
+        assert report["daemon"]["pid"] == shipper.pid
+        assert report["sites"]["a"]["sensor_state"] == "ok"
+        assert report["sites"]["a"]["spool_depth"] == 0
+        assert shipper.stop() == 0
+
+
+def test_check_passes_against_a_working_sensor(tmp_path: Path, sensor: FakeSensor) -> None:
+    """``check --send-test-event``: readable log, reachable sensor, test event accepted; exit 0."""
+    log = tmp_path / "a.log"
+    log.touch()
+    cfg = write_config(tmp_path / "c.yaml", [site("a", sensor.url, log)])
+    r = run_cli("check", "-c", str(cfg), "--send-test-event")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "[ok]   logs" in r.stdout and "test event accepted (204)" in r.stdout
+    assert "all checks passed" in r.stdout
+    [event] = sensor.accepted
+    assert event.fields["userName"] == "tirreno-shipper-check"
+    assert event.headers["api-key"] == "test-key"
+
+
+def test_check_with_a_wrong_key_reports_the_rejection_and_exits_1(
+    tmp_path: Path, sensor: FakeSensor
+) -> None:
+    """A wrong key: the sensor answers but rejects the test event; exit 1, key not shown."""
+    log = tmp_path / "a.log"
+    log.touch()
+    cfg = write_config(tmp_path / "c.yaml", [site("a", sensor.url, log, key="wrong-key-1234")])
+    r = run_cli("check", "-c", str(cfg), "--send-test-event")
+    assert r.returncode == 1
+    assert "reachable" in r.stdout
+    assert "[FAIL] test event rejected (empty 200)" in r.stdout
+    assert "some checks FAILED" in r.stdout
+    assert "wrong-key-1234" not in r.stdout + r.stderr
+    assert sensor.accepted == [] and sensor.count("200") == 1
+
+
+def test_check_fails_on_an_unreachable_sensor_and_an_unreadable_log_folder(
+    tmp_path: Path, unused_tcp_port: int
+) -> None:
+    """Nothing listening and a log folder that does not exist are both reported; exit 1."""
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        [site("a", f"http://127.0.0.1:{unused_tcp_port}/sensor/", tmp_path / "nodir" / "a.log")],
+    )
+    r = run_cli("check", "-c", str(cfg))
+    assert r.returncode == 1
+    assert "[FAIL] logs" in r.stdout and "[FAIL] sensor" in r.stdout
+
+
+@pytest.fixture
+def dead_letters(tmp_path: Path) -> tuple[Path, list[str]]:
+    """A config whose spool holds three dead letters (two of site a, one of b)."""
+    log = tmp_path / "a.log"
+    log.touch()
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        [
+            site("a", "http://127.0.0.1:1/sensor/", log),
+            site("b", "http://127.0.0.1:1/sensor/", log),
+        ],
+    )
+    rids = [f"00000000-0000-5000-8000-{i:012d}" for i in range(3)]
+    with Spool.open(tmp_path / "state") as spool:
+        for s, rid in (("a", rids[0]), ("a", rids[1]), ("b", rids[2])):
+            spool.commit_chunk(
+                s, [Event(rid, {"url": f"/dl/{rid[-1]}", "ipAddress": "1.2.3.4"})], None
+            )
+            [leased] = spool.lease(s, 1, 60)
+            spool.dead_letter([leased.id], "HTTP 400 from the sensor")
+    return cfg, rids
+
+
+def test_dead_letters_list_retry_and_purge(
+    dead_letters: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    """list shows each with its reason; retry --id puts one back in the spool; purge deletes."""
+    cfg, rids = dead_letters
+    r = run_cli("dead-letters", "-c", str(cfg), "list", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [x["request_id"] for x in rows] == rids
+    assert {x["reason"] for x in rows} == {"HTTP 400 from the sensor"}
+    assert rows[0]["fields"]["url"] == "/dl/0" and rows[2]["site"] == "b"
+
+    r = run_cli("dead-letters", "-c", str(cfg), "list", "--site", "a")
+    assert r.returncode == 0
+    assert "2 dead letter(s)" in r.stderr and "/dl/0" in r.stdout and "/dl/2" not in r.stdout
+
+    r = run_cli("dead-letters", "-c", str(cfg), "retry", "--id", str(rows[1]["id"]))
+    assert r.returncode == 0 and "1 dead letter(s) put back" in r.stdout
+    assert spooled_ids(tmp_path / "state") == [rids[1]]
+
+    r = run_cli("dead-letters", "-c", str(cfg), "purge", "--site", "b")
+    assert r.returncode == 0 and "1 dead letter(s) deleted" in r.stdout
+    left = [
+        json.loads(x)["request_id"]
+        for x in run_cli("dead-letters", "-c", str(cfg), "list", "--json").stdout.splitlines()
+    ]
+    assert left == [rids[0]]
+
+    r = run_cli("dead-letters", "-c", str(cfg), "purge")
+    assert r.returncode == 0 and "1 dead letter(s) deleted" in r.stdout
+    with sqlite3.connect(tmp_path / "state" / "spool.sqlite") as conn:
+        assert conn.execute("SELECT count(*) FROM dead_letters").fetchone() == (0,)
+    assert spooled_ids(tmp_path / "state") == [rids[1]]  # the retried one stays queued
+
+
+def test_a_bad_config_exits_78_with_every_problem(tmp_path: Path) -> None:
+    """Every command reports an invalid config with its key paths and exits 78."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("sites:\n  - name: a\n    sensor: {url: 'ftp://x', api_kee: k}\n    logs: []\n")
+    for args in (["status"], ["check"], ["dead-letters", "list"], ["run"]):
+        r = run_cli(args[0], "-c", str(cfg), *args[1:])
+        assert r.returncode == 78, (args, r.stderr)
+        assert "invalid configuration" in r.stderr and "sites[0].sensor.api_kee" in r.stderr

@@ -1,0 +1,202 @@
+"""``/metrics`` and ``/healthz`` scraped over HTTP from a running daemon."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.fake_sensor import FakeSensor
+from tests.support.shipper import (
+    append,
+    metric,
+    nginx_line,
+    running,
+    scrape,
+    scrape_metrics,
+    site,
+    wait_until,
+    write_config,
+)
+from tirreno_shipper.config import load_config
+from tirreno_shipper.daemon import Daemon
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+@pytest.fixture
+def sensor() -> Iterator[FakeSensor]:
+    with FakeSensor(bucket_capacity=0) as s:
+        yield s
+
+
+def known_log(path: Path) -> None:
+    """Ten lines: six events, one of each way a line is skipped or filtered."""
+    append(
+        path,
+        [
+            *(nginx_line(f"/m/{i}") for i in range(6)),
+            "this is not an access log line\n",
+            nginx_line("/static/app.css"),
+            nginx_line("/m/head", method="HEAD"),
+            nginx_line("/m/" + "x" * 400),  # over max_line_bytes (256)
+        ],
+    )
+
+
+def test_metrics_count_a_known_log_and_healthz_is_ok(tmp_path: Path, sensor: FakeSensor) -> None:
+    """After a known log is shipped every per-site counter has its exact value."""
+    log = tmp_path / "a.log"
+    known_log(log)
+    port = free_port()
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        [site("shop", sensor.url, log, log={"max_line_bytes": 256})],
+        metrics={"listen": f"127.0.0.1:{port}"},
+    )
+    with running(cfg) as shipper:
+        assert sensor.wait_accepted(6, 20)
+
+        def settled() -> dict[tuple[str, frozenset[tuple[str, str]]], float] | None:
+            m = scrape_metrics(port)
+            done = (
+                metric(m, "tirreno_shipper_events_sent_total", site="shop") == 6
+                and metric(m, "tirreno_shipper_spool_depth", site="shop") == 0
+            )
+            return m if done else None
+
+        m = wait_until(settled, 10, interval=0.2)
+        assert m, scrape(port, "/metrics")[2]
+        status, ctype, body = scrape(port, "/metrics")
+        assert status == 200 and ctype.startswith("text/plain")
+        names = {
+            line.split("{")[0].split(" ")[0]
+            for line in body.splitlines()
+            if line and not line.startswith("#")
+        }
+        assert names and all(n.startswith("tirreno_shipper_") for n in names), names
+
+        def v(name: str, **labels: str) -> float | None:
+            return metric(m, "tirreno_shipper_" + name, site="shop", **labels)
+
+        assert v("lines_read_total") == 10
+        assert v("lines_parsed_total") == 8
+        assert v("lines_unparseable_total", reason="no_match") == 1
+        assert v("lines_unparseable_total", reason="too_long") == 1
+        assert v("requests_filtered_total", reason="path") == 1
+        assert v("requests_filtered_total", reason="method") == 1
+        assert v("events_spooled_total") == 6
+        assert v("events_sent_total") == 6
+        assert v("events_rejected_total") == 0
+        assert v("events_dead_lettered_total") == 0
+        assert v("send_latency_seconds_count") == 6
+        assert v("spool_depth") == 0
+        assert v("spool_oldest_age_seconds") == 0
+        assert v("file_lag_bytes") == 0
+        assert v("sensor_state", state="ok") == 1
+        assert v("sensor_state", state="rejecting") == 0
+        for reason in ("resolver_down", "spool_full", "spool_error"):
+            assert v("site_paused", reason=reason) in (None, 0)
+
+        status, ctype, body = scrape(port, "/healthz")
+        assert (status, ctype) == (200, "application/json")
+        assert json.loads(body) == {"status": "ok"}
+        assert scrape(port, "/nope")[0] == 404
+        assert shipper.stop() == 0
+
+
+@pytest.mark.slow
+def test_sensor_state_and_rejections_show_a_wrong_key(tmp_path: Path, sensor: FakeSensor) -> None:
+    """A wrong key: rejected counted, sensor_state rejecting, events kept in the spool depth."""
+    log = tmp_path / "a.log"
+    append(log, [nginx_line(f"/r/{i}") for i in range(3)])
+    port = free_port()
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        [site("rej", sensor.url, log, key="wrong", sensor={"reject_threshold": 2})],
+        metrics={"listen": f"127.0.0.1:{port}"},
+    )
+    with running(cfg) as shipper:
+
+        def rejecting() -> bool:
+            m = scrape_metrics(port)
+            return (
+                metric(m, "tirreno_shipper_sensor_state", site="rej", state="rejecting") == 1
+                and metric(m, "tirreno_shipper_spool_depth", site="rej") == 3
+            )
+
+        assert wait_until(rejecting, 15, interval=0.2)
+        m = scrape_metrics(port)
+        assert (metric(m, "tirreno_shipper_events_rejected_total", site="rej") or 0) >= 2
+        assert metric(m, "tirreno_shipper_events_sent_total", site="rej") == 0
+        # A rejecting sensor is not a dead stage: still healthy.
+        assert scrape(port, "/healthz")[0] == 200
+        assert shipper.stop() == 0
+    assert sensor.accepted == []
+
+
+def _in_process_daemon(tmp_path: Path, sensor: FakeSensor, name: str) -> tuple[Daemon, int, Path]:
+    log = tmp_path / "a.log"
+    append(log, [nginx_line("/i/0")])
+    port = free_port()
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        [site(name, sensor.url, log)],
+        metrics={"listen": f"127.0.0.1:{port}"},
+    )
+    return Daemon(load_config(cfg), cfg), port, log
+
+
+def test_healthz_is_503_with_a_json_reason_when_a_stage_is_dead(
+    tmp_path: Path, sensor: FakeSensor
+) -> None:
+    """A site whose sender threads have ended makes /healthz answer 503 naming it."""
+    daemon, port, _log = _in_process_daemon(tmp_path, sensor, "dead503")
+    assert daemon.start() is None
+    try:
+        assert wait_until(lambda: scrape(port, "/healthz")[0] == 200, 10)
+        daemon.runners["dead503"].sender.stop(2.0)  # its worker threads really end
+        status, ctype, body = scrape(port, "/healthz")
+        assert (status, ctype) == (503, "application/json")
+        assert json.loads(body) == {
+            "status": "unhealthy",
+            "problems": {"dead503": {"dead": ["sender"]}},
+        }
+    finally:
+        daemon.request_stop()
+        assert daemon.run() == 0
+
+
+def test_the_supervisor_restarts_a_dead_sender(tmp_path: Path, sensor: FakeSensor) -> None:
+    """A dead sender stage is restarted (counted in stage_restarts) and shipping goes on."""
+    daemon, port, log = _in_process_daemon(tmp_path, sensor, "restarted")
+    codes: list[int] = []
+    thread = threading.Thread(target=lambda: codes.append(daemon.run()), daemon=True)
+    thread.start()
+    try:
+        assert sensor.wait_accepted(1, 20)
+        assert wait_until(lambda: scrape(port, "/healthz")[0] == 200, 10)
+        daemon.runners["restarted"].sender.stop(2.0)
+
+        def restarted() -> bool:
+            m = scrape_metrics(port)
+            n = metric(m, "tirreno_shipper_stage_restarts_total", site="restarted", stage="sender")
+            return n == 1 and scrape(port, "/healthz")[0] == 200
+
+        assert wait_until(restarted, 10, interval=0.1)
+        append(log, [nginx_line("/i/1")])
+        assert sensor.wait_accepted(2, 20)
+    finally:
+        daemon.request_stop()
+        thread.join(30)
+    assert codes == [0]
+    assert sorted(r.fields["url"] for r in sensor.accepted) == ["/i/0", "/i/1"]
