@@ -424,6 +424,26 @@ def test_rotated_while_down_is_found_among_siblings(tmp_path: Path) -> None:
     assert [c.file for c in store.checkpoints()] == [identify(str(p))]
 
 
+def test_checkpoint_taken_before_the_first_line_still_finds_the_rotated_file(
+    tmp_path: Path,
+) -> None:
+    """A file checkpointed while empty (no fingerprint yet), filled and rotated while we
+    were down, is found by its inode and read in full before the new file."""
+    p = tmp_path / "access.log"
+    p.write_bytes(b"")
+    empty = identify(str(p))
+    assert empty is not None and empty.fingerprint == ""
+    append(p, "one")
+    append(p, "two")
+    os.rename(p, tmp_path / "access.log.1")
+    append(p, "new")
+    store = Store()
+    t = make(p, start_at="end", checkpoints=[Checkpoint(str(p), empty, 0)])
+    assert store.drain(t) == [b"one", b"two", b"new"]
+    # The fingerprint-less checkpoint is replaced, never left to be matched again.
+    assert all(c.file.fingerprint for c in store.checkpoints())
+
+
 def test_rotated_twice_while_down_reads_oldest_first(tmp_path: Path) -> None:
     """Two rotations while down: both checkpointed files are finished, oldest first."""
     p = tmp_path / "access.log"

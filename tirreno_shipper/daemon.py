@@ -107,6 +107,15 @@ class SiteRunner:
                 )
             )
             self._pending.append(None)
+        # Record every file found now, before the first line is processed: if we
+        # are stopped before that (a slow user database at start-up) and the log
+        # is rotated meanwhile, the next start must still know the old file, or
+        # its lines would never be read.
+        known = {(cp.file, cp.offset) for cp in checkpoints}
+        for tailer in self._tailers:
+            for fs in tailer.status():
+                if (fs.file, fs.offset) not in known:
+                    self.spool.commit_chunk(self.name, [], Checkpoint(fs.path, fs.file, fs.offset))
         dirs = sorted({d for t in self._tailers for d in t.watch_dirs()})
         self._waker = Waker(dirs, self._wake)
         try:

@@ -612,7 +612,7 @@ class Tailer:
         *,
         same_inode: bool,
     ) -> _File | None:
-        best: tuple[float, int, os.stat_result] | None = None
+        best: tuple[float, int, os.stat_result, str] | None = None
         for name, st in sibs:
             key = (st.st_dev, st.st_ino)
             if key in self._by_inode:
@@ -627,19 +627,28 @@ class Tailer:
             except OSError:
                 continue
             st2 = os.fstat(fd)
-            if (st2.st_dev, st2.st_ino) != key or _fingerprint_fd(fd) != cp.file.fingerprint:
+            fp = _fingerprint_fd(fd)
+            # A checkpoint without a fingerprint was taken before the file had a
+            # complete line (offset 0): its inode is all there is to know it by.
+            unknown_head = same_inode and not cp.file.fingerprint
+            if (st2.st_dev, st2.st_ino) != key or (fp != cp.file.fingerprint and not unknown_head):
                 os.close(fd)
                 continue
             if best is not None:
                 os.close(best[1])
-            best = (st.st_mtime, fd, st2)
+            best = (st.st_mtime, fd, st2, fp)
             if same_inode:
                 break
         if best is None:
             return None
-        mtime, fd, st = best
-        fid = FileId(st.st_dev, st.st_ino, cp.file.fingerprint)
-        f = _File(fd, fid, min(cp.offset, st.st_size), dirty=False, now=mtime)
+        mtime, fd, st, fp = best
+        fid = FileId(st.st_dev, st.st_ino, fp if not cp.file.fingerprint else cp.file.fingerprint)
+        upgraded = fid != cp.file
+        f = _File(fd, fid, min(cp.offset, st.st_size), dirty=upgraded, now=mtime)
+        if upgraded:
+            # The new identity's checkpoint is written with the next chunk (dirty
+            # forces one); only then may the old one go.
+            f.pending_retire.append(cp.file)
         self._by_inode[f.key] = f
         return f
 
