@@ -307,11 +307,14 @@ class UserResolver:
             # No framework issues such keys; binding them only invites errors
             # (PostgreSQL refuses NUL) and memory growth in the cache.
             return None
-        try:
-            raw = value.encode("utf-8")
-        except UnicodeEncodeError:  # a lone surrogate: no driver could send it
-            return None
-        return value if self._digest is None else str(self._digest(raw).hexdigest())
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate: no driver could send it
+                return None
+        if self._digest is None:
+            return value
+        return str(self._digest(value.encode("utf-8")).hexdigest())
 
     # --- resolving -------------------------------------------------------------
 
@@ -323,6 +326,10 @@ class UserResolver:
             found, user = self._cache.get(ck, now)
         if found:
             self._hit.inc()
+            if user is not None:
+                # Last-seen was refreshed when this entry came from the database
+                # (at least once per cache_ttl): no need to touch it per request.
+                return user
         else:
             self._miss.inc()
             user = self._query(key)
