@@ -597,12 +597,40 @@ class Tailer:
             g = self._groups.get(path)
             if g is None:
                 g = self._groups[path] = _Group(path)
+            files.extend(self._rotated_since(path, max(t for t, _ in files)))
             files.sort(key=lambda t: t[0])
             g.rotated[:0] = [f for _, f in files]
             for _, f in files:
                 f.changed_at = now
                 self._rotations["rename"].inc()
                 log.info("rotated_file_found", site=self.site, path=path, offset=f.offset)
+
+    def _rotated_since(self, path: str, newest: float) -> list[tuple[float, _File]]:
+        """Siblings written after the newest checkpointed rotated file, never seen.
+
+        Two rotations while we were down leave a file that was created and
+        rotated away without ever being checkpointed: it sits between the
+        file we know and the one now at the path, and is read from its start.
+        Older siblings were finished (and their checkpoints retired) before.
+        """
+        out: list[tuple[float, _File]] = []
+        for name, st in _stat_siblings(path):
+            key = (st.st_dev, st.st_ino)
+            if name == path or key in self._by_inode or st.st_mtime <= newest:
+                continue
+            try:
+                fd = _open(name)
+            except OSError:
+                continue
+            st2 = os.fstat(fd)
+            if (st2.st_dev, st2.st_ino) != key:
+                os.close(fd)
+                continue
+            f = _File(fd, FileId(*key, _fingerprint_fd(fd)), 0, dirty=True, now=st2.st_mtime)
+            self._by_inode[key] = f
+            out.append((st2.st_mtime, f))
+            log.info("unseen_rotated_file_found", site=self.site, path=path, file=name)
+        return out
 
     def _adopt(
         self,

@@ -59,20 +59,8 @@ def test_sigkill_under_load_loses_nothing_and_duplicates_only_in_flight(tmp_path
         writer.write(5)
         wait_for(lambda: sensor.wait_accepted(5, 0), 30, "the first lines to be delivered")
         shipper.kill()
-        state = tmp_path / "state"
 
-        def current_file_checkpointed() -> bool:
-            # Rotations far apart, as in production: the file at the path has been
-            # checkpointed, with a line in it, before it is renamed. The two ways a
-            # rotation can lose lines otherwise are bugs with their own reproducers
-            # below (xfail); drop this guard when they are fixed.
-            try:
-                ino = os.stat(log).st_ino
-            except OSError:
-                return False
-            return any(i == ino and fp for i, fp, _ in checkpoints(state))
-
-        writer.start(RATE, rotate_every=2.0, may_rotate=current_file_checkpointed)
+        writer.start(RATE, rotate_every=2.0)
         for cycle in range(KILLS - 1):
             time.sleep(rng.choice([0.0, 0.05, 0.2, 0.5]))  # down a moment; lines pile up
             t0 = time.time()
@@ -147,12 +135,6 @@ def test_sigkill_under_load_loses_nothing_and_duplicates_only_in_flight(tmp_path
     assert not unexplained, f"{len(unexplained)} duplicates not in flight at any kill"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (tail.py): a file created and rotated away while the daemon is down has no "
-    "checkpoint, so a restart finds only the checkpointed file among the siblings and the "
-    "file at the path; every line of the one in between is skipped",
-)
 @pytest.mark.timeout(120)
 def test_two_rotations_while_down(tmp_path: Path) -> None:
     """Two rename rotations while the daemon is down: the file in between is read too."""
@@ -185,13 +167,6 @@ def test_two_rotations_while_down(tmp_path: Path) -> None:
     assert not report["missing"], f"lines lost: {report['missing']}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (tail.py): a checkpoint taken while the file was still empty has an empty "
-    "fingerprint; if the file is rotated while the daemon is down, Tailer._adopt compares "
-    "that empty fingerprint with the file's real one, finds no match among the siblings and "
-    "orphans the checkpoint: every line of the rotated file is skipped",
-)
 @pytest.mark.timeout(120)
 def test_rotation_while_down_after_checkpoint_of_empty_file(tmp_path: Path) -> None:
     """Killed while the new log was still empty, then one rotation: its lines are read."""
