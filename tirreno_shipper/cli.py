@@ -138,6 +138,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(text)
         return code
     config = _load(args.config)
+    if args.command in ("status", "dead-letters"):
+        # Their output is data (JSON with --json): log lines go to stderr, and
+        # only warnings, never the spool's own info events.
+        from tirreno_shipper.logs import setup_logging
+
+        setup_logging("warning", config.log.format)
     if args.command == "run":
         _setup_logging(config)
         if args.dry_run:

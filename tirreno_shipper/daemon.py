@@ -249,7 +249,11 @@ class SiteRunner:
             self._pending[i] = chunk
             events, counts = self._pipeline.process(chunk, self._parsers[i])
             spool_cfg = self.site.spool
-            if events and self.spool.is_full(self.name, spool_cfg.max_events, spool_cfg.max_bytes):
+            # Room for the whole chunk, so the cap holds exactly (a chunk larger
+            # than the cap itself waits for an empty spool).
+            room_events = max(1, spool_cfg.max_events - len(events))
+            room_bytes = max(1, spool_cfg.max_bytes - 400 * len(events))
+            if events and self.spool.is_full(self.name, room_events, room_bytes):
                 if spool_cfg.on_full == "pause":
                     metrics.SPOOL_FULL.labels(site=self.name).inc()
                     raise _SpoolFull
