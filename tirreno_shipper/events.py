@@ -115,6 +115,10 @@ class EventMapper:
         self.client = ClientIp(client_ip)
         self._redact = redactor(redact_query)
         self.fixed: Counter[str] = Counter()
+        # A user's fields (validated, cut) per User record: the resolver hands
+        # out the same records all day. The names it had to fix are kept too,
+        # so `fixed` still counts every event that carried a fixed value.
+        self._user_memo: dict[User, tuple[dict[str, str], tuple[str, ...]]] = {}
 
     def _cut(self, name: str, value: str) -> str:
         limit = FIELD_LIMITS.get(name, 100)
@@ -147,12 +151,25 @@ class EventMapper:
         if req.status is not None:
             fields["httpCode"] = str(req.status)
         if req.method is not None:
-            fields["httpMethod"] = self._cut("httpMethod", req.method)
+            method = req.method
+            fields["httpMethod"] = method if len(method) <= 100 else self._cut("httpMethod", method)
         if req.accept_language is not None:
             fields["browserLanguage"] = self._cut("browserLanguage", req.accept_language)
         fields["eventType"] = event_type
         if user is not None:
-            self._user_fields(fields, user)
+            memo = self._user_memo.get(user)
+            if memo is None:
+                before = Counter(self.fixed)
+                user_fields: dict[str, str] = {}
+                self._user_fields(user_fields, user)
+                fixed = tuple((self.fixed - before).elements())
+                if len(self._user_memo) >= 65536:
+                    self._user_memo.clear()
+                memo = self._user_memo[user] = (user_fields, fixed)
+            else:
+                for name in memo[1]:
+                    self.fixed[name] += 1
+            fields.update(memo[0])
         return Event(rid, fields)
 
     def _user_fields(self, fields: dict[str, str], user: User) -> None:
