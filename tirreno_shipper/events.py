@@ -24,9 +24,8 @@ REQUEST_ID_NAMESPACE = uuid.UUID("6f1d5a0c-3b5e-5c8a-9d0e-7a4f2b9c1e30")
 _NS = REQUEST_ID_NAMESPACE.bytes
 
 
-# UUID version 5 and RFC 4122 variant bits, as uuid.uuid5 sets them.
-_CLEAR = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
-_SET = (0x5 << 76) | (0x2 << 62)
+# RFC 4122 variant: the top two bits of the 17th nibble become 10.
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 
 
 def request_ids(site: str, file_key: str) -> Callable[[int], str]:
@@ -39,10 +38,10 @@ def request_ids(site: str, file_key: str) -> Callable[[int], str]:
 
     def for_offset(offset: int) -> str:
         h = prefix.copy()
-        h.update(str(offset).encode())
-        n = (int.from_bytes(h.digest()[:16]) & _CLEAR) | _SET
-        x = f"{n:032x}"
-        return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+        h.update(b"%d" % offset)
+        x = h.hexdigest()
+        # Version nibble 5; variant bits 10xx on the 17th nibble.
+        return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-{x[20:32]}"
 
     return for_offset
 
@@ -114,6 +113,7 @@ class EventMapper:
     def __init__(self, client_ip: ClientIpConfig, redact_query: Sequence[str]) -> None:
         self.client = ClientIp(client_ip)
         self._redact = redactor(redact_query)
+        self._url_memo: dict[str, str] = {}
         self.fixed: Counter[str] = Counter()
         # A user's fields (validated, cut) per User record: the resolver hands
         # out the same records all day. The names it had to fix are kept too,
@@ -128,9 +128,15 @@ class EventMapper:
         return value
 
     def url(self, uri: str) -> str:
-        if self._redact is not None and "?" in uri:
-            uri = self._redact.sub(r"\1REDACTED", uri)
-        return uri
+        if self._redact is None or "?" not in uri:
+            return uri
+        out = self._url_memo.get(uri)
+        if out is None:
+            out = self._redact.sub(r"\1REDACTED", uri)
+            if len(self._url_memo) >= 16384:
+                self._url_memo.clear()
+            self._url_memo[uri] = out
+        return out
 
     def build(self, req: Request, user: User | None, ip: str, event_type: str, rid: str) -> Event:
         """``ip`` is the already validated client address (`ClientIp.of`)."""
