@@ -59,8 +59,12 @@ FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 BATCH = 8
 # An accepted event is acked within about this long (or at the end of its batch).
 ACK_WITHIN = 0.05
-# A worker with nothing to send looks at the spool again this often (or when woken).
-IDLE_WAIT = 0.5
+# A worker with nothing to send looks at the spool again this often, or at once
+# when the tail wakes it after spooling events. The poll only matters for events
+# whose retry delay ran out and for a backfill from another process, so it can
+# be slow: each poll is a write transaction, and four workers polling twice a
+# second were most of the daemon's idle CPU.
+IDLE_WAIT = 2.0
 # A rejection below the threshold is retried after this long, without counting
 # an attempt: rejections never dead-letter an event.
 REJECT_RETRY_DELAY = 2.0
