@@ -164,7 +164,7 @@ class _TimeCache:
             return self._cache[value]
         except KeyError:
             pass
-        if len(self._cache) > 4096:
+        if len(self._cache) > 16384:
             self._cache.clear()
         out: str | None = self._convert(value)  # type: ignore[operator]
         self._cache[value] = out
@@ -402,14 +402,13 @@ class LineParser:
             return method, target
 
         exclude_path = self._exclude_path
+        # The request line as logged -> (method, uri, path, excluded): request
+        # lines repeat all day, and this is most of the per-line work.
+        requests: dict[str | None, tuple[str | None, str | None, str | None, bool]] = {}
 
-        def parse(raw: bytes) -> Request | str:
-            if b"\x00" in raw:
-                return INVALID_BYTES
-            m = fullmatch(raw.decode("latin-1").removesuffix("\r"))
-            if m is None:
-                return NO_MATCH
-            g = m.groups() + nones
+        def request_of(
+            g: tuple[str | None, ...],
+        ) -> tuple[str | None, str | None, str | None, bool]:
             if has_request:
                 method, target = split_request(text(g[i_request]))
             else:
@@ -422,7 +421,28 @@ class LineParser:
             else:
                 uri = normalise_target(target)
                 path = uri.partition("?")[0] if uri else None
-            if exclude_path is not None and path is not None and exclude_path(path):
+            excluded = exclude_path is not None and path is not None and exclude_path(path)
+            return method, uri, path, excluded
+
+        def parse(raw: bytes) -> Request | str:
+            if b"\x00" in raw:
+                return INVALID_BYTES
+            m = fullmatch(raw.decode("latin-1").removesuffix("\r"))
+            if m is None:
+                return NO_MATCH
+            g = m.groups() + nones
+            if has_request:
+                key = g[i_request]
+                hit = requests.get(key)
+                if hit is None:
+                    hit = request_of(g)
+                    if len(requests) >= 16384:
+                        requests.clear()
+                    requests[key] = hit
+                method, uri, path, excluded = hit
+            else:
+                method, uri, path, excluded = request_of(g)
+            if excluded:
                 return EXCLUDED_PATH
             when = None
             if has_time:
