@@ -376,7 +376,9 @@ class SiteSender:
         # loading the CA store (tens of ms) is not paid while events wait.
         self._poster = _Poster(config, config.concurrency)
         self._stop = threading.Event()
-        self._work = threading.Event()
+        # Set by wake() (new events spooled); read and cleared under _cond, so a
+        # stop can never be lost between an idle worker's check and its wait.
+        self._work = False
         self._cond = threading.Condition()
         self._workers: list[_Worker] = []
         # Guarded by _cond:
@@ -420,8 +422,8 @@ class SiteSender:
     def stop(self, grace: float) -> None:
         """Stop leasing, let in-flight requests finish within ``grace`` s, release the rest."""
         self._stop.set()
-        self._work.set()
         with self._cond:
+            self._work = True
             self._cond.notify_all()
         deadline = time.monotonic() + grace
         threads = [w.thread for w in self._workers if w.thread is not None]
@@ -444,7 +446,9 @@ class SiteSender:
 
     def wake(self) -> None:
         """New events were spooled: idle workers look now instead of at their next poll."""
-        self._work.set()
+        with self._cond:
+            self._work = True
+            self._cond.notify_all()
 
     @property
     def state(self) -> str:
@@ -483,8 +487,10 @@ class SiteSender:
                     if probing:
                         self._end_probe()
                         probing = False
-                    self._work.wait(IDLE_WAIT * random.uniform(0.8, 1.2))
-                    self._work.clear()
+                    with self._cond:
+                        if not self._work and not self._stop.is_set():
+                            self._cond.wait(IDLE_WAIT * random.uniform(0.8, 1.2))
+                        self._work = False
                     continue
                 with worker.lock:
                     worker.pending.extend(batch)
