@@ -376,9 +376,11 @@ class SiteSender:
         # loading the CA store (tens of ms) is not paid while events wait.
         self._poster = _Poster(config, config.concurrency)
         self._stop = threading.Event()
-        # Set by wake() (new events spooled); read and cleared under _cond, so a
-        # stop can never be lost between an idle worker's check and its wait.
-        self._work = False
+        # Bumped by wake() (new events spooled) under _cond. A worker notes it
+        # before leasing and sleeps only if it has not moved since: a wake-up
+        # that lands between an empty lease and the wait is never lost, for any
+        # worker, and neither is a stop.
+        self._work = 0
         self._cond = threading.Condition()
         self._workers: list[_Worker] = []
         # Guarded by _cond:
@@ -423,7 +425,7 @@ class SiteSender:
         """Stop leasing, let in-flight requests finish within ``grace`` s, release the rest."""
         self._stop.set()
         with self._cond:
-            self._work = True
+            self._work += 1
             self._cond.notify_all()
         deadline = time.monotonic() + grace
         threads = [w.thread for w in self._workers if w.thread is not None]
@@ -447,7 +449,7 @@ class SiteSender:
     def wake(self) -> None:
         """New events were spooled: idle workers look now instead of at their next poll."""
         with self._cond:
-            self._work = True
+            self._work += 1
             self._cond.notify_all()
 
     @property
@@ -482,15 +484,15 @@ class SiteSender:
                 if limit is None:
                     break
                 probing = limit == 1
+                seen = self._work
                 batch = self.spool.lease(self.site, limit, self.lease_seconds)
                 if not batch:
                     if probing:
                         self._end_probe()
                         probing = False
                     with self._cond:
-                        if not self._work and not self._stop.is_set():
+                        if self._work == seen and not self._stop.is_set():
                             self._cond.wait(IDLE_WAIT * random.uniform(0.8, 1.2))
-                        self._work = False
                     continue
                 with worker.lock:
                     worker.pending.extend(batch)
