@@ -429,7 +429,12 @@ def _describe(err: Mapping[str, Any]) -> str:
 
 
 def _read_key_files(data: Any, problems: list[str]) -> None:
-    """Replace each ``sensor.api_key_file`` by the key it holds, in place."""
+    """Replace each ``sensor.api_key_file`` by the key it holds, in place.
+
+    The model then sees ``api_key`` only. A file that cannot be read is left in
+    place (and reported), as is one given beside an ``api_key``, so that the
+    model's "exactly one of" rule still reports that mistake.
+    """
     if not isinstance(data, dict) or not isinstance(data.get("sites"), list):
         return
     for i, site in enumerate(data["sites"]):
@@ -449,7 +454,8 @@ def _read_key_files(data: Any, problems: list[str]) -> None:
             problems.append(f"sites[{i}].sensor.api_key_file: {keyfile} is empty")
             continue
         if sensor.get("api_key") is None:
-            sensor["_api_key_from_file"] = key
+            sensor["api_key"] = key
+            del sensor["api_key_file"]
 
 
 def _semantic_checks(data: Any) -> list[str]:
@@ -567,15 +573,8 @@ def parse_config(
     if base_dir is not None:
         _relative_to(base_dir, data)
     _read_key_files(data, problems)
-    # api_key_file is replaced by its content; validation still sees the path.
-    for site in _list(data.get("sites")):
-        if isinstance(site, dict) and isinstance(site.get("sensor"), dict):
-            key = site["sensor"].pop("_api_key_from_file", None)
-            if key is not None:
-                site["sensor"]["api_key"] = key
-                site["sensor"]["_keyfile"] = site["sensor"].pop("api_key_file")
     try:
-        config = Config.model_validate(_restore_keyfile(data))
+        config = Config.model_validate(data)
     except ValidationError as exc:
         problems.extend(_describe(e) for e in exc.errors())
         problems.extend(_semantic_checks(data))
@@ -584,16 +583,6 @@ def parse_config(
     if problems:
         raise ConfigError(problems)
     return config
-
-
-def _restore_keyfile(data: Any) -> Any:
-    """Keep ``api_key_file`` visible on the model, beside the key read from it."""
-    for site in _list(data.get("sites")) if isinstance(data, dict) else []:
-        sensor = site.get("sensor") if isinstance(site, dict) else None
-        if isinstance(sensor, dict) and "_keyfile" in sensor:
-            sensor["api_key_file"] = None
-            sensor.pop("_keyfile")
-    return data
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
