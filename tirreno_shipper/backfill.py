@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
 from tirreno_shipper.config import Config, SiteConfig
+from tirreno_shipper.errors import ResolverError
 from tirreno_shipper.pipeline import Counts, SitePipeline
 from tirreno_shipper.reader import file_chunks
 from tirreno_shipper.users import UserResolver
@@ -123,11 +124,7 @@ def backfill(
                     try:
                         events, counts = pipeline.process(chunk, parser)
                         break
-                    except Exception as exc:
-                        from tirreno_shipper.errors import ResolverError
-
-                        if not isinstance(exc, ResolverError):
-                            raise
+                    except ResolverError:
                         # The database is down: wait, as the live tail does; nothing is skipped.
                         time.sleep(2.0)
                 while spool.is_full(site.name, site.spool.max_events, site.spool.max_bytes):

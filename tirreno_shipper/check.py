@@ -19,7 +19,7 @@ import httpx
 
 from tirreno_shipper.config import Config, SiteConfig
 from tirreno_shipper.errors import ResolverError
-from tirreno_shipper.sender import Outcome, send_one, user_agent
+from tirreno_shipper.sender import Outcome, send_one, tls_verify, user_agent
 from tirreno_shipper.users import UserResolver
 
 
@@ -76,7 +76,7 @@ def _check_users(site: SiteConfig, out: TextIO) -> bool:
 
 def _check_sensor(site: SiteConfig, out: TextIO, send_test_event: bool) -> bool:
     cfg = site.sensor
-    verify: bool | str = str(cfg.ca_bundle) if cfg.ca_bundle else cfg.verify_tls
+    verify = tls_verify(cfg)  # the same TLS settings the sender uses
     try:
         # Any HTTP answer proves DNS, TCP and TLS; tirreno answers GET on /sensor/ too.
         r = httpx.get(

@@ -261,7 +261,8 @@ def encode_form(fields: Mapping[str, str]) -> bytes:
     return "&".join(parts).encode("ascii")
 
 
-def _verify(config: SensorConfig) -> ssl.SSLContext | bool:
+def tls_verify(config: SensorConfig) -> ssl.SSLContext | bool:
+    """httpx's ``verify`` for the sensor: off only when asked, else the CA bundle or the system."""
     if not config.verify_tls:
         return False
     if config.ca_bundle is not None:
@@ -290,7 +291,7 @@ class _Poster:
     def __init__(self, config: SensorConfig, connections: int) -> None:
         self.url = httpx.URL(config.url)
         self._transport = httpx.HTTPTransport(
-            verify=_verify(config),
+            verify=tls_verify(config),
             limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
             retries=0,
         )
