@@ -9,14 +9,13 @@ decompressed text, which keeps request ids stable across repeated backfills.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 from collections.abc import Iterator
 from typing import BinaryIO
 
 from tirreno_shipper.records import Chunk, FileId
+from tirreno_shipper.tail import fingerprint
 
-FINGERPRINT_MAX = 256  # same head rule as the tail's FileId fingerprint
 _READ = 1 << 20
 
 
@@ -28,20 +27,12 @@ def _open(path: str) -> BinaryIO:
     return open(path, "rb")
 
 
-def _fingerprint(head: bytes) -> str:
-    nl = head.find(b"\n", 0, FINGERPRINT_MAX)
-    part = head[: nl + 1] if nl != -1 else head[:FINGERPRINT_MAX]
-    if nl == -1 and len(part) < FINGERPRINT_MAX:
-        return ""
-    return hashlib.sha1(part).hexdigest()  # noqa: S324 - an identity, not a security hash
-
-
 def file_chunks(path: str, max_line_bytes: int = 65536, chunk_lines: int = 2000) -> Iterator[Chunk]:
     """Chunks of complete lines from ``path``; a last line without newline is included."""
     st = os.stat(path)
     with _open(path) as fh:
         head = fh.read(_READ)
-        file_id = FileId(st.st_dev, st.st_ino, _fingerprint(head))
+        file_id = FileId(st.st_dev, st.st_ino, fingerprint(head))
         buf = head
         base = 0  # file offset of buf[0]
         lines: list[tuple[int, bytes]] = []

@@ -58,14 +58,19 @@ class FileStatus:
     size: int
 
 
-def _fingerprint_fd(fd: int) -> str:
-    head = os.pread(fd, FINGERPRINT_MAX, 0)
+def fingerprint(head: bytes) -> str:
+    """The `FileId` fingerprint of a file that starts with ``head`` (see records.FileId)."""
+    head = head[:FINGERPRINT_MAX]
     nl = head.find(b"\n")
     if nl >= 0:
         head = head[: nl + 1]
     elif len(head) < FINGERPRINT_MAX:
         return ""
     return hashlib.sha1(head, usedforsecurity=False).hexdigest()
+
+
+def _fingerprint_fd(fd: int) -> str:
+    return fingerprint(os.pread(fd, FINGERPRINT_MAX, 0))
 
 
 def _open(path: str) -> int:
