@@ -184,29 +184,15 @@ def _method_ok(method: str) -> bool:
     return ok
 
 
-_SPLIT_CACHE: dict[str, tuple[str | None, str | None]] = {}
-
-
 def split_request(line: str | None) -> tuple[str | None, str | None]:
     """``GET /a?b HTTP/1.1`` → (method, target). HTTP/0.9's ``GET /a`` has no version.
 
     Garbage (a TLS handshake on the HTTP port, a scanner's junk) gives
     ``(None, None)``: a request without a method, never an exception.
-    Memoised: the same request lines come back all day.
+    (The line parser memoises its whole request-line decision, this included.)
     """
     if not line:
         return None, None
-    hit = _SPLIT_CACHE.get(line)
-    if hit is not None:
-        return hit
-    out = _split_request(line)
-    if len(_SPLIT_CACHE) >= 16384:
-        _SPLIT_CACHE.clear()
-    _SPLIT_CACHE[line] = out
-    return out
-
-
-def _split_request(line: str) -> tuple[str | None, str | None]:
     parts = line.split(" ")
     if len(parts) not in (2, 3):
         return None, None
