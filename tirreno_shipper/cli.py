@@ -1,8 +1,9 @@
 """The ``tirreno-shipper`` command line.
 
-Exit codes: 0 clean stop; 78 (EX_CONFIG) bad configuration; 1 unexpected
-failure (or ``run --once`` that could not empty the spool in time);
-130 interrupted in the foreground.
+Exit codes: 0 clean stop; 78 (EX_CONFIG) bad configuration; 73 (EX_CANTCREAT)
+the state folder cannot be created or written; 1 unexpected failure (or
+``run --once`` that could not empty the spool in time); 130 interrupted in the
+foreground. They are defined here once; the daemon uses these names.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tirreno_shipper.errors import ConfigError, ResolverError, ShipperError
 EX_OK = 0
 EX_FAILURE = 1
 EX_CONFIG = 78
+EX_CANTCREAT = 73  # state_dir missing or not writable (sysexits.h)
 EX_INTERRUPTED = 130
 
 
@@ -97,13 +99,10 @@ def _load(path: str) -> Config:
     return load_config(path)
 
 
-def _setup_logging(config: Config | None) -> None:
+def _setup_logging(config: Config, level: str | None = None) -> None:
     from tirreno_shipper.logs import setup_logging
 
-    if config is None:
-        setup_logging("info", "auto")
-    else:
-        setup_logging(config.log.level, config.log.format)
+    setup_logging(level or config.log.level, config.log.format)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -141,9 +140,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command in ("status", "dead-letters"):
         # Their output is data (JSON with --json): log lines go to stderr, and
         # only warnings, never the spool's own info events.
-        from tirreno_shipper.logs import setup_logging
-
-        setup_logging("warning", config.log.format)
+        _setup_logging(config, "warning")
     if args.command == "run":
         _setup_logging(config)
         if args.dry_run:

@@ -29,6 +29,7 @@ from typing import Any
 import structlog
 
 from tirreno_shipper import metrics
+from tirreno_shipper.cli import EX_CANTCREAT, EX_FAILURE, EX_INTERRUPTED, EX_OK
 from tirreno_shipper.config import Config, SiteConfig, load_config
 from tirreno_shipper.errors import ConfigError, ResolverError, SpoolError
 from tirreno_shipper.notify import Notifier
@@ -42,10 +43,6 @@ from tirreno_shipper.users import UserResolver
 
 log = structlog.get_logger(__name__)
 
-EX_OK = 0
-EX_FAILURE = 1
-EX_CANTCREAT = 73  # state_dir missing or not writable (sysexits.h)
-EX_INTERRUPTED = 130
 RESOLVER_BACKOFF_MAX = 30.0
 STATUS_FILE = "status.json"
 

@@ -8,7 +8,19 @@ into a label.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import json
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -145,12 +157,6 @@ def set_sensor_state(site: str, state: str) -> None:
 
 # --- the HTTP endpoint ---------------------------------------------------------
 
-import json  # noqa: E402 - the server half of this module
-import threading  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
-
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest  # noqa: E402
 
 # health() -> (healthy, details); details name what is not alive.
 HealthCheck = Callable[[], tuple[bool, dict[str, object]]]
