@@ -19,6 +19,7 @@ import yaml
 
 from tests.conftest import Database
 from tests.support.fake_sensor import FakeSensor
+from tests.support.servers import free_port
 from tests.support.shipper import (
     ROOT,
     Shipper,
@@ -249,7 +250,7 @@ def test_a_database_outage_pauses_its_site_only_and_nothing_is_skipped(
     db_log, free_log = tmp_path / "db.log", tmp_path / "free.log"
     db_log.touch()
     free_log.touch()
-    port = _free_port()
+    port = free_port()
 
     def db_lines(a: int, b: int) -> list[str]:
         return [nginx_line(f"/db/{i}", cookie=f"sess-{i}") for i in range(a, b)]
@@ -319,15 +320,6 @@ def test_a_database_outage_pauses_its_site_only_and_nothing_is_skipped(
     db_events = [r for r in sensor.accepted if r.fields["url"].startswith("/db/")]
     assert sorted(r.fields["userName"] for r in db_events) == sorted(f"user{i}" for i in range(20))
     assert len({r.request_id for r in db_events}) == 20
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 # -- run --once -----------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.fake_sensor import FakeSensor
+from tests.support.servers import free_port
 from tests.support.shipper import (
     append,
     metric,
@@ -24,13 +24,6 @@ from tests.support.shipper import (
 )
 from tirreno_shipper.config import load_config
 from tirreno_shipper.daemon import Daemon
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 @pytest.fixture

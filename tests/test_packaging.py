@@ -33,6 +33,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.servers import free_port
 from tirreno_shipper.config import Config, parse_config
 from tirreno_shipper.formats import compile_format, preset_source
 
@@ -69,13 +70,6 @@ def _console_script() -> str:
     scripts: dict[str, str] = data["project"]["scripts"]
     assert list(scripts) == ["tirreno-shipper"]
     return "tirreno-shipper"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # --- systemd -----------------------------------------------------------------
@@ -721,7 +715,7 @@ def nginx() -> Iterator[Nginx]:
     base.chmod(0o755)
     process: subprocess.Popen[bytes] | None = None
     try:
-        port = _free_port()
+        port = free_port()
         conf = _nginx_conf(base, port)
         check = subprocess.run(
             [exe, "-t", "-e", "stderr", "-p", str(base), "-c", str(conf)],

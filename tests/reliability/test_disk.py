@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 
 from tests.support.fake_sensor import FakeSensor
+from tests.support.servers import free_port
 from tests.support.writer import (
     LogWriter,
     Shipper,
     all_delivered,
     delivery_report,
-    free_port,
     make_config,
     metric,
     scrape,

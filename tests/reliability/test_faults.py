@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 
 from tests.support.fake_sensor import FakeSensor
+from tests.support.servers import free_port
 from tests.support.writer import (
     LogWriter,
     Shipper,
     all_delivered,
     delivery_report,
-    free_port,
     make_config,
     max_in_window,
     metric,
