@@ -27,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tirreno_shipper.cli import freeze_startup_heap  # noqa: E402
 from tirreno_shipper.config import parse_config  # noqa: E402
 from tirreno_shipper.pipeline import SitePipeline  # noqa: E402
 from tirreno_shipper.spool import Spool  # noqa: E402
@@ -105,6 +106,8 @@ sites:
         pipeline = SitePipeline(site, resolver)
         parser = pipeline.parser(site.logs[0])
         tailer = Tailer(site.name, [str(log)], start_at="beginning")
+        # As `tirreno-shipper run` does before its long run; apachelogs runs after it too.
+        freeze_startup_heap()
         rss_before = rss_peak_mb()
         cpu0 = time.process_time()
         t0 = time.perf_counter()

@@ -9,6 +9,7 @@ foreground. They are defined here once; the daemon uses these names.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -105,6 +106,18 @@ def _setup_logging(config: Config, level: str | None = None) -> None:
     setup_logging(level or config.log.level, config.log.format)
 
 
+def freeze_startup_heap() -> None:
+    """Put everything built so far (modules, config, compiled regexes) out of the
+    cyclic garbage collector's reach before the long run starts.
+
+    None of it is ever garbage, yet every full collection, triggered every few
+    thousand lines by the records the pipeline allocates, would walk all of it
+    again: freezing it made the parse path 5-10 % faster (benchmarks/parse.py).
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -144,9 +157,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         _setup_logging(config)
         if args.dry_run:
+            freeze_startup_heap()
             return _dry_run(config)
         from tirreno_shipper.daemon import run_daemon
 
+        freeze_startup_heap()
         return run_daemon(config, config_path=Path(args.config), once=args.once)
     if args.command == "check":
         _setup_logging(config)
@@ -157,6 +172,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _status(config, as_json=args.json)
     if args.command == "backfill":
         _setup_logging(config)
+        freeze_startup_heap()
         return _backfill(config, args.site, args.files)
     if args.command == "dead-letters":
         return _dead_letters(config, args.action, args.site, args.ids, as_json=args.json)
