@@ -81,8 +81,8 @@ def test_sigterm_while_sending_exits_0_in_the_grace_and_a_restart_delivers_the_r
             took = time.monotonic() - started
             assert code == 0, shipper.stderr()[-3000:]
             assert took < 3 + 5
-            assert shipper.events("daemon_stopped")
-            assert not shipper.events("sender_stop_grace_expired")
+            assert shipper.logged("daemon_stopped")
+            assert not shipper.logged("sender_stop_grace_expired")
         before = len(sensor.accepted)
         assert before < 60
         again = run_cli("run", "-c", str(cfg), "--once")
@@ -120,7 +120,7 @@ def test_a_second_signal_exits_at_once_and_the_next_start_delivers_the_spool(
         code = shipper.wait(10)
         assert time.monotonic() - started < 5
         assert code == 130
-        assert shipper.events("second_signal_exit"), shipper.stderr()[-2000:]
+        assert shipper.logged("second_signal_exit"), shipper.stderr()[-2000:]
     assert len(spooled_ids(state, "a")) == 10
     sensor.set_mode("ok")
     again = run_cli("run", "-c", str(cfg), "--once")
@@ -145,7 +145,7 @@ def test_sighup_adds_and_restarts_changed_sites_and_leaves_the_others_running(
     )
     with running(cfg) as shipper:
         assert wait_until(lambda: len(sensor.accepted) >= 6, 20)
-        pid = shipper.events("daemon_started")[0]["pid"]
+        pid = shipper.logged("daemon_started")[0]["pid"]
         write_config(
             cfg,
             [
@@ -156,20 +156,20 @@ def test_sighup_adds_and_restarts_changed_sites_and_leaves_the_others_running(
         )
         shipper.signal(signal.SIGHUP)
         shipper.wait_log("reloaded")
-        assert shipper.events("site_added", site="c")
-        assert shipper.events("site_reconfigured", site="b")
-        assert shipper.events("sender_stopped", site="b")
+        assert shipper.logged("site_added", site="c")
+        assert shipper.logged("site_reconfigured", site="b")
+        assert shipper.logged("sender_stopped", site="b")
         # The unchanged site was never stopped: one sender start, no stop.
-        assert len(shipper.events("sender_started", site="a")) == 1
-        assert not shipper.events("sender_stopped", site="a")
-        assert not shipper.events("site_stopped", site="a")
+        assert len(shipper.logged("sender_started", site="a")) == 1
+        assert not shipper.logged("sender_stopped", site="a")
+        assert not shipper.logged("site_stopped", site="a")
         for name in "abc":
             append(logs[name], pages(name, 3, 6))
         assert wait_until(
             lambda: all(delivered(sensor, n) == expect(n, 0, 6) for n in "abc"), 20
         ), urls(sensor)
         assert shipper.proc.poll() is None
-        assert shipper.events("reloaded")[0].get("sites") == ["a", "b", "c"]
+        assert shipper.logged("reloaded")[0].get("sites") == ["a", "b", "c"]
         assert pid == shipper.pid
         assert shipper.stop() == 0
     ids = Counter(sensor.accepted_ids())
@@ -195,7 +195,7 @@ def test_sighup_with_an_invalid_config_is_rejected_and_the_old_one_keeps_shippin
         problems = " ".join(rejected["problems"])
         assert "sites[0].sensor.rate_limt" in problems
         assert "sites[0].events.rules[0].type" in problems
-        assert not shipper.events("reloaded")
+        assert not shipper.logged("reloaded")
         append(log, pages("a", 3, 8))
         assert wait_until(lambda: delivered(sensor, "a") == expect("a", 0, 8), 20)
         assert shipper.stop() == 0

@@ -9,14 +9,8 @@ userName), never by running the shipper's own parser or mapper.
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
 from calendar import timegm
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import Database
+from tests.support.shipper import Shipper
 from tests.support.traffic import NEVER_EVENTS, Sent
-
-ROOT = Path(__file__).resolve().parents[2]
 
 # The README's example rules, as the config uses them.
 RULES: list[dict[str, Any]] = [
@@ -223,116 +216,19 @@ def event_epoch(event_time: str) -> float:
 # -- the daemon ------------------------------------------------------------------
 
 
-class Shipper:
-    """``python -m tirreno_shipper run -c CONFIG`` as a subprocess, JSON logs to a file."""
-
-    def __init__(self, workdir: Path, config: Mapping[str, Any], env: Mapping[str, str]) -> None:
-        self.workdir = workdir
-        self.config_path = workdir / "config.yaml"
-        # JSON is YAML: no quoting surprises in format strings and regexes.
-        self.config_path.write_text(
-            json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8"
-        )
-        self.state_dir = Path(config["state_dir"])
-        self.metrics_url = (
-            f"http://{config['metrics']['listen']}" if config.get("metrics") else None
-        )
-        self.env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
-        self.stderr_path = workdir / "shipper.stderr"
-        self.stdout_path = workdir / "shipper.stdout"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.exit_code: int | None = None
-
-    @property
-    def command(self) -> list[str]:
-        return [sys.executable, "-m", "tirreno_shipper", "run", "-c", str(self.config_path)]
-
-    def start(self, *, ready_timeout: float = 20.0) -> Shipper:
-        """Start the daemon and wait until it logged ``daemon_started`` (and /healthz is 200)."""
-        before = self._started_count()
-        with open(self.stderr_path, "ab") as err, open(self.stdout_path, "ab") as out:
-            self.proc = subprocess.Popen(
-                self.command, cwd=ROOT, env=self.env, stdout=out, stderr=err
-            )
-        deadline = time.monotonic() + ready_timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                code = self.proc.returncode
-                raise AssertionError(
-                    f"the daemon exited with {code} at start-up:\n{self.output()[-4000:]}"
-                )
-            if self._started_count() > before and (
-                self.metrics_url is None or self.healthz()[0] == 200
-            ):
-                return self
-            time.sleep(0.05)
-        raise AssertionError(
-            f"the daemon did not start in {ready_timeout} s:\n{self.output()[-4000:]}"
-        )
-
-    def _started_count(self) -> int:
-        if not self.stderr_path.exists():
-            return 0
-        return self.stderr_path.read_text(errors="replace").count('"daemon_started"')
-
-    def healthz(self) -> tuple[int, str]:
-        assert self.metrics_url is not None
-        try:
-            with urllib.request.urlopen(self.metrics_url + "/healthz", timeout=2) as resp:
-                return resp.status, resp.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-        except OSError as exc:
-            return 0, str(exc)
-
-    def scrape(self) -> str:
-        assert self.metrics_url is not None
-        with urllib.request.urlopen(self.metrics_url + "/metrics", timeout=5) as resp:
-            text: str = resp.read().decode()
-            return text
-
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM, then wait; a daemon that does not stop in time is killed and it fails."""
-        proc = self.proc
-        if proc is None:
-            return self.exit_code if self.exit_code is not None else -1
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-                raise AssertionError(
-                    f"the daemon did not stop {timeout} s after SIGTERM:\n{self.output()[-4000:]}"
-                ) from None
-        self.proc = None
-        self.exit_code = proc.returncode
-        return proc.returncode
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-        self.proc = None
-
-    def output(self) -> str:
-        text = ""
-        for path in (self.stderr_path, self.stdout_path):
-            if path.exists():
-                text += path.read_text(errors="replace")
-        return text
-
-    def log_events(self) -> list[dict[str, Any]]:
-        """The daemon's JSON log lines (other lines, e.g. library warnings, are kept raw)."""
-        out: list[dict[str, Any]] = []
-        for line in self.stderr_path.read_text(errors="replace").splitlines():
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                obj = {"raw": line}
-            out.append(obj if isinstance(obj, dict) else {"raw": line})
-        return out
+def shipper_for(workdir: Path, config: Mapping[str, Any], env: Mapping[str, str]) -> Shipper:
+    """The daemon on ``config``, written to ``workdir/config.yaml``; not started yet."""
+    path = workdir / "config.yaml"
+    # JSON is YAML: no quoting surprises in format strings and regexes.
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
+    metrics = config.get("metrics")
+    return Shipper(
+        path,
+        env=env,
+        log_path=workdir / "shipper.stderr",
+        metrics_url=f"http://{metrics['listen']}" if metrics else None,
+        start=False,
+    )
 
 
 def site_config(

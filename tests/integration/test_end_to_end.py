@@ -31,7 +31,7 @@ from tests.integration.checks import (
     request_id_problems,
     summarize,
 )
-from tests.integration.harness import Shipper, UserDirectory, find_secrets, site_config
+from tests.integration.harness import UserDirectory, find_secrets, shipper_for, site_config
 from tests.support.fake_sensor import FakeSensor
 from tests.support.servers import APACHE_COOKIE_HEADER_FORMAT, Apache, Nginx, free_port
 from tests.support.traffic import Traffic
@@ -134,7 +134,7 @@ def test_real_servers_rotation_exactly_once_and_no_secrets(
         ],
     }
     (tmp_path / "shipper").mkdir()
-    shipper = Shipper(tmp_path / "shipper", config, {s.key_env: s.api_key for s in sites})
+    shipper = shipper_for(tmp_path / "shipper", config, {s.key_env: s.api_key for s in sites})
     drivers = {
         "nginx": Traffic(nginx.port, list(pg_users.sessions), seed=61),
         "apache": Traffic(apache.port, list(maria_users.sessions), seed=62),
@@ -147,7 +147,7 @@ def test_real_servers_rotation_exactly_once_and_no_secrets(
             drivers[site.server].sent, site.directory.sessions, accept_language=site.accept_language
         )
 
-    shipper.start()
+    shipper.start(ready=True)
     try:
         timings["daemon_start"] = time.monotonic() - started
         # Phase 1: both servers busy; each is rename-rotated halfway, under load.
@@ -242,7 +242,7 @@ def test_real_servers_rotation_exactly_once_and_no_secrets(
             s.name,
             sent_metric and sent_metric.group(0),
         )
-    log_events = shipper.log_events()
+    log_events = shipper.logs(raw=True)
     errors = [
         e
         for e in log_events
@@ -262,7 +262,7 @@ def test_real_servers_rotation_exactly_once_and_no_secrets(
     haystacks = {
         "daemon output": shipper.output(),
         "metrics": metrics_text,
-        "config file": shipper.config_path.read_text(),
+        "config file": shipper.config.read_text(),
         **{f"state/{p.name}": p.read_text(errors="replace") for p in state_dir.glob("*.json")},
         **{
             f"{s.name} event bodies": "\n".join(json.dumps(r.fields) for r in s.sensor.accepted)

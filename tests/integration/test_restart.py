@@ -17,7 +17,7 @@ from tests.integration.checks import (
     request_id_problems,
     summarize,
 )
-from tests.integration.harness import Shipper, UserDirectory, site_config
+from tests.integration.harness import UserDirectory, shipper_for, site_config
 from tests.support.fake_sensor import FakeSensor
 from tests.support.servers import Nginx, free_port
 from tests.support.traffic import Traffic
@@ -53,9 +53,9 @@ def test_restart_with_rotation_while_down_loses_and_repeats_nothing(
         ],
     }
     (tmp_path / "shipper").mkdir()
-    shipper = Shipper(tmp_path / "shipper", config, {"TEST_KEY_SHOP": api_key})
+    shipper = shipper_for(tmp_path / "shipper", config, {"TEST_KEY_SHOP": api_key})
     driver = Traffic(nginx.port, list(pg_users.sessions), seed=7)
-    shipper.start()
+    shipper.start(ready=True)
     try:
         traffic = threading.Thread(target=driver.send_many, args=(400,), daemon=True)
         traffic.start()
@@ -71,7 +71,7 @@ def test_restart_with_rotation_while_down_loses_and_repeats_nothing(
         nginx.reopen_logs()
         time.sleep(0.2)
         driver.send_many(200)
-        shipper.start()
+        shipper.start(ready=True)
         expected = expectations(driver.sent, pg_users.sessions, accept_language=False)
         sensor.wait_accepted(len(expected), 60)
         time.sleep(1.0)

@@ -18,7 +18,8 @@ import pytest
 
 from tests.conftest import Database
 from tests.support.fake_sensor import FakeSensor
-from tests.support.writer import LogWriter, Shipper, make_config, seq_of, wait_for
+from tests.support.shipper import Shipper
+from tests.support.writer import LogWriter, make_config, seq_of, wait_for
 
 USERS = 20
 RATE = 100  # lines/s
@@ -134,7 +135,8 @@ def test_database_restart_skips_no_line(server_database: Database, tmp_path: Pat
                 "unresolved": "drop",
             },
         ),
-        tmp_path / "daemon.log",
+        log_path=tmp_path / "daemon.log",
+        start=False,
     )
     try:
         shipper.start()
@@ -154,7 +156,7 @@ def test_database_restart_skips_no_line(server_database: Database, tmp_path: Pat
         time.sleep(1)  # anything that should not be sent would show up now
     finally:
         writer.close()
-        shipper.stop()
+        shipper.close()
         sensor.stop()
         ensure()  # never leave the shared server down
 

@@ -21,9 +21,9 @@ import pytest
 
 from tests.support.fake_sensor import FakeSensor
 from tests.support.servers import free_port
+from tests.support.shipper import Shipper
 from tests.support.writer import (
     LogWriter,
-    Shipper,
     all_delivered,
     delivery_report,
     make_config,
@@ -111,7 +111,8 @@ def test_spool_at_cap_pauses_the_tail_and_drops_nothing(tmp_path: Path) -> None:
             spool={"max_events": cap},
             sensor={"retry_max_delay": 2},
         ),
-        tmp_path / "daemon.log",
+        log_path=tmp_path / "daemon.log",
+        start=False,
     )
     try:
         shipper.start()
@@ -151,7 +152,7 @@ def test_spool_at_cap_pauses_the_tail_and_drops_nothing(tmp_path: Path) -> None:
         report = delivery_report(sensor, range(writer.seq))
     finally:
         writer.close()
-        shipper.stop()
+        shipper.close()
         sensor.stop()
     print(
         f"\nspool cap {cap}: paused at depth {depth} with {lag} bytes of log waiting; "
@@ -167,7 +168,7 @@ def _assert_exits_73(shipper: Shipper, folder: Path, words: str) -> None:
     """Started as systemd would restart it: exits 73 at once each time, saying why."""
     for _ in range(3):
         shipper.start()
-        code = shipper.wait_exit(60)
+        code = shipper.wait(60)
         assert code == EX_CANTCREAT, f"exit {code}, not 73:\n{shipper.tail_log()}"
     text = shipper.log_path.read_text()
     assert "Traceback" not in text, text[-3000:]
@@ -189,14 +190,15 @@ def test_read_only_state_dir_exits_73_and_loses_no_line(tmp_path: Path) -> None:
         # shipped if the checkpoint of the last good run is honoured.
         shipper = Shipper(
             make_config(tmp_path, sensor.url, log, state_dir=state, start_at="end"),
-            tmp_path / "daemon.log",
+            log_path=tmp_path / "daemon.log",
+            start=False,
         )
         try:
             shipper.start()
             wait_for(lambda: bool(shipper.logged("file_opened")), 60, "the daemon to open the log")
             writer.write(20)
             wait_for(all_delivered(sensor, range(20)), 30, "the first lines")
-            assert shipper.terminate() == 0
+            assert shipper.stop() == 0
             writer.write(30)
             with read_only(state) as how:
                 _assert_exits_73(shipper, state, "not writable")
@@ -206,7 +208,7 @@ def test_read_only_state_dir_exits_73_and_loses_no_line(tmp_path: Path) -> None:
             report = delivery_report(sensor, range(writer.seq))
         finally:
             writer.close()
-            shipper.stop()
+            shipper.close()
     print(f"\nread-only state_dir ({how}): 3 starts exited 73; {writer.seq} lines delivered after")
     assert not report["missing"], f"lines lost: {report['missing']}"
     assert not report["unexpected"] and report["duplicates"] == 0
@@ -224,7 +226,9 @@ def test_uncreatable_state_dir_exits_73_and_loses_no_line(tmp_path: Path) -> Non
     writer.write(25)
     with FakeSensor(bucket_capacity=0) as sensor:
         shipper = Shipper(
-            make_config(tmp_path, sensor.url, log, state_dir=state), tmp_path / "daemon.log"
+            make_config(tmp_path, sensor.url, log, state_dir=state),
+            log_path=tmp_path / "daemon.log",
+            start=False,
         )
         try:
             _assert_exits_73(shipper, state, "cannot create state_dir")
@@ -235,7 +239,7 @@ def test_uncreatable_state_dir_exits_73_and_loses_no_line(tmp_path: Path) -> Non
             report = delivery_report(sensor, range(writer.seq))
         finally:
             writer.close()
-            shipper.stop()
+            shipper.close()
     assert not report["missing"], f"lines lost: {report['missing']}"
     assert not report["unexpected"] and report["duplicates"] == 0
     assert state.is_dir() and (os.stat(state).st_mode & 0o777) == 0o700
@@ -264,7 +268,8 @@ def test_full_disk_pauses_the_tail_and_loses_nothing(tmp_path: Path) -> None:
             # the lease ends (see the report): short, so the test is quick.
             spool={"lease_timeout": 5},
         ),
-        tmp_path / "daemon.log",
+        log_path=tmp_path / "daemon.log",
+        start=False,
     )
     with small_disk(state, "1m"):
         try:
@@ -291,11 +296,11 @@ def test_full_disk_pauses_the_tail_and_loses_nothing(tmp_path: Path) -> None:
             sensor.set_mode("ok")
             wait_for(all_delivered(sensor, range(writer.seq)), 90, "every line once there is room")
             report = delivery_report(sensor, range(writer.seq))
-            assert shipper.terminate() == 0
+            assert shipper.stop() == 0
             moved = [p.name for p in state.iterdir() if "corrupt" in p.name]
         finally:
             writer.close()
-            shipper.stop()
+            shipper.close()
             sensor.stop()
     print(f"\nfull disk: {writer.seq} lines, all delivered after the disk grew")
     assert not moved, f"the spool was moved aside as corrupt: {moved}"

@@ -19,9 +19,9 @@ import pytest
 
 from tests.support.fake_sensor import FakeSensor
 from tests.support.servers import free_port
+from tests.support.shipper import Shipper
 from tests.support.writer import (
     LogWriter,
-    Shipper,
     all_delivered,
     delivery_report,
     make_config,
@@ -112,12 +112,12 @@ def rig(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Rig]:
         },
         **options,
     )
-    shipper = Shipper(config, tmp_path / "daemon.log")
+    shipper = Shipper(config, log_path=tmp_path / "daemon.log", start=False)
     try:
         yield Rig(tmp_path, writer, sensor, shipper, port)
     finally:
         writer.close()
-        shipper.stop()
+        shipper.close()
         sensor.stop()
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.fake_sensor import FakeSensor
+from tests.support.shipper import Shipper
 from tests.support.writer import (
     LogWriter,
-    Shipper,
     checkpoints,
     delivery_report,
     make_config,
@@ -48,7 +48,8 @@ def test_sigkill_under_load_loses_nothing_and_duplicates_only_in_flight(tmp_path
             start_at="end",  # the default: only the checkpoints keep lines from being skipped
             sensor={"concurrency": CONCURRENCY, "retry_max_delay": 1},
         ),
-        tmp_path / "daemon.log",
+        log_path=tmp_path / "daemon.log",
+        start=False,
     )
     epochs: list[tuple[float, float]] = []  # (start, kill) wall-clock times of each killed run
     started = time.monotonic()
@@ -92,7 +93,7 @@ def test_sigkill_under_load_loses_nothing_and_duplicates_only_in_flight(tmp_path
         report = delivery_report(sensor, range(total))
     finally:
         writer.close()
-        shipper.stop()
+        shipper.close()
         sensor.stop()
 
     kills = len(epochs) + 1
@@ -143,7 +144,9 @@ def test_two_rotations_while_down(tmp_path: Path) -> None:
     writer = LogWriter(log)
     with FakeSensor(bucket_capacity=0) as sensor:
         shipper = Shipper(
-            make_config(tmp_path, sensor.url, log, start_at="end"), tmp_path / "daemon.log"
+            make_config(tmp_path, sensor.url, log, start_at="end"),
+            log_path=tmp_path / "daemon.log",
+            start=False,
         )
         try:
             shipper.start()
@@ -163,7 +166,7 @@ def test_two_rotations_while_down(tmp_path: Path) -> None:
             assert result.returncode == 0, result.stderr[-2000:]
             report = delivery_report(sensor, range(writer.seq))
         finally:
-            shipper.stop()
+            shipper.close()
     assert not report["missing"], f"lines lost: {report['missing']}"
 
 
@@ -176,7 +179,9 @@ def test_rotation_while_down_after_checkpoint_of_empty_file(tmp_path: Path) -> N
     writer = LogWriter(log)
     with FakeSensor(bucket_capacity=0) as sensor:
         shipper = Shipper(
-            make_config(tmp_path, sensor.url, log, start_at="end"), tmp_path / "daemon.log"
+            make_config(tmp_path, sensor.url, log, start_at="end"),
+            log_path=tmp_path / "daemon.log",
+            start=False,
         )
         try:
             shipper.start()
@@ -201,5 +206,5 @@ def test_rotation_while_down_after_checkpoint_of_empty_file(tmp_path: Path) -> N
             assert result.returncode == 0, result.stderr[-2000:]
             report = delivery_report(sensor, range(writer.seq))
         finally:
-            shipper.stop()
+            shipper.close()
     assert not report["missing"], f"lines lost: {report['missing']}"

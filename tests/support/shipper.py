@@ -1,9 +1,11 @@
 """The daemon as a real subprocess, and what the tests need around it.
 
-`Shipper` runs ``python -m tirreno_shipper ...`` with stderr in a file (not a
-pipe, so a chatty daemon can never block on it), reads its JSON log lines, and
-sends it signals. `nginx_line` writes log lines the ``nginx_combined`` and
-``nginx_cookie`` presets parse; `scrape_metrics` reads ``/metrics`` over HTTP.
+`Shipper` runs ``python -m tirreno_shipper run ...`` with stderr in a file (not a
+pipe, so a chatty daemon can never block on it), restarts it, reads its JSON log
+lines, sends it signals and wraps the other subcommands on the same config; it
+is the only daemon wrapper of the test suite. `nginx_line` writes log lines the
+``nginx_combined`` and ``nginx_cookie`` presets parse; `scrape_metrics` reads
+``/metrics`` over HTTP.
 """
 
 from __future__ import annotations
@@ -128,27 +130,86 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-class Shipper:
-    """``tirreno-shipper run -c CONFIG`` in a real subprocess."""
+# Written to the daemon's log before each start: {"test": "start 2"}.
+_MARKER_PREFIX = '{"test": '
 
-    def __init__(self, config: Path, *args: str, env: Mapping[str, str] | None = None) -> None:
+
+class Shipper:
+    """``python -m tirreno_shipper run -c CONFIG`` as a real subprocess.
+
+    The one wrapper every test uses for the daemon. Its stderr (JSON log lines)
+    goes to ``log_path`` (by default a new file beside the config), appended to
+    across restarts with a ``{"test": "start N"}`` marker before each start, so
+    ``logged(..., this_run=True)`` can tell runs apart. The daemon starts when
+    the object is built unless ``start=False``.
+    """
+
+    def __init__(
+        self,
+        config: Path,
+        *args: str,
+        env: Mapping[str, str] | None = None,
+        log_path: Path | None = None,
+        metrics_url: str | None = None,
+        start: bool = True,
+    ) -> None:
         self.config = config
-        self.stderr_path = config.parent / f"shipper-{time.monotonic_ns()}.err"
-        self.stdout_path = self.stderr_path.with_suffix(".out")
-        self._err = self.stderr_path.open("wb")
-        self._out = self.stdout_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tirreno_shipper", "run", "-c", str(config), *args],
-            cwd=ROOT,
-            env=child_env(env),
-            stdin=subprocess.DEVNULL,
-            stdout=self._out,
-            stderr=self._err,
-        )
+        self.args = args
+        self.env = child_env(env)
+        self.log_path = log_path or config.parent / f"shipper-{time.monotonic_ns()}.err"
+        self.stderr_path = self.log_path
+        self.stdout_path = self.log_path.with_suffix(".out")
+        self.metrics_url = metrics_url
+        self.starts = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        if start:
+            self.start()
+
+    # -- the process ------------------------------------------------------------
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        assert self._proc is not None, "the daemon was never started"
+        return self._proc
 
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    def start(self, *, ready: bool = False, timeout: float = 20.0) -> Shipper:
+        """Start the daemon; with ``ready``, wait for ``daemon_started`` of this run
+        (and ``/healthz`` answering 200 when there is a metrics listener)."""
+        assert not self.running(), "already running"
+        self.starts += 1
+        with self.log_path.open("ab") as err, self.stdout_path.open("ab") as out:
+            err.write(f'{_MARKER_PREFIX}"start {self.starts}"}}\n'.encode())
+            err.flush()
+            self._proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tirreno_shipper",
+                    "run",
+                    "-c",
+                    str(self.config),
+                    *self.args,
+                ],
+                cwd=ROOT,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+            )
+        if ready:
+            self.wait_log("daemon_started", timeout, this_run=True)
+            if self.metrics_url is not None:
+                wait_until(lambda: self.healthz()[0] == 200, timeout)
+                code, body = self.healthz()
+                assert code == 200, f"/healthz answered {code} {body}:\n{self.tail_log()}"
+        return self
+
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
 
     def __enter__(self) -> Shipper:
         return self
@@ -161,13 +222,6 @@ class Shipper:
     ) -> None:
         self.close()
 
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self._err.close()
-        self._out.close()
-
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
 
@@ -175,53 +229,155 @@ class Shipper:
         return self.proc.wait(timeout)
 
     def stop(self, timeout: float = 20) -> int:
-        """SIGTERM and wait for the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
+        """SIGTERM and the exit code; a daemon still running after ``timeout`` is
+        killed and fails the test."""
+        proc = self.proc
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                return proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise AssertionError(
+                    f"the daemon did not stop within {timeout} s of SIGTERM:\n{self.tail_log()}"
+                ) from None
+        return proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to commit, ack or release anything."""
+        if self.running():
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def close(self) -> None:
+        """Teardown: kill the daemon if it is still running; never raises."""
+        self.kill()
+
+    # -- other subcommands on the same configuration -------------------------------
+
+    def run(self, *args: str, timeout: float = 90.0) -> subprocess.CompletedProcess[str]:
+        """Another subcommand to completion (stdout and stderr captured)."""
+        return run_cli(*args, env=self.env, timeout=timeout)
+
+    def run_once(self, timeout: float = 90.0) -> subprocess.CompletedProcess[str]:
+        """``run --once``; its stderr is appended to the daemon's log."""
+        result = self.run("run", "-c", str(self.config), "--once", timeout=timeout)
+        with self.log_path.open("a") as err:
+            err.write(f'{_MARKER_PREFIX}"run --once"}}\n' + result.stderr)
+        return result
+
+    def status(self) -> dict[str, Any]:
+        result = self.run("status", "-c", str(self.config), "--json", timeout=30)
+        assert result.returncode == 0, f"status failed: {result.stderr}"
+        try:
+            data: dict[str, Any] = json.loads(result.stdout)
+        except ValueError:
+            raise AssertionError(f"status --json printed no JSON:\n{result.stdout}") from None
+        return data
+
+    def site_status(self, site: str = "shop") -> dict[str, Any]:
+        sites: dict[str, Any] = self.status()["sites"]
+        return dict(sites[site])
+
+    # -- what it said ---------------------------------------------------------------
+
+    def _log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
+        """What the daemon wrote to stderr, without this wrapper's own marker lines."""
+        return "".join(
+            line
+            for line in self._log_text().splitlines(keepends=True)
+            if not line.startswith(_MARKER_PREFIX)
+        )
 
-    def logs(self) -> list[dict[str, Any]]:
-        """The JSON log lines so far (a partial last line is left for later)."""
+    def output(self) -> str:
+        """Everything it wrote, stderr then stdout."""
+        out = self.stdout_path.read_text(errors="replace") if self.stdout_path.exists() else ""
+        return self.stderr() + out
+
+    def tail_log(self, lines: int = 40) -> str:
+        return "\n".join(self._log_text().splitlines()[-lines:])
+
+    def logs(self, *, raw: bool = False) -> list[dict[str, Any]]:
+        """The JSON log lines so far (a partial last line is left for later).
+
+        With ``raw``, a line that is not a JSON object (a traceback, a library's
+        own print) is kept as ``{"raw": line}`` instead of skipped.
+        """
         out = []
-        text = self.stderr()
-        for line in text.splitlines(keepends=True):
+        for line in self._log_text().splitlines(keepends=True):
             if not line.endswith("\n"):
                 break
-            with contextlib.suppress(ValueError):
+            try:
                 record = json.loads(line)
-                if isinstance(record, dict):
-                    out.append(record)
+            except ValueError:
+                record = None
+            if isinstance(record, dict):
+                out.append(record)
+            elif raw and line.strip():
+                out.append({"raw": line.rstrip("\n")})
         return out
 
-    def events(self, name: str, **match: Any) -> list[dict[str, Any]]:
+    def logged(self, event: str, *, this_run: bool = False, **match: Any) -> list[dict[str, Any]]:
+        """Log lines named ``event`` (with ``match``); with ``this_run``, only since
+        the latest `start`."""
+        records = self.logs()
+        if this_run:
+            marker = f"start {self.starts}"
+            starts = [i for i, r in enumerate(records) if r.get("test") == marker]
+            records = records[starts[-1] :] if starts else []
         return [
             r
-            for r in self.logs()
-            if r.get("event") == name and all(r.get(k) == v for k, v in match.items())
+            for r in records
+            if r.get("event") == event and all(r.get(k) == v for k, v in match.items())
         ]
 
     def wait_log(
-        self, name: str, timeout: float = 20, count: int = 1, **match: Any
+        self,
+        name: str,
+        timeout: float = 20,
+        count: int = 1,
+        *,
+        this_run: bool = False,
+        **match: Any,
     ) -> list[dict[str, Any]]:
         """Wait until ``count`` log events named ``name`` (with ``match``) were written."""
 
         def found() -> list[dict[str, Any]] | None:
-            hits = self.events(name, **match)
+            hits = self.logged(name, this_run=this_run, **match)
             if len(hits) >= count:
                 return hits
-            if self.proc.poll() is not None:
+            if not self.running():
                 raise AssertionError(
                     f"the daemon exited ({self.proc.returncode}) waiting for {name}:\n"
-                    + self.stderr()[-4000:]
+                    + self.tail_log()
                 )
             return None
 
         hits = wait_until(found, timeout)
-        assert hits, f"no {name!r} {match} in {timeout} s; log:\n{self.stderr()[-4000:]}"
+        assert hits, f"no {name!r} {match} in {timeout} s; log:\n{self.tail_log()}"
         return list(hits)
+
+    # -- its metrics listener ------------------------------------------------------------
+
+    def healthz(self) -> tuple[int, str]:
+        """(status, body) of ``/healthz``; (0, why) when nothing answers."""
+        assert self.metrics_url is not None
+        try:
+            with urllib.request.urlopen(self.metrics_url + "/healthz", timeout=2) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+        except OSError as exc:
+            return 0, str(exc)
+
+    def scrape(self) -> str:
+        assert self.metrics_url is not None
+        with urllib.request.urlopen(self.metrics_url + "/metrics", timeout=5) as resp:
+            text: str = resp.read().decode()
+            return text
 
 
 def scrape(port: int, path: str, timeout: float = 5) -> tuple[int, str, str]:
@@ -276,7 +432,7 @@ def running(config: Path, *args: str, env: Mapping[str, str] | None = None) -> I
     """A started daemon (its ``daemon_started`` logged), killed at the end if still running."""
     shipper = Shipper(config, *args, env=env)
     try:
-        shipper.wait_log("daemon_started")
+        shipper.wait_log("daemon_started", this_run=True)
         yield shipper
     finally:
         shipper.close()

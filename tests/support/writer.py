@@ -1,4 +1,4 @@
-"""Helpers for the whole-daemon fault tests: a log writer, the daemon as a subprocess, polling.
+"""Helpers for the whole-daemon fault tests: a log writer, configs, delivery reports, polling.
 
 `LogWriter` appends ``nginx_cookie`` lines whose URL carries a sequence number
 (``/item/<seq>``), so every event the fake sensor accepts names the line it
@@ -6,9 +6,7 @@ came from; it can write in a background thread at a steady rate and rotate
 the log by rename the way logrotate and nginx do (the server keeps writing to
 the renamed file a moment before it reopens the path).
 
-`Shipper` runs ``python -m tirreno_shipper run -c CONFIG`` as a real process,
-with its JSON log lines appended to one file across restarts, and wraps the
-other subcommands the tests need (``run --once``, ``status --json``).
+The daemon itself runs under `tests.support.shipper.Shipper`.
 """
 
 from __future__ import annotations
@@ -17,10 +15,7 @@ import json
 import os
 import random
 import re
-import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -32,7 +27,6 @@ from typing import Any
 
 from tests.support.fake_sensor import FakeSensor
 
-ROOT = Path(__file__).resolve().parents[2]
 ITEM = re.compile(r"^/item/(\d+)$")
 USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) reliability-test"
 
@@ -229,132 +223,6 @@ def anonymous_users(tmp: Path) -> dict[str, Any]:
         "query": "SELECT user_name FROM sessions WHERE session_key = :key",
         "unresolved": "anonymous",
     }
-
-
-class Shipper:
-    """The real daemon as a subprocess; its stderr (JSON log lines) goes to ``log_path``."""
-
-    def __init__(self, config: Path, log_path: Path) -> None:
-        self.config = config
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    @staticmethod
-    def _env() -> dict[str, str]:
-        return {**os.environ, "PYTHONPATH": str(ROOT)}
-
-    def _cmd(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "tirreno_shipper", *args]
-
-    def start(self) -> subprocess.Popen[bytes]:
-        assert self.proc is None or self.proc.poll() is not None, "already running"
-        self.starts += 1
-        with open(self.log_path, "ab") as err:
-            err.write(f'{{"test": "start {self.starts}"}}\n'.encode())
-            err.flush()
-            self.proc = subprocess.Popen(
-                self._cmd("run", "-c", str(self.config)),
-                cwd=ROOT,
-                env=self._env(),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-            )
-        return self.proc
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL: no chance to commit, ack or release anything."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def terminate(self, timeout: float = 20.0) -> int:
-        """SIGTERM and wait; the exit code (SIGKILL after ``timeout``, which fails the test)."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                raise AssertionError(
-                    f"the daemon did not stop within {timeout} s of SIGTERM"
-                ) from None
-        return self.proc.returncode
-
-    def wait_exit(self, timeout: float) -> int:
-        assert self.proc is not None
-        return self.proc.wait(timeout)
-
-    def run(self, *args: str, timeout: float = 90.0) -> subprocess.CompletedProcess[str]:
-        """Run another subcommand to completion (stdout and stderr captured)."""
-        return subprocess.run(
-            self._cmd(*args),
-            cwd=ROOT,
-            env=self._env(),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-
-    def run_once(self, timeout: float = 90.0) -> subprocess.CompletedProcess[str]:
-        result = self.run("run", "-c", str(self.config), "--once", timeout=timeout)
-        with open(self.log_path, "a") as err:
-            err.write('{"test": "run --once"}\n' + result.stderr)
-        return result
-
-    def status(self) -> dict[str, Any]:
-        result = self.run("status", "-c", str(self.config), "--json", timeout=30)
-        assert result.returncode == 0, f"status failed: {result.stderr}"
-        try:
-            data: dict[str, Any] = json.loads(result.stdout)
-        except ValueError:
-            raise AssertionError(f"status --json printed no JSON:\n{result.stdout}") from None
-        return data
-
-    def site_status(self, site: str = "shop") -> dict[str, Any]:
-        sites: dict[str, Any] = self.status()["sites"]
-        return dict(sites[site])
-
-    def log_events(self) -> list[dict[str, Any]]:
-        """Every JSON log line the daemon wrote so far (other lines are skipped)."""
-        events = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            try:
-                item = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(item, dict):
-                events.append(item)
-        return events
-
-    def logged(self, event: str, *, this_run: bool = False) -> list[dict[str, Any]]:
-        """Log lines named ``event``; with ``this_run``, only since the latest `start`."""
-        events = self.log_events()
-        if this_run:
-            marker = f"start {self.starts}"
-            starts = [i for i, e in enumerate(events) if e.get("test") == marker]
-            events = events[starts[-1] :] if starts else []
-        return [e for e in events if e.get("event") == event]
-
-    def tail_log(self, lines: int = 40) -> str:
-        text = self.log_path.read_text(errors="replace").splitlines()
-        return "\n".join(text[-lines:])
-
-    def stop(self) -> None:
-        """Teardown: SIGTERM, then SIGKILL if it lingers; never raises."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 def checkpoints(state_dir: Path) -> list[tuple[int, str, int]]:
