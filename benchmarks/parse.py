@@ -10,9 +10,9 @@ temporary file and, in one run, times
   uses ``unresolved: anonymous`` with a real SQLite user database: every request
   resolves to the cached anonymous user of its IP.
 
-Prints lines/s for each and the ratio (target: at least 8).
+Prints lines/s for each and the ratio (target: at least 8), over interleaved rounds.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/parse.py [--repeat 10] [--profile]
+    PYTHONPATH=. .venv/bin/python benchmarks/parse.py [--repeat 10] [--rounds 3] [--profile]
 """
 
 from __future__ import annotations
@@ -113,20 +113,44 @@ def main() -> None:
         "--repeat", type=int, default=10, help="copies of the 10k-line log (default 10)"
     )
     ap.add_argument("--profile", action="store_true", help="cProfile the product path afterwards")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="interleaved rounds of both (default 3); the host is shared and noisy, so each "
+        "side's best round is compared, and every round's ratio is shown",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         log = build_log(folder, args.repeat)
         # As `tirreno-shipper run` does before its long run; both sides get it.
         freeze_startup_heap()
-        ref_lines, ref_secs = bench_apachelogs(log)
-        lines, events, secs = bench_product(folder, log)
-        ref_rate = ref_lines / ref_secs
-        rate = lines / secs
+        ref_rates: list[float] = []
+        rates: list[float] = []
+        for i in range(args.rounds):
+            # Alternate which side goes first, so neither always gets the warmer machine.
+            order = ("ref", "product") if i % 2 == 0 else ("product", "ref")
+            for side in order:
+                if side == "ref":
+                    ref_lines, ref_secs = bench_apachelogs(log)
+                    ref_rates.append(ref_lines / ref_secs)
+                else:
+                    lines, events, secs = bench_product(folder, log)
+                    rates.append(lines / secs)
+            print(
+                f"round {i + 1}: apachelogs {ref_rates[-1]:9,.0f} lines/s, product "
+                f"{rates[-1]:9,.0f} lines/s, ratio {rates[-1] / ref_rates[-1]:4.1f}x"
+            )
+        ref_rate, rate = max(ref_rates), max(rates)
+        ratios = sorted(r / q for r, q in zip(rates, ref_rates, strict=True))
         print(f"lines: {lines:,} ({log.stat().st_size / 1e6:.1f} MB), events: {events:,}")
-        print(f"apachelogs parse      : {ref_rate:12,.0f} lines/s  ({ref_secs:.2f} s)")
-        print(f"parse+filter+map path : {rate:12,.0f} lines/s  ({secs:.2f} s)")
-        print(f"ratio                 : {rate / ref_rate:12.1f}x  (target >= 8x)")
+        print(f"apachelogs parse      : {ref_rate:12,.0f} lines/s  (best of {args.rounds})")
+        print(f"parse+filter+map path : {rate:12,.0f} lines/s  (best of {args.rounds})")
+        print(
+            f"ratio                 : {rate / ref_rate:12.1f}x  (best against best; median round "
+            f"{ratios[len(ratios) // 2]:.1f}x; target >= 8x)"
+        )
         if args.profile:
             profiler = cProfile.Profile()
             profiler.enable()
