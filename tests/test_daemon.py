@@ -357,6 +357,80 @@ def test_run_once_exits_1_with_a_clear_message_when_the_sensor_is_down(
     assert len(spooled_ids(tmp_path / "state", "a")) == 4
 
 
+def test_run_once_exits_1_naming_a_log_it_cannot_read_and_ships_the_others(
+    tmp_path: Path, sensor: FakeSensor
+) -> None:
+    """An unreadable log: ``run --once`` ships the readable one, then exits 1 naming it;
+    the warning is logged once, not at every scan."""
+    good, bad = tmp_path / "good.log", tmp_path / "bad.log"
+    append(good, pages("g", 0, 5))
+    append(bad, pages("b", 0, 5))
+    bad.chmod(0)
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        [
+            site(
+                "a",
+                sensor.url,
+                good,
+                logs=[{"path": str(p), "start_at": "beginning"} for p in (good, bad)],
+            )
+        ],
+        poll_interval=0.1,
+    )
+    # Root reads any file: drop the capabilities that let it, as a service user lacks them.
+    r = subprocess.run(
+        [
+            *("setpriv", "--bounding-set=-dac_override,-dac_read_search"),
+            *(sys.executable, "-m", "tirreno_shipper", "run", "-c", str(cfg), "--once"),
+        ],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 1, r.stderr[-3000:]
+    records = [json.loads(x) for x in r.stderr.splitlines()]
+    failed = [x for x in records if x["event"] == "file_open_failed"]
+    assert len(failed) == 1 and failed[0]["path"] == str(bad), failed
+    assert "Permission denied" in failed[0]["error"]
+    incomplete = [x for x in records if x["event"] == "once_incomplete"]
+    assert incomplete and incomplete[0]["unreadable"] == {"a": {str(bad): "Permission denied"}}
+    assert delivered(sensor, "g") == expect("g", 0, 5)
+    assert not delivered(sensor, "b")
+    assert not any(x["event"] == "once_complete" for x in records)
+
+
+# -- one daemon per state_dir ---------------------------------------------------------------
+
+
+def test_a_second_daemon_on_the_same_state_dir_exits_75_and_the_first_ships_alone(
+    tmp_path: Path, sensor: FakeSensor
+) -> None:
+    """Two daemons on one spool would send every line twice: the second one refuses."""
+    log = tmp_path / "a.log"
+    log.touch()
+    cfg = write_config(tmp_path / "c.yaml", [site("a", sensor.url, log)])
+    with running(cfg) as first:
+        for args in (("run", "-c", str(cfg)), ("run", "-c", str(cfg), "--once")):
+            second = run_cli(*args, timeout=30)
+            assert second.returncode == 75, second.stderr[-3000:]
+            records = [json.loads(x) for x in second.stderr.splitlines()]
+            busy = [x for x in records if x["event"] == "state_dir_in_use"]
+            assert busy and busy[0]["pid"] == str(first.pid), records
+            assert "own state_dir" in busy[0]["hint"]
+        append(log, pages("l", 0, 10))
+        assert wait_until(lambda: delivered(sensor, "l") == expect("l", 0, 10), 20)
+        time.sleep(0.5)
+        assert Counter(urls(sensor)).most_common(1)[0][1] == 1, "a line was sent twice"
+        assert first.stop() == 0
+    # The lock went with the first daemon: the next run takes the state_dir.
+    again = run_cli("run", "-c", str(cfg), "--once")
+    assert again.returncode == 0, again.stderr[-3000:]
+
+
 # -- logs ---------------------------------------------------------------------------
 
 

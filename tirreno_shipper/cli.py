@@ -1,8 +1,9 @@
 """The ``tirreno-shipper`` command line.
 
 Exit codes: 0 clean stop; 78 (EX_CONFIG) bad configuration; 73 (EX_CANTCREAT)
-the state folder cannot be created or written; 1 unexpected failure (or
-``run --once`` that could not empty the spool in time); 130 interrupted in the
+the state folder cannot be created or written; 75 (EX_TEMPFAIL) another
+``run`` holds the state folder; 1 unexpected failure (or ``run --once`` that
+could not empty the spool in time or read every log); 130 interrupted in the
 foreground. They are defined here once; the daemon uses these names.
 """
 
@@ -26,6 +27,7 @@ EX_OK = 0
 EX_FAILURE = 1
 EX_CONFIG = 78
 EX_CANTCREAT = 73  # state_dir missing or not writable (sysexits.h)
+EX_TEMPFAIL = 75  # state_dir in use by another `run`; systemd retries, as it should
 EX_INTERRUPTED = 130
 
 

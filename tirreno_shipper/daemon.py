@@ -16,6 +16,7 @@ and handles signals:
 
 from __future__ import annotations
 
+import fcntl
 import fnmatch
 import json
 import os
@@ -29,7 +30,7 @@ from typing import Any
 import structlog
 
 from tirreno_shipper import metrics
-from tirreno_shipper.cli import EX_CANTCREAT, EX_FAILURE, EX_INTERRUPTED, EX_OK
+from tirreno_shipper.cli import EX_CANTCREAT, EX_FAILURE, EX_INTERRUPTED, EX_OK, EX_TEMPFAIL
 from tirreno_shipper.config import Config, SiteConfig, load_config
 from tirreno_shipper.errors import ConfigError, ResolverError, SpoolError
 from tirreno_shipper.notify import Notifier
@@ -68,6 +69,7 @@ class SiteRunner:
         self.paused: str | None = None
         self.last_error: str | None = None
         self.files: list[FileStatus] = []
+        self.unreadable: dict[str, str] = {}  # path -> why it cannot be opened
         self.restarts = 0
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -208,6 +210,7 @@ class SiteRunner:
                     last_snapshot = now
                 if not progressed:
                     if self.once and all(p is None for p in self._pending):
+                        self._snapshot()  # --once reads `unreadable` once drained
                         self.drained.set()
                     self._wake.wait(self.poll_interval)
                     self._wake.clear()
@@ -272,11 +275,36 @@ class SiteRunner:
     def _snapshot(self) -> None:
         files: list[FileStatus] = []
         lag = 0
+        unreadable: dict[str, str] = {}
         for tailer in self._tailers:
             files.extend(tailer.status())
             lag += tailer.lag_bytes()
+            unreadable.update(tailer.unreadable)
         self.files = files
+        self.unreadable = unreadable
         self._lag.set(lag)
+
+
+LOCK_FILE = "run.lock"
+
+
+def lock_state_dir(state_dir: Path) -> int | str:
+    """Take ``state_dir`` for this process: the locked descriptor, or who holds it.
+
+    Two daemons on one spool would each read every log and send every line
+    twice. The lock is an flock on ``run.lock``: the kernel drops it when the
+    process dies, however it dies, so a crash never leaves a stale lock.
+    """
+    fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        os.close(fd)
+        return holder or "unknown"
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 class Daemon:
@@ -294,6 +322,7 @@ class Daemon:
         self._signals = 0
         self._heartbeat = time.monotonic()
         self._last_recover = 0.0
+        self._lock_fd: int | None = None
 
     # -- signals ----------------------------------------------------------------
 
@@ -348,6 +377,7 @@ class Daemon:
                 "sensor_state": runner.sender.state,
                 "paused": runner.paused,
                 "last_error": runner.last_error,
+                "unreadable": runner.unreadable,
                 "stages": runner.alive(),
                 "files": [
                     {
@@ -470,13 +500,45 @@ class Daemon:
 
     # -- main loop ------------------------------------------------------------------
 
+    def _lock(self, *, report_errors: bool = True) -> int | None:
+        """Take the state_dir; None when taken (or, without ``report_errors``, when
+        the lock file cannot be opened: the spool then says why), else the exit code."""
+        state_dir = self.config.state_dir
+        try:
+            lock = lock_state_dir(state_dir)
+        except OSError as exc:
+            if not report_errors:
+                return None
+            log.error("state_dir_lock_failed", state_dir=str(state_dir), error=str(exc))
+            return EX_CANTCREAT
+        if isinstance(lock, str):
+            log.error(
+                "state_dir_in_use",
+                state_dir=str(state_dir),
+                pid=lock,
+                hint="another `tirreno-shipper run` uses this state_dir; stop it first, or give "
+                "each daemon its own state_dir (two would send every line twice)",
+            )
+            return EX_TEMPFAIL
+        self._lock_fd = lock
+        return None
+
     def start(self) -> int | None:
         """Open the spool and start the metrics server and every site; an exit code on failure."""
+        # Lock before the spool is opened, so a second daemon never even runs the
+        # spool's start-up checks beside a live one. A state_dir that does not
+        # exist yet is nobody's: it is created by opening the spool, then locked.
+        if self.config.state_dir.is_dir() and (failed := self._lock(report_errors=False)):
+            return failed
         try:
             self.spool = Spool.open(self.config.state_dir)
         except SpoolError as exc:
             log.error("spool_open_failed", state_dir=str(self.config.state_dir), error=str(exc))
             return EX_CANTCREAT
+        if self._lock_fd is None and (failed := self._lock()) is not None:
+            self.spool.close()
+            self.spool = None
+            return failed
         recovered = self.spool.recover_leases()
         if recovered:
             log.info("leases_recovered", count=recovered)
@@ -547,6 +609,17 @@ class Daemon:
                 (st := self.spool.stats(name)).depth == 0 and st.leased == 0
                 for name in self.runners
             )
+            unreadable = {n: r.unreadable for n, r in self.runners.items() if r.unreadable}
+            if empty and unreadable:
+                # Everything readable was sent, but a configured log was not read:
+                # a cron job or an init container must not take that for success.
+                log.error(
+                    "once_incomplete",
+                    unreadable=unreadable,
+                    hint="the daemon's user cannot open these logs; fix their permissions "
+                    "and run again (what was read is not sent twice)",
+                )
+                return EX_FAILURE
             if empty:
                 log.info("once_complete")
                 return EX_OK
@@ -583,6 +656,9 @@ class Daemon:
         self._stop_metrics()
         if self.spool is not None:
             self.spool.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # after the spool: nobody may start while we still write
+            self._lock_fd = None
         log.info("daemon_stopped")
 
 

@@ -86,6 +86,7 @@ def collect(config: Config) -> dict[str, Any]:
                 "sensor_state": live_site.get("sensor_state", "unknown (daemon not running)"),
                 "paused": live_site.get("paused"),
                 "last_error": live_site.get("last_error"),
+                "unreadable": live_site.get("unreadable") or {},
                 "files": files,
             }
     finally:
@@ -102,10 +103,10 @@ def render(report: dict[str, Any]) -> str:
     for name, site in report["sites"].items():
         age = site["oldest_age_seconds"]
         lines.append(f"site {name}:")
+        oldest = f", oldest {age} s" if age is not None else ""
         lines.append(
             f"  spool: {site['spool_depth']} events ({site['spool_bytes']} bytes), "
-            f"{site['leased']} in flight, oldest {age if age is not None else '-'} s; "
-            f"dead letters: {site['dead_letters']}"
+            f"{site['leased']} in flight{oldest}; dead letters: {site['dead_letters']}"
         )
         state = site["sensor_state"]
         lines.append(
@@ -113,6 +114,8 @@ def render(report: dict[str, Any]) -> str:
         )
         if site["last_error"]:
             lines.append(f"  last error: {site['last_error']}")
+        for path, error in site["unreadable"].items():
+            lines.append(f"  cannot read {path}: {error}")
         if not site["files"]:
             lines.append("  files: none checkpointed yet")
         for f in site["files"]:

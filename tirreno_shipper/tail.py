@@ -174,6 +174,9 @@ class Tailer:
             kind: metrics.FILE_ROTATIONS.labels(site=site, kind=kind)
             for kind in ("rename", "truncate", "delete")
         }
+        # Paths that exist but cannot be opened (permissions), with the error: logged
+        # once per distinct error, not at every scan, and shown by `status`.
+        self.unreadable: dict[str, str] = {}
         self._restored: dict[tuple[int, int], list[Checkpoint]] = {}
         for cp in checkpoints:
             self._restored.setdefault((cp.file.dev, cp.file.ino), []).append(cp)
@@ -513,8 +516,20 @@ class Tailer:
             try:
                 fd = _open(path)
             except OSError as exc:
-                log.warning("file_open_failed", site=self.site, path=path, error=str(exc))
+                error = exc.strerror or str(exc)
+                if self.unreadable.get(path) != error:
+                    self.unreadable[path] = error
+                    log.warning(
+                        "file_open_failed",
+                        site=self.site,
+                        path=path,
+                        error=error,
+                        hint="the daemon's user must be able to read the log (on Debian: the "
+                        "adm group); retried at every scan, logged again only if the error changes",
+                    )
                 continue
+            if self.unreadable.pop(path, None) is not None:
+                log.info("file_open_recovered", site=self.site, path=path)
             new = self._start(path, fd, now, first=first)
             if cur is not None:
                 self._rotate_out(g, cur, now)
@@ -523,6 +538,8 @@ class Tailer:
         for g in self._groups.values():
             if g.current is not None and g.path not in present:
                 self._rotate_out(g, g.current, now)
+        for path in [p for p in self.unreadable if p not in present]:
+            del self.unreadable[path]  # gone: nothing left to read there
 
     def _start(self, path: str, fd: int, now: float, *, first: bool) -> _File:
         """A file newly found at ``path``: where to start reading it."""
