@@ -123,6 +123,9 @@ def mariadb_engine() -> Iterator[Engine]:
 
 def _database(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
     if kind == "sqlite":
+        # Created here, as an application creates its database: the resolver
+        # opens SQLite files read-only and refuses a path with no file.
+        (tmp_path / "users.sqlite").touch()
         url = f"sqlite:///{tmp_path / 'users.sqlite'}"
         engine = sqlalchemy.create_engine(url)
         owned = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -439,6 +440,7 @@ def test_key_from_header(database: Database, make_resolver: MakeResolver) -> Non
 )
 def test_key_for(key: dict[str, str], req: Request, expected: str | None, tmp_path: Any) -> None:
     """key_for extracts the configured key, refuses absent or impossible ones, and transforms."""
+    (tmp_path / "k.sqlite").touch()
     resolver = UserResolver(
         site_name(), users_config(f"sqlite:///{tmp_path}/k.sqlite", "SELECT :key", key=key)
     )
@@ -476,13 +478,49 @@ def test_database_down_raises_and_is_not_cached(
         resolver.check()
 
 
-def test_sqlite_unopenable_raises(tmp_path: Any, make_resolver: MakeResolver) -> None:
-    """An SQLite file in a missing directory raises ResolverError, not a miss."""
-    resolver = make_resolver(
-        f"sqlite:///{tmp_path}/missing/dir/u.sqlite", "SELECT 1 AS user_name WHERE 1 = :key"
-    )
-    with pytest.raises(ResolverError, match="unable to open"):
-        resolver.resolve("k")
+@pytest.mark.parametrize("where", ["missing/dir/u.sqlite", "typo.sqlite"])
+def test_a_missing_sqlite_file_is_an_error_naming_it_and_is_not_created(
+    tmp_path: Any, make_resolver: MakeResolver, where: str
+) -> None:
+    """A mistyped SQLite path raises ResolverError naming the file (not a later "no such
+    table"), and sqlite3 does not leave an empty database there."""
+    path = tmp_path / where
+    with pytest.raises(ResolverError, match=f"no SQLite file at {path}"):
+        make_resolver(f"sqlite:///{path}", "SELECT 1 AS user_name WHERE 1 = :key")
+    assert not path.exists()
+
+
+def test_the_sqlite_users_database_is_opened_read_only(
+    tmp_path: Any, make_resolver: MakeResolver
+) -> None:
+    """We only read the users database: the connection refuses writes (odd path characters too)."""
+    import sqlite3
+
+    path = tmp_path / "users 1%.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE users (k TEXT, n TEXT)")
+        conn.execute("INSERT INTO users VALUES ('s1', 'alice')")
+    conn.close()
+    resolver = make_resolver(f"sqlite:///{path}", "SELECT n AS user_name FROM users WHERE k = :key")
+    assert resolver.resolve("s1") == User(user_name="alice")
+    with pytest.raises(Exception, match="readonly"), resolver._engine.connect() as conn:
+        conn.exec_driver_sql("INSERT INTO users VALUES ('s2', 'mallory')")
+
+
+@pytest.mark.parametrize(
+    ("url", "hint"),
+    [
+        ("postgres://reader@db/shop", "write postgresql+psycopg://"),
+        ("mysql://reader@db/shop", "write mysql+pymysql://"),
+        ("mariadb://reader@db/shop", "write mysql+pymysql://"),
+        ("oracle+nosuchdriver://reader@db/shop", "postgresql+psycopg://, mysql+pymysql://"),
+    ],
+)
+def test_a_url_scheme_without_our_drivers_names_the_one_to_write(
+    url: str, hint: str, make_resolver: MakeResolver
+) -> None:
+    with pytest.raises(ResolverError, match=re.escape(hint)):
+        make_resolver(url, "SELECT 1 AS user_name WHERE 1 = :key")
 
 
 def test_sql_error_is_raised_not_cached_and_recovers(

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import secrets
 import threading
 import time
+import urllib.parse
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime
@@ -200,6 +202,48 @@ def _connect_args(url: URL, timeout: float) -> dict[str, Any]:
     return {k: v for k, v in args.items() if k not in url.query}
 
 
+def _driver_hint(database: str) -> str:
+    """What to write instead: the URL schemes whose drivers our extras install."""
+    scheme = database.partition(":")[0].lower()
+    if scheme.startswith("postgres"):
+        return (
+            "write postgresql+psycopg://user@host/db (psycopg 3, installed by "
+            "pip install 'tirreno-shipper[postgres]')"
+        )
+    if scheme.startswith(("mysql", "mariadb")):
+        return (
+            "write mysql+pymysql://user@host/db (PyMySQL, installed by "
+            "pip install 'tirreno-shipper[mysql]'; it speaks to MariaDB too)"
+        )
+    return (
+        "use postgresql+psycopg://, mysql+pymysql:// or sqlite:///PATH with "
+        "pip install 'tirreno-shipper[postgres]' or '[mysql]', or install this URL's driver"
+    )
+
+
+def _read_only_sqlite(url: URL) -> URL:
+    """A SQLite file URL opened read-only; a file that does not exist is an error.
+
+    sqlite3 would otherwise create an empty database at a mistyped path (even in
+    a dry run, which promises to write nothing) and fail later with "no such
+    table", hiding the real mistake. We only ever read the users database.
+    """
+    database = url.database
+    if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return url
+    if database.startswith("file:") or url.query.get("uri"):
+        return url  # the operator wrote a URI filename: their mode wins
+    if not os.path.isfile(database):
+        raise ResolverError(
+            f"users.database: no SQLite file at {os.path.abspath(database)} "
+            "(a relative sqlite:/// path is taken from the config file's folder)"
+        )
+    return url.set(
+        database="file:" + urllib.parse.quote(os.path.abspath(database)),
+        query={**url.query, "mode": "ro", "uri": "true"},
+    )
+
+
 class _TtlLru:
     """A bounded LRU whose entries expire; not thread-safe on its own."""
 
@@ -259,6 +303,7 @@ class UserResolver:
             url = sqlalchemy.make_url(config.database)
             self._password = url.password if isinstance(url.password, str) else None
             self._safe_url = url.render_as_string(hide_password=True)
+            url = _read_only_sqlite(url)
             self._engine: Engine = sqlalchemy.create_engine(
                 url,
                 pool_pre_ping=True,
@@ -269,12 +314,12 @@ class UserResolver:
         except NoSuchModuleError as exc:
             raise ResolverError(
                 f"users.database: no SQLAlchemy dialect for this URL ({exc}); "
-                "install the driver, e.g. pip install 'tirreno-shipper[postgres]' or '[mysql]'"
+                + _driver_hint(config.database)
             ) from None
         except ImportError as exc:
             raise ResolverError(
                 f"users.database: the database driver is not installed ({exc.name}); "
-                "pip install 'tirreno-shipper[postgres]' or 'tirreno-shipper[mysql]'"
+                + _driver_hint(config.database)
             ) from None
         except (SQLAlchemyError, ValueError) as exc:
             raise ResolverError(
