@@ -165,6 +165,23 @@ def test_api_key_and_key_file_are_exclusive() -> None:
     assert any("exactly one of api_key" in p for p in problems), problems
 
 
+def test_api_key_blanks_around_it_are_stripped() -> None:
+    """A key from an env file with a newline or blanks around it is the key itself."""
+    text = VALID.replace("api_key: k", 'api_key: "${K}"')
+    for raw in ("s3cret-key\n", "  s3cret-key\t"):
+        assert parse_config(text, env={"K": raw}).sites[0].sensor.key() == "s3cret-key"
+
+
+@pytest.mark.parametrize("raw", ["two words-SECRET", "tab\tin-SECRET", "k\u00e9y-SECRET", " "])
+def test_api_key_a_header_cannot_carry_is_refused_without_showing_it(raw: str) -> None:
+    """Inner blanks, control or non-ASCII characters: a config error, not an endless
+    'network' retry when httpx refuses the header; the key is never printed."""
+    text = VALID.replace("api_key: k", 'api_key: "${K}"')
+    problem = one(problems_of(text, env={"K": raw}), "sites[0].sensor.api_key")
+    assert "SECRET" not in problem
+    assert ("empty" if raw == " " else "cannot carry") in problem
+
+
 def test_empty_and_non_mapping_and_bad_yaml() -> None:
     """Empty text, a list at the top and YAML syntax errors are ConfigErrors."""
     assert "empty" in problems_of("")[0]

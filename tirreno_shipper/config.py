@@ -181,6 +181,23 @@ class SensorConfig(_Model):
             raise ValueError("expected an http(s) URL such as https://tirreno.example.com/sensor/")
         return value
 
+    @field_validator("api_key")
+    @classmethod
+    def _header_safe_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        # "${TIRRENO_API_KEY}" from an env file often carries a newline or a blank;
+        # sent as it is, no HTTP client would even send the header.
+        key = value.get_secret_value().strip()
+        if not key:
+            raise ValueError("is empty")
+        if not all("!" <= c <= "~" for c in key):
+            raise ValueError(
+                "holds a space, a control or a non-ASCII character, which an Api-Key header "
+                "cannot carry (the key is not shown); check the variable or file it comes from"
+            )
+        return SecretStr(key)
+
     @model_validator(mode="after")
     def _one_key(self) -> SensorConfig:
         if (self.api_key is None) == (self.api_key_file is None):
@@ -576,7 +593,11 @@ def parse_config(
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        problems.extend(_describe(e) for e in exc.errors())
+        # A key whose ${VAR} is missing was already reported; that the empty
+        # text left in its place is invalid too would only repeat it.
+        reported = {p.partition(": ")[0] for p in problems}
+        described = (_describe(e) for e in exc.errors())
+        problems.extend(d for d in described if d.partition(": ")[0] not in reported)
         problems.extend(_semantic_checks(data))
         raise ConfigError(problems) from None
     problems.extend(_semantic_checks(data))
