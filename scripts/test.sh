@@ -2,6 +2,7 @@
 # Set up everything the test suite needs on a fresh Debian machine and run it:
 # a virtualenv with the package and its dev extras, nginx, Apache and logrotate
 # from Debian (the integration tests start their own instances on 127.0.0.1),
+# Debian's python3.11 (the parser is checked under it too),
 # PostgreSQL and MariaDB running, then ruff, mypy (strict) and pytest.
 # Usage: ./scripts/test.sh [pytest arguments]
 set -euo pipefail
@@ -18,6 +19,8 @@ need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 [ -x /usr/sbin/apache2 ] || need+=(apache2)
 command -v logrotate >/dev/null 2>&1 || [ -x /usr/sbin/logrotate ] || need+=(logrotate)
+# Debian 12's own python3.11 (3.11.2): tests/test_system_python.py parses under it.
+[ -x /usr/bin/python3.11 ] || need+=(python3.11)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 
 from tirreno_shipper.config import ApacheFormat, JsonFormat, NginxFormat
@@ -205,3 +207,76 @@ def test_patterns_are_possessive() -> None:
         text = pattern.pattern
         assert "*?" not in text and "+?" not in text
         assert text.count("*+") >= 3
+
+
+# Formats beyond the presets that exercise every pattern shape _pattern makes:
+# upstream lists, a remote_user before other literals, and separators that a
+# character class reads specially (- \ ^ ]).
+CUSTOM_FORMATS = [
+    NginxFormat(
+        nginx='$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent '
+        '"$http_referer" "$http_user_agent" $request_time $upstream_response_time '
+        "$upstream_addr"
+    ),
+    NginxFormat(nginx='$remote_addr-$remote_user "$request" $status'),
+    NginxFormat(nginx="$remote_user\\$status^$body_bytes_sent-$http_user_agent]$msec"),
+    ApacheFormat(apache='%h %{%Y-%m-%d %H:%M:%S}t "%r" %>s %{X}i'),
+    ApacheFormat(apache="%a-%u-%>s [%r] %D"),
+]
+
+
+def _possessive_group_repeats(items: object) -> list[list[tuple[object, object]]]:
+    """The bodies of every possessive repeat of more than one character in a
+    parsed pattern (re._parser's tree), at any depth."""
+    found: list[list[tuple[object, object]]] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, tuple) and len(node) == 2 and str(node[0]) == "POSSESSIVE_REPEAT":
+            body = list(node[1][2])
+            if len(body) > 1 or str(body[0][0]) not in {"LITERAL", "NOT_LITERAL", "IN", "ANY"}:
+                found.append(body)
+        if isinstance(node, list | tuple) or type(node).__name__ == "SubPattern":
+            for child in node:
+                walk(child)
+
+    walk(list(items))
+    return found
+
+
+def test_possessive_groups_read_alike_on_python_3_11_0_to_3_11_4() -> None:
+    """CPython 3.11.0-3.11.4 (Debian 12 has 3.11.2) resume a possessive group repeat
+    whose pass failed where the pass's last lookaround, repeat or alternation left
+    the match, not where the pass began (gh-100061, gh-106052). A pass that can
+    only fail on a plain character, with an alternation only at its start and a
+    never-failing ``x*+`` only at its end, reads the same there as on 3.11.5+."""
+    parser = importlib.import_module("re._parser")
+    plain = {"LITERAL", "NOT_LITERAL", "IN", "ANY"}
+    specs: list[object] = [*sorted(PRESETS), *CUSTOM_FORMATS]
+    for spec in specs:
+        regex = compile_format(spec, "sid").regex
+        assert regex is not None
+        for body in _possessive_group_repeats(parser.parse(regex.pattern)):
+            for i, (op, av) in enumerate(body):
+                name = str(op)
+                if name in plain:
+                    continue
+                if name == "BRANCH" and i == 0:
+                    branches = av[1]
+                    assert all(str(o) in plain for b in branches for o, _ in b), regex.pattern
+                    continue
+                lo, _, inner = av if name == "POSSESSIVE_REPEAT" else (1, 0, [])
+                never_fails = lo == 0 and len(inner) == 1 and str(inner[0][0]) in plain
+                assert never_fails and i == len(body) - 1, (
+                    f"{name} inside a possessive group repeat of {regex.pattern!r}"
+                )
+
+
+@pytest.mark.parametrize("sep", ["-", "\\", "^", "]", " ", '"'])
+def test_any_separator_ends_a_field_without_lookahead(sep: str) -> None:
+    """A field runs up to the next literal's first character, whatever it is, as
+    one character class (no "(?!-)." lookahead; see the test above)."""
+    fmt = compile_nginx(f"$remote_addr{sep}$status")
+    assert fmt.regex is not None and "(?" not in fmt.regex.pattern
+    m = fmt.regex.fullmatch(f"a!b{sep}200")
+    assert m is not None and m.groups() == ("a!b", "200")
+    assert fmt.regex.fullmatch(f"a{sep}b{sep}200") is None

@@ -563,6 +563,10 @@ ADVERSARIAL = {
     "spaces_in_ua": PREFIX + b'"-" "' + b" " * 50_000 + b'"',
     "brackets": b"1.2.3.4 - - [" + b"[" * 50_000,
     "many_fields": b"1 " * 50_000,
+    # remote_user takes spaces (not before " ["): an atomic repeat, linear too.
+    "spaces_in_user": b"1.2.3.4 - " + b"u " * 50_000 + b"[x",
+    "spaces_in_user_valid": b"1.2.3.4 - " + b"u " * 50_000 + VALID.removeprefix(b"1.2.3.4 - - "),
+    "space_brackets_in_user": b"1.2.3.4 - " + b" [" * 50_000,
 }
 
 
@@ -589,6 +593,8 @@ def test_adversarial_expected_outcomes() -> None:
     assert isinstance(p.parse(ADVERSARIAL["empty_fields"]), Request)
     padded = p.parse(ADVERSARIAL["space_padded_fields"])
     assert isinstance(padded, Request) and padded.user_agent == "   "
+    spaced = p.parse(ADVERSARIAL["spaces_in_user_valid"])
+    assert isinstance(spaced, Request) and spaced.remote_user == ("u " * 50_000).rstrip()
     for name in ("last_quote_removed", "one_extra_field", "spaces_50k", "backslashes_odd"):
         assert p.parse(ADVERSARIAL[name]) == NO_MATCH, name
 

@@ -8,6 +8,15 @@ any other field runs possessively up to the next literal character. With only
 possessive quantifiers, a near-miss line fails in one pass instead of trying
 every split, so no log line an attacker writes can cost more than linear time.
 
+CPython 3.11.0-3.11.4 (Debian 12's python3 is 3.11.2) mismatch a possessive
+repeat of a group when a pass fails inside a lookaround or after backtracking
+(gh-100061, gh-106052): the match resumes where the failed pass left off, not
+where it began. So a repeated group here is possessive only when each pass can
+fail only on a plain character or at an alternation's start; the one group with
+a lookahead is a greedy repeat inside an atomic group, ``(?>(?:...)*)``, which
+is what 3.11.5+ compile ``(?:...)*+`` to anyway (same speed, still linear).
+tests/test_system_python.py checks the result under /usr/bin/python3.11.
+
 Apache's LogFormat grammar comes from apachelogs (its directive tokenizer, and
 ``format2regex`` to reject unknown directives with apachelogs' own messages);
 apachelogs' regexes are not used on the hot path (they use lazy quantifiers and
@@ -120,7 +129,10 @@ _QUOTED = r'[^"\\]*+(?:\\.[^"\\]*+)*+'
 
 
 # nginx joins the values of each upstream tried with ", " (and of internal
-# redirects with " : "): "0.003, 0.001" is one field, not two.
+# redirects with " : "): "0.003, 0.001" is one field, not two. A pass of the
+# repeat fails only in the alternation, whose failure leaves the match where the
+# pass began, so "*+" reads right on 3.11.0-3.11.4 too (as it does in _QUOTED,
+# whose passes fail only on a plain character).
 _UPSTREAM = r"[^ ,]*+(?:(?:, | : )[^ ,]*+)*+"
 
 # strftime directives of Apache's %{FORMAT}t that both Python's strptime and a
@@ -181,14 +193,14 @@ def _pattern(name: str, prev: str, nxt: str) -> str:
         # Neither server escapes spaces in the user name, and any client can send
         # Basic credentials for "a b": stopping at the first space would make its
         # lines unparseable, i.e. invisible. Spaces are taken unless followed by
-        # the rest of the next literal (" [" before $time_local).
-        return f"[^ ]*+(?: (?!{re.escape(nxt[1])})[^ ]*+)*+"
+        # the rest of the next literal (" [" before $time_local). Atomic, not
+        # "*+": a possessive group holding a lookahead misreads on 3.11.0-3.11.4.
+        return f"[^ ]*+(?>(?: (?!{re.escape(nxt[1])})[^ ]*+)*)"
     if nxt:
-        stop = re.escape(nxt[0])
-        body = f"[^{stop}]" if len(nxt[0]) == 1 and nxt[0] not in "]\\^-" else f"(?:(?!{stop}).)"
-        if nxt[0] == "]":
-            body = r"[^\]]"
-        return f"{body}*+"
+        # re.escape escapes each of ] \\ ^ - that a class would read specially.
+        # (Not "(?:(?!c).)*+": a possessive group with a lookahead misreads on
+        # 3.11.0-3.11.4.)
+        return f"[^{re.escape(nxt[0])}]*+"
     return r".*+"
 
 
