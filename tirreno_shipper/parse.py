@@ -221,7 +221,7 @@ def _cookie_re(name: str) -> re.Pattern[str]:
 
 
 def _absent(value: str | None) -> str | None:
-    if value is None or value in {"-", "", '""'}:
+    if value is None or value in {"-", ""}:
         return None
     return value
 
@@ -368,7 +368,7 @@ class LineParser:
         cookie_in_header = self._cookie_in_header
         i_extra = self._i_extra
         dec = decode_field
-        absent = frozenset(("-", "", '""'))
+        absent = frozenset(("-", ""))
 
         def text(v: str | None) -> str | None:
             if v is None or v in absent:
