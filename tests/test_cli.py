@@ -68,6 +68,19 @@ def test_status_json_reports_spool_files_and_the_daemon(tmp_path: Path, sensor: 
     assert f"lag {late} B" in text.stdout
 
 
+def test_status_before_any_run_says_so_and_creates_nothing(tmp_path: Path) -> None:
+    """``status`` with no spool yet: a plain note, exit 0, and no state_dir made (as
+    whichever user happened to ask)."""
+    log = tmp_path / "a.log"
+    cfg = write_config(tmp_path / "c.yaml", [site("a", "http://127.0.0.1:9/sensor/", log)])
+    text = run_cli("status", "-c", str(cfg))
+    assert text.returncode == 0, text.stderr
+    assert "has not run with this state_dir" in text.stdout
+    report = json.loads(run_cli("status", "-c", str(cfg), "--json").stdout)
+    assert report["daemon"] == {"running": False, "pid": None} and report["sites"] == {}
+    assert not (tmp_path / "state").exists()
+
+
 def test_status_json_shows_the_running_daemons_live_state(
     tmp_path: Path, sensor: FakeSensor
 ) -> None:
@@ -117,7 +130,8 @@ def test_check_with_a_wrong_key_reports_the_rejection_and_exits_1(
     assert "[FAIL] test event rejected (empty 200)" in r.stdout
     assert "some checks FAILED" in r.stdout
     assert "wrong-key-1234" not in r.stdout + r.stderr
-    assert sensor.accepted == [] and sensor.count("200") == 1
+    # Two empty 200s: the keyless probe (check's reachability POST) and the test event.
+    assert sensor.accepted == [] and sensor.count("200") == 2
 
 
 def test_check_fails_on_an_unreachable_sensor_and_an_unreadable_log_folder(
@@ -199,3 +213,61 @@ def test_a_bad_config_exits_78_with_every_problem(tmp_path: Path) -> None:
         r = run_cli(args[0], "-c", str(cfg), *args[1:])
         assert r.returncode == 78, (args, r.stderr)
         assert "invalid configuration" in r.stderr and "sites[0].sensor.api_kee" in r.stderr
+
+
+# -- detect-format ---------------------------------------------------------------------
+
+DATA = Path(__file__).parent / "data"
+EXAMPLE_LOG = Path(__file__).resolve().parent.parent / "examples" / "access.log"
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"), [("missing", "No such file or directory"), ("folder", "Is a directory")]
+)
+def test_detect_format_on_an_unreadable_path_is_a_one_line_error(
+    tmp_path: Path, name: str, reason: str
+) -> None:
+    """A missing file or a folder: ``cannot read FILE: reason`` on stderr, exit 1, no traceback."""
+    path = tmp_path / name
+    if name == "folder":
+        path.mkdir()
+    r = run_cli("detect-format", str(path))
+    assert r.returncode == 1
+    assert r.stderr == f"tirreno-shipper: cannot read {path}: {reason}\n"
+    assert r.stdout == ""
+
+
+@pytest.mark.parametrize("lines", ["0", "-5"])
+def test_detect_format_rejects_a_lines_count_below_one(tmp_path: Path, lines: str) -> None:
+    """``--lines 0`` or negative is a usage error (exit 2), not a traceback or an empty look."""
+    r = run_cli("detect-format", str(EXAMPLE_LOG), "--lines", lines)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+    assert f"argument --lines: must be 1 or more (got {lines})" in r.stderr
+    assert r.stdout == ""
+
+
+def test_detect_format_calls_same_shaped_nginx_and_apache_presets_equivalent() -> None:
+    """An Apache combined log parses equally as nginx_combined: both are named, nginx not picked."""
+    r = run_cli("detect-format", str(DATA / "elastic_apache_logs"))
+    assert r.returncode == 0, r.stderr
+    [best] = [x for x in r.stdout.splitlines() if x.startswith("Best match")]
+    assert best == (
+        "Best match: format: nginx_combined or format: apache_combined "
+        "(equivalent: they parse the same lines into the same fields; "
+        "use the one named after your server)"
+    )
+    assert "carries no session cookie" in r.stdout
+
+    r = run_cli("detect-format", str(EXAMPLE_LOG))  # the same with a cookie
+    assert r.returncode == 0, r.stderr
+    assert "Best match: format: nginx_cookie or format: apache_cookie (equivalent:" in r.stdout
+    assert "set users.key.cookie to the cookie's name" in r.stdout
+
+
+def test_detect_format_names_a_single_best_match_when_there_is_no_tie() -> None:
+    """No tie (vhost_combined parses more than the rest): one preset, no "equivalent"."""
+    r = run_cli("detect-format", str(DATA / "apachelogs_vhost_combined.log"))
+    assert r.returncode == 0, r.stderr
+    [best] = [x for x in r.stdout.splitlines() if x.startswith("Best match")]
+    assert best == "Best match: format: vhost_combined"

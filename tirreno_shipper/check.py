@@ -1,26 +1,141 @@
 """``check``: prove a configuration works before the daemon runs it.
 
-For each site: the log paths can be opened, the user query runs (with a key
-that cannot exist), the sensor answers; with ``--send-test-event``, one
+The state folder can be used as ``run`` will use it; for each site: the log
+paths can be opened, the user query runs (with a key that cannot exist), the
+sensor's URL answers a POST as tirreno's does; with ``--send-test-event``, one
 clearly labelled event is posted and the verdict reported. Prints one line per
-check and exits 0 only if every check passed.
+check, and nothing else (log events of the code it runs are caught and either
+turned into report lines or dropped), and exits 0 only if every check passed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import glob
+import http
+import logging
 import os
+import re
 import sys
 import time
 import uuid
-from typing import TextIO
+from collections.abc import Iterator, MutableMapping
+from pathlib import Path
+from typing import Any, TextIO
 
 import httpx
+import structlog
 
 from tirreno_shipper.config import Config, SiteConfig
 from tirreno_shipper.errors import ResolverError
-from tirreno_shipper.sender import Outcome, send_one, tls_verify, user_agent
+from tirreno_shipper.sender import FORM_CONTENT_TYPE, Outcome, send_one, tls_verify, user_agent
+from tirreno_shipper.spool import SPOOL_FILE
 from tirreno_shipper.users import UserResolver
+
+# Statuses that, answering the POST events are sent with, mean nothing takes
+# events at this URL: tirreno's sensor answers 204 or an empty 200 there.
+WRONG_PATH_STATUSES = frozenset({404, 405, 410})
+SENSOR_PATH_HINT = (
+    "the path is wrong: sensor.url must be tirreno's sensor endpoint, "
+    "https://<tirreno host>/sensor/"
+)
+# `run` exits 73 (cli.EX_CANTCREAT) when the spool cannot be opened in state_dir.
+STATE_DIR_HINT = (
+    "`run` exits 73 on this: create it writable by the service user, or change state_dir"
+)
+
+# What a status to the test event means, beyond the sender's short reason.
+_STATUS_MEANING = {
+    **dict.fromkeys(WRONG_PATH_STATUSES, SENSOR_PATH_HINT),
+    401: "refused before tirreno (an authenticating proxy?); tirreno itself answers a wrong "
+    "key with an empty 200",
+    403: "refused before tirreno (a proxy or firewall rule?); tirreno itself answers a wrong "
+    "key with an empty 200",
+    407: "a proxy in the way wants credentials",
+    429: "rate limited: too many events for this key right now; try again shortly",
+}
+
+
+def _state_dir_problem(state_dir: Path) -> str | None:
+    """Why ``run`` could not open its spool in ``state_dir``, in `Spool`'s words; None if it can.
+
+    Nothing is created: a missing folder passes when ``run`` could create it
+    (the nearest existing ancestor is a folder this user may write in).
+    """
+    directory = Path(state_dir)
+    if directory.is_dir():
+        if not os.access(directory, os.W_OK | os.X_OK):
+            return f"state_dir {directory} is not writable by this user"
+        spool = directory / SPOOL_FILE
+        if spool.exists() and not os.access(spool, os.R_OK | os.W_OK):
+            return f"cannot open spool {spool}: {os.strerror(errno.EACCES)}"
+        return None
+    if directory.exists() or directory.is_symlink():
+        return f"cannot use state_dir {directory}: it exists and is not a directory"
+    ancestor = directory.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        reason = errno.ENOTDIR
+    elif not os.access(ancestor, os.W_OK | os.X_OK):
+        reason = errno.EROFS if os.statvfs(ancestor).f_flag & os.ST_RDONLY else errno.EACCES
+    else:
+        return None
+    return f"cannot create state_dir {directory}: {os.strerror(reason)}"
+
+
+def _check_state_dir(config: Config, out: TextIO) -> bool:
+    directory = config.state_dir
+    problem = _state_dir_problem(directory)
+    if problem is not None:
+        print(f"  [FAIL] {problem} ({STATE_DIR_HINT})", file=out)
+        return False
+    if directory.is_dir():
+        print(f"  [ok]   state_dir {directory}: writable", file=out)
+    else:
+        print(f"  [ok]   state_dir {directory}: missing; `run` creates it", file=out)
+    return True
+
+
+class _LogCatcher:
+    """Log events emitted while check runs: kept here, never printed as log lines."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def __call__(
+        self, _logger: Any, method: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        self.events.append({"level": method, **event})
+        raise structlog.DropEvent
+
+    def take(self) -> list[dict[str, Any]]:
+        taken, self.events = self.events, []
+        return taken
+
+
+@contextlib.contextmanager
+def _catch_logs() -> Iterator[_LogCatcher]:
+    """Route structlog events to a `_LogCatcher` and mute library logging below ERROR.
+
+    check reports every problem itself; a JSON log line of the same failure
+    among its report lines would say it twice. Restores the configuration after.
+    """
+    catcher = _LogCatcher()
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    saved_level = root.level
+    structlog.configure(
+        processors=[catcher],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+    )
+    root.setLevel(logging.ERROR)
+    try:
+        yield catcher
+    finally:
+        structlog.configure(**saved)
+        root.setLevel(saved_level)
 
 
 def _check_logs(site: SiteConfig, out: TextIO) -> bool:
@@ -55,7 +170,8 @@ def _check_logs(site: SiteConfig, out: TextIO) -> bool:
     return ok
 
 
-def _check_users(site: SiteConfig, out: TextIO) -> bool:
+def _check_users(site: SiteConfig, out: TextIO, logs: _LogCatcher) -> bool:
+    logs.take()
     if site.users is None:
         print("  [ok]   users: none configured (every event is anonymous)", file=out)
         return True
@@ -68,9 +184,13 @@ def _check_users(site: SiteConfig, out: TextIO) -> bool:
         finally:
             resolver.close()
     except ResolverError as exc:
+        # The resolver also logged it (resolver_failed): said once, here.
         print(f"  [FAIL] users: {exc}", file=out)
         return False
     print(f"  [ok]   users: the query runs ({ms:.0f} ms)", file=out)
+    for event in logs.take():
+        detail = event.get("hint") or event.get("error") or event["event"]
+        print(f"  [warn] users: {detail}", file=out)
     return True
 
 
@@ -78,16 +198,34 @@ def _check_sensor(site: SiteConfig, out: TextIO, send_test_event: bool) -> bool:
     cfg = site.sensor
     verify = tls_verify(cfg)  # the same TLS settings the sender uses
     try:
-        # Any HTTP answer proves DNS, TCP and TLS; tirreno answers GET on /sensor/ too.
-        r = httpx.get(
-            cfg.url, timeout=cfg.timeout, verify=verify, headers={"User-Agent": user_agent()}
+        # Asked the way events are sent (a form POST to the URL) but without the
+        # Api-Key, which tirreno answers with an empty 200 and stores nothing.
+        # Any HTTP answer proves DNS, TCP and TLS; only a "nothing here" answer
+        # to a POST says that the path is wrong (a GET of /sensor/ may get 405).
+        r = httpx.post(
+            cfg.url,
+            content=b"",
+            timeout=cfg.timeout,
+            verify=verify,
+            headers={"User-Agent": user_agent(), "Content-Type": FORM_CONTENT_TYPE},
         )
-        print(f"  [ok]   sensor {cfg.url}: reachable (HTTP {r.status_code})", file=out)
     except httpx.HTTPError as exc:
         print(f"  [FAIL] sensor {cfg.url}: {type(exc).__name__}: {exc}", file=out)
         return False
+    reachable = r.status_code not in WRONG_PATH_STATUSES
+    if reachable:
+        print(f"  [ok]   sensor {cfg.url}: reachable (HTTP {r.status_code})", file=out)
+    else:
+        print(
+            f"  [FAIL] sensor {cfg.url}: {_http(r.status_code)}: {SENSOR_PATH_HINT}",
+            file=out,
+        )
     if not send_test_event:
-        return True
+        return reachable
+    return _send_test_event(site, out) and reachable
+
+
+def _send_test_event(site: SiteConfig, out: TextIO) -> bool:
     fields = {
         "ipAddress": "127.0.0.1",
         "url": "/tirreno-shipper/check",
@@ -99,34 +237,62 @@ def _check_sensor(site: SiteConfig, out: TextIO, send_test_event: bool) -> bool:
         "httpMethod": "GET",
         "httpCode": "200",
     }
-    verdict = send_one(cfg, fields, str(uuid.uuid4()))
+    verdict = send_one(site.sensor, fields, str(uuid.uuid4()))
     if verdict.outcome is Outcome.ACCEPTED:
         print(
             "  [ok]   test event accepted (204): look for user 'tirreno-shipper-check' in tirreno",
             file=out,
         )
         return True
-    if verdict.outcome is Outcome.REJECTED:
+    if verdict.outcome is Outcome.REJECTED and verdict.reason == "rejected":
         print(
             "  [FAIL] test event rejected (empty 200): "
             "check sensor.api_key / api_key_file and sensor.url",
             file=out,
         )
         return False
+    status = _status_of(verdict.reason)
+    if status is None:  # no HTTP answer: connect, timeout, tls, ...
+        print(
+            f"  [FAIL] test event not accepted: {verdict.outcome.name.lower()} ({verdict.reason})",
+            file=out,
+        )
+        return False
+    meaning = _STATUS_MEANING.get(status)
+    if meaning is None:
+        # The sender's own reason, unless it only repeats the status ("http 400", "503").
+        meaning = "" if verdict.reason in (str(status), f"http {status}") else verdict.reason
+        if status >= 500:
+            meaning = "tirreno's sensor or the database behind it failed; try again later"
     print(
-        f"  [FAIL] test event not accepted: {verdict.outcome.name.lower()} ({verdict.reason})",
+        f"  [FAIL] test event not accepted: {_http(status)}{': ' + meaning if meaning else ''}",
         file=out,
     )
     return False
 
 
+def _status_of(reason: str) -> int | None:
+    """The HTTP status a sender verdict's reason names ("http 404", "redirect 301 ...", "503")."""
+    match = re.search(r"(?:^|\bhttp |\bredirect )([1-5][0-9][0-9])\b", reason)
+    return int(match.group(1)) if match else None
+
+
+def _http(status: int) -> str:
+    """``HTTP 404 Not Found``; just ``HTTP 599`` for a status without a standard phrase."""
+    try:
+        return f"HTTP {status} {http.HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"HTTP {status}"
+
+
 def run_check(config: Config, send_test_event: bool = False, out: TextIO = sys.stdout) -> int:
-    print("configuration: valid", file=out)
-    ok = True
-    for site in config.sites:
-        print(f"site {site.name}:", file=out)
-        ok &= _check_logs(site, out)
-        ok &= _check_users(site, out)
-        ok &= _check_sensor(site, out, send_test_event)
+    with _catch_logs() as logs:
+        print("configuration: valid", file=out)
+        ok = _check_state_dir(config, out)
+        for site in config.sites:
+            print(f"site {site.name}:", file=out)
+            ok &= _check_logs(site, out)
+            ok &= _check_users(site, out, logs)
+            ok &= _check_sensor(site, out, send_test_event)
     print("all checks passed" if ok else "some checks FAILED", file=out)
     return 0 if ok else 1

@@ -149,7 +149,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from tirreno_shipper.detect import report
 
         text, code = report(args.file, args.lines)
-        print(text)
+        print(text, file=sys.stderr if code == 2 else sys.stdout)  # 2: a usage error
         return code
     config = _load(args.config)
     if args.command in ("status", "dead-letters"):

@@ -3,6 +3,9 @@
 Like Matomo's log importer, it tries every preset on the first lines of a
 file and ranks them by the share of lines they parse, then by how many fields
 they capture (a format with a cookie beats the same format without one).
+Presets that parse the same lines into the same fields (an nginx preset and
+its Apache twin write identical lines) are named together as the best match:
+the log cannot say which server wrote it.
 """
 
 from __future__ import annotations
@@ -11,12 +14,16 @@ import ipaddress
 from dataclasses import dataclass
 from itertools import islice
 
+from tirreno_shipper.cli import EX_FAILURE, EX_OK
+from tirreno_shipper.errors import ShipperError
 from tirreno_shipper.formats import PRESETS, compile_format, preset_source
 from tirreno_shipper.parse import LineParser
 from tirreno_shipper.reader import file_chunks
 
 # Stand-in cookie name: the log does not say what the cookie is called.
 PLACEHOLDER_COOKIE = "sessionid"
+# argparse's exit code for a bad argument (``--lines abc`` gets it from argparse itself).
+EX_USAGE = 2
 
 
 @dataclass(slots=True, frozen=True)
@@ -79,9 +86,16 @@ def detect(lines: list[bytes]) -> list[Candidate]:
                     seen.add(name)
         if parsed:
             out.append(Candidate(preset, parsed, len(lines), tuple(sorted(seen)), len(fmt.groups)))
-    # Stable sort: between same-shape nginx and Apache presets, preset order decides.
+    # Stable sort: same-shape nginx and Apache presets stay in preset order;
+    # `report` names them together (see `equivalents`).
     out.sort(key=lambda c: (-c.parsed, -len(c.fields)))
     return out
+
+
+def equivalents(found: list[Candidate]) -> list[Candidate]:
+    """The best candidate and those that parse the same lines into the same fields."""
+    best = found[0]
+    return [c for c in found if (c.parsed, c.fields) == (best.parsed, best.fields)]
 
 
 COOKIE_ADVICE = """\
@@ -103,10 +117,26 @@ Laravel: laravel_session, Rails: _APPNAME_session)."""
 
 
 def report(path: str, limit: int = 500) -> tuple[str, int]:
-    """The text ``detect-format`` prints, and its exit code (0 if a preset fits)."""
-    lines = sample_lines(path, limit)
+    """The text ``detect-format`` prints, and its exit code (0 if a preset fits).
+
+    A ``limit`` below 1 is a usage error (exit 2, as argparse's own); a file
+    that cannot be read raises `ShipperError` ("cannot read FILE: reason"),
+    which the command line prints as one line and exits 1 on.
+    """
+    if limit < 1:
+        return (
+            f"tirreno-shipper detect-format: error: argument --lines: "
+            f"must be 1 or more (got {limit})",
+            EX_USAGE,
+        )
+    try:
+        lines = sample_lines(path, limit)
+    except OSError as exc:  # missing, a folder, no permission, a broken .gz
+        raise ShipperError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except EOFError as exc:  # a truncated .gz
+        raise ShipperError(f"cannot read {path}: {exc}") from exc
     if not lines:
-        return f"{path}: no complete lines to look at", 1
+        return f"{path}: no complete lines to look at", EX_FAILURE
     found = detect(lines)
     out = [f"{path}: {len(lines)} lines examined"]
     if not found:
@@ -114,14 +144,21 @@ def report(path: str, limit: int = 500) -> tuple[str, int]:
         out.append(
             "  format: {nginx: '<your log_format string>'}  or  format: {apache: '<LogFormat>'}"
         )
-        return "\n".join(out), 1
+        return "\n".join(out), EX_FAILURE
     for c in found:
         fields = ", ".join(c.fields) or "none"
         out.append(
             f"  {c.preset:16s} parses {c.share:6.1%} ({c.parsed}/{c.total})  fields: {fields}"
         )
-    best = found[0]
-    out.append(f"Best match: format: {best.preset}")
+    best, *twins = equivalents(found)
+    if twins:
+        names = " or ".join(f"format: {c.preset}" for c in (best, *twins))
+        out.append(
+            f"Best match: {names} (equivalent: they parse the same lines into the same fields; "
+            "use the one named after your server)"
+        )
+    else:
+        out.append(f"Best match: format: {best.preset}")
     if "cookie" in best.fields:
         out.append(
             "The last field holds a cookie value: set users.key.cookie to the cookie's name "
@@ -131,4 +168,4 @@ def report(path: str, limit: int = 500) -> tuple[str, int]:
         nginx = preset_source("nginx_cookie", "sessionid")[1]
         apache = preset_source("apache_cookie", "sessionid")[1].replace('"', '\\"')
         out.append(COOKIE_ADVICE.format(nginx=nginx, apache=apache))
-    return "\n".join(out), 0
+    return "\n".join(out), EX_OK

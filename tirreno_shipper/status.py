@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from tirreno_shipper.config import Config
-from tirreno_shipper.spool import Spool
+from tirreno_shipper.spool import SPOOL_FILE, Spool
 
 STALE_AFTER = 30.0
 
@@ -37,6 +37,14 @@ def _daemon_status(config: Config) -> dict[str, Any] | None:
 
 
 def collect(config: Config) -> dict[str, Any]:
+    if not (config.state_dir / SPOOL_FILE).is_file():
+        # Asking must not create the state folder (perhaps as the wrong user).
+        return {
+            "state_dir": str(config.state_dir),
+            "daemon": {"running": False, "pid": None},
+            "note": "no spool here yet: `tirreno-shipper run` has not run with this state_dir",
+            "sites": {},
+        }
     spool = Spool.open(config.state_dir)
     live = _daemon_status(config)
     now = time.time()
@@ -100,6 +108,8 @@ def render(report: dict[str, Any]) -> str:
         f"state_dir: {report['state_dir']}",
         "daemon: " + (f"running (pid {daemon['pid']})" if daemon["running"] else "not running"),
     ]
+    if report.get("note"):
+        lines.append(report["note"])
     for name, site in report["sites"].items():
         age = site["oldest_age_seconds"]
         lines.append(f"site {name}:")

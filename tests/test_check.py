@@ -1,0 +1,260 @@
+"""``check`` as an operator runs it: the state folder, the sensor URL's path, the
+test event's verdict, and an output made only of check's own report lines.
+
+Real subprocesses, a real fake sensor and real HTTP servers; nothing of the
+product is mocked. The tests run as root, for whom permission bits do not stop
+writes, so the unusable state folders are ones that fail for root too: a path
+under a regular file (cannot be created: ENOTDIR), a regular file (exists, not
+a folder) and ``/proc/self`` (a folder nobody, not even root, may write in).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.fake_sensor import FakeSensor
+from tests.support.shipper import run_cli, site, write_config
+
+
+@pytest.fixture
+def sensor() -> Iterator[FakeSensor]:
+    with FakeSensor(bucket_capacity=0) as s:
+        yield s
+
+
+def _config(tmp_path: Path, url: str, **top: Any) -> Path:
+    log = tmp_path / "a.log"
+    log.touch()
+    return write_config(tmp_path / "c.yaml", [site("a", url, log)], **top)
+
+
+def _daemon_state_dir_error(cfg: Path) -> str:
+    """What ``run`` says about the state folder (it exits 73): its log's error field."""
+    r = run_cli("run", "-c", str(cfg), "--once")
+    assert r.returncode == 73, r.stderr
+    [error] = [
+        json.loads(line)["error"]
+        for line in r.stderr.splitlines()
+        if line.startswith("{") and json.loads(line).get("event") == "spool_open_failed"
+    ]
+    return str(error)
+
+
+# -- state_dir ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("where", "expected"),
+    [
+        ("under_a_file", "cannot create state_dir {d}: Not a directory"),
+        ("a_file", "cannot use state_dir {d}: it exists and is not a directory"),
+        ("proc", "state_dir {d} is not writable by this user"),
+    ],
+)
+def test_check_fails_on_a_state_dir_run_cannot_use(
+    tmp_path: Path, sensor: FakeSensor, where: str, expected: str
+) -> None:
+    """A state folder ``run`` would exit 73 on is a [FAIL] with the daemon's own words; exit 1."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a regular file\n")
+    state_dir = {
+        "under_a_file": blocker / "state",  # mkdir fails with ENOTDIR, even for root
+        "a_file": blocker,
+        "proc": Path("/proc/self"),  # a folder no one may write in, root included
+    }[where]
+    cfg = _config(tmp_path, sensor.url, state_dir=str(state_dir))
+
+    r = run_cli("check", "-c", str(cfg))
+    assert r.returncode == 1, r.stdout + r.stderr
+    message = expected.format(d=state_dir)
+    assert f"[FAIL] {message}" in r.stdout
+    assert "exits 73" in r.stdout  # the hint: what `run` would do
+    assert "some checks FAILED" in r.stdout and "all checks passed" not in r.stdout
+    assert blocker.read_text() == "a regular file\n"
+    # The very words the daemon uses when it refuses to start.
+    assert _daemon_state_dir_error(cfg) == message
+
+
+def test_check_accepts_a_state_dir_run_can_create_and_leaves_it_uncreated(
+    tmp_path: Path, sensor: FakeSensor
+) -> None:
+    """A missing state folder under a writable parent is fine, and check does not create it."""
+    state_dir = tmp_path / "new" / "deeper" / "state"
+    cfg = _config(tmp_path, sensor.url, state_dir=str(state_dir))
+    r = run_cli("check", "-c", str(cfg))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"[ok]   state_dir {state_dir}: missing; `run` creates it" in r.stdout
+    assert not (tmp_path / "new").exists()
+
+    state_dir.mkdir(parents=True)
+    r = run_cli("check", "-c", str(cfg))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"[ok]   state_dir {state_dir}: writable" in r.stdout
+    assert list(state_dir.iterdir()) == []  # no spool made by check
+
+
+# -- the sensor URL's path -----------------------------------------------------------
+
+
+class _Fixed(BaseHTTPRequestHandler):
+    """Answers every request with the server's fixed status (a web server, not tirreno)."""
+
+    protocol_version = "HTTP/1.1"
+    server: _FixedServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet."""
+
+    def _reply(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        self.server.methods.append(self.command)
+        body = f"error {self.server.status}".encode()
+        self.send_response(self.server.status)
+        self.send_header("Connection", "close")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        self.close_connection = True
+
+    do_GET = do_POST = _reply
+
+
+class _FixedServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+        self.methods: list[str] = []
+        super().__init__(("127.0.0.1", 0), _Fixed)
+
+
+@pytest.fixture
+def fixed_status(request: pytest.FixtureRequest) -> Iterator[_FixedServer]:
+    server = _FixedServer(request.param)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_check_fails_on_a_sensor_url_with_a_wrong_path(tmp_path: Path, sensor: FakeSensor) -> None:
+    """The sensor's host with a wrong path answers 404: a [FAIL] naming tirreno's /sensor/ path."""
+    url = f"http://127.0.0.1:{sensor.port}/api/sensor/"
+    r = run_cli("check", "-c", str(_config(tmp_path, url)))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "reachable" not in r.stdout
+    assert f"[FAIL] sensor {url}: HTTP 404" in r.stdout
+    assert "https://<tirreno host>/sensor/" in r.stdout
+    assert "some checks FAILED" in r.stdout
+    assert sensor.count("404") == 1 and sensor.accepted == []
+
+
+@pytest.mark.parametrize("fixed_status", [405, 410], indirect=True)
+def test_check_fails_when_the_url_refuses_posts_or_is_gone(
+    tmp_path: Path, fixed_status: _FixedServer
+) -> None:
+    """405 and 410 to the POST events are sent with also mean a wrong path."""
+    status = fixed_status.status
+    url = f"http://127.0.0.1:{fixed_status.server_address[1]}/sensor/"
+    r = run_cli("check", "-c", str(_config(tmp_path, url)))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"[FAIL] sensor {url}: HTTP {status}" in r.stdout
+    assert "https://<tirreno host>/sensor/" in r.stdout
+    assert fixed_status.methods == ["POST"]  # the probe asks the way events are sent
+
+
+@pytest.mark.parametrize("fixed_status", [401, 500], indirect=True)
+def test_other_statuses_still_prove_the_sensor_reachable(
+    tmp_path: Path, fixed_status: _FixedServer
+) -> None:
+    """Any other answer keeps its meaning: the host is reachable."""
+    url = f"http://127.0.0.1:{fixed_status.server_address[1]}/sensor/"
+    r = run_cli("check", "-c", str(_config(tmp_path, url)))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"[ok]   sensor {url}: reachable (HTTP {fixed_status.status})" in r.stdout
+
+
+def test_the_probe_of_the_right_path_is_answered_by_tirreno_and_sends_no_event(
+    tmp_path: Path, sensor: FakeSensor
+) -> None:
+    """On /sensor/ the keyless probe gets tirreno's empty 200: reachable, nothing accepted."""
+    r = run_cli("check", "-c", str(_config(tmp_path, sensor.url)))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"[ok]   sensor {sensor.url}: reachable (HTTP 200)" in r.stdout
+    assert sensor.accepted == [] and sensor.count("200") == 1
+    assert "all checks passed" in r.stdout
+
+
+def test_a_test_event_to_a_wrong_path_reports_the_real_status(
+    tmp_path: Path, sensor: FakeSensor
+) -> None:
+    """``--send-test-event`` to a path answering 404 says 404 and why, not "empty 200"."""
+    url = f"http://127.0.0.1:{sensor.port}/sensr/"
+    r = run_cli("check", "-c", str(_config(tmp_path, url)), "--send-test-event")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "empty 200" not in r.stdout
+    [line] = [x for x in r.stdout.splitlines() if "test event" in x]
+    assert line.startswith("  [FAIL] test event not accepted: HTTP 404 Not Found")
+    assert "/sensor/" in line
+    assert sensor.count("404") == 2 and sensor.accepted == []
+
+
+# -- only check's own lines ----------------------------------------------------------
+
+
+def _users(tmp_path: Path, query: str) -> dict[str, Any]:
+    db = tmp_path / "users.sqlite"
+    db.touch()
+    return {"key": {"cookie": "sessionid"}, "database": f"sqlite:///{db}", "query": query}
+
+
+def test_a_failing_user_query_is_reported_once_without_log_lines(
+    tmp_path: Path, sensor: FakeSensor
+) -> None:
+    """The resolver's own warning is not printed beside check's [FAIL] line (stdout or stderr)."""
+    log = tmp_path / "a.log"
+    log.touch()
+    users = _users(tmp_path, "SELECT name AS user_name FROM no_such_table WHERE key = :key")
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        [site("a", sensor.url, log, users=users)],
+        log={"level": "debug", "format": "json"},
+    )
+    r = run_cli("check", "-c", str(cfg))
+    assert r.returncode == 1
+    assert r.stderr == ""
+    assert "resolver_failed" not in r.stdout and "{" not in r.stdout
+    [failed] = [x for x in r.stdout.splitlines() if "no such table" in x]
+    assert failed.startswith("  [FAIL] users: user database sqlite:///")
+    for line in r.stdout.splitlines():
+        assert line.startswith(("configuration:", "site ", "  [", "some checks", "all checks"))
+
+
+def test_a_query_ignoring_the_key_is_a_warning_line_of_check(
+    tmp_path: Path, sensor: FakeSensor
+) -> None:
+    """The resolver's warning that an impossible key matched becomes check's own [warn] line."""
+    log = tmp_path / "a.log"
+    log.touch()
+    users = _users(tmp_path, "SELECT 'someone' AS user_name WHERE :key IS NOT NULL")
+    cfg = write_config(tmp_path / "c.yaml", [site("a", sensor.url, log, users=users)])
+    r = run_cli("check", "-c", str(cfg))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stderr == ""
+    assert "  [ok]   users: the query runs" in r.stdout
+    assert (
+        "  [warn] users: a key that cannot exist matched a row: does the query filter on :key?"
+        in r.stdout
+    )
