@@ -576,7 +576,8 @@ def test_permanent_4xx_goes_to_dead_letters(spool: Spool) -> None:
     finally:
         server.shutdown()
         server.server_close()
-    assert spool.stats("perm").dead_letters == 1
+    (dead,) = spool.dead_letters("perm")
+    assert dead.attempts == 1, "it was sent once"
 
 
 def test_max_attempts_dead_letters_after_that_many_failures(spool: Spool) -> None:
@@ -588,7 +589,9 @@ def test_max_attempts_dead_letters_after_that_many_failures(spool: Spool) -> Non
         with running(config, spool, site="maxatt") as sender:
             assert sender.wait_empty(15)
         assert sensor.count("500") == 4
-    assert spool.stats("maxatt").dead_letters == 2
+    dead = spool.dead_letters("maxatt")
+    assert [d.attempts for d in dead] == [2, 2], "the attempt that gave up counts too"
+    assert all(d.reason.startswith("gave up after 2 attempts") for d in dead)
 
 
 def test_rate_limit_is_held(spool: Spool) -> None:

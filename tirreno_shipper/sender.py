@@ -552,7 +552,7 @@ class SiteSender:
                         break  # stop() took them back after its grace
                     worker.pending.popleft()
                 if invalid is not None:
-                    self._dead_letter(event, invalid)
+                    self._dead_letter(event, invalid, attempted=False)  # never sent
                     continue
                 started = time.monotonic()
                 verdict = self._poster.post(body, event.request_id)
@@ -590,8 +590,8 @@ class SiteSender:
                 # Still leased: the lease expires and the spool recovers them.
                 log.exception("sender_release_failed", site=self.site, count=len(rest))
 
-    def _dead_letter(self, event: LeasedEvent, reason: str) -> None:
-        self.spool.dead_letter([event.id], reason)
+    def _dead_letter(self, event: LeasedEvent, reason: str, *, attempted: bool = True) -> None:
+        self.spool.dead_letter([event.id], reason, attempted=attempted)
         self._dead.inc()
         log.warning(
             "event_dead_lettered", site=self.site, request_id=event.request_id, reason=reason

@@ -658,8 +658,12 @@ class Spool:
                 (time.time() + max(0.0, delay), 1 if count_attempt else 0, _ids_json(ids)),
             )
 
-    def dead_letter(self, ids: Sequence[int], reason: str) -> None:
-        """Move events out of the queue into dead letters, with the reason."""
+    def dead_letter(self, ids: Sequence[int], reason: str, *, attempted: bool = False) -> None:
+        """Move events out of the queue into dead letters, with the reason.
+
+        ``attempted``: they were just sent and failed, an attempt the row's count
+        does not hold yet (it counts released attempts only).
+        """
         if not ids:
             return
         now = time.time()
@@ -667,9 +671,9 @@ class Spool:
         with self._write() as conn:
             conn.execute(
                 "INSERT INTO dead_letters (site, request_id, fields, reason, attempts, created, "
-                "failed_at) SELECT site, request_id, fields, ?, attempts, created, ? FROM events "
-                "WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
-                (reason, now, payload),
+                "failed_at) SELECT site, request_id, fields, ?, attempts + ?, created, ? "
+                "FROM events WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
+                (reason, int(attempted), now, payload),
             )
             self._delete_events(conn, "id IN (SELECT value FROM json_each(?))", (payload,))
 
