@@ -190,8 +190,13 @@ def test_dead_letters_list_retry_and_purge(
     assert r.returncode == 0 and "1 dead letter(s) put back" in r.stdout
     assert spooled_ids(tmp_path / "state") == [rids[1]]
 
+    r = run_cli("dead-letters", "-c", str(cfg), "retry", "--site", "nosuch")
+    assert r.returncode == 0 and "0 dead letter(s) put back" in r.stdout
+    assert "no site named 'nosuch' in the config" in r.stderr
+
     r = run_cli("dead-letters", "-c", str(cfg), "purge", "--site", "b")
     assert r.returncode == 0 and "1 dead letter(s) deleted" in r.stdout
+    assert "no site named" not in r.stderr
     left = [
         json.loads(x)["request_id"]
         for x in run_cli("dead-letters", "-c", str(cfg), "list", "--json").stdout.splitlines()

@@ -91,6 +91,7 @@ def test_metrics_count_a_known_log_and_healthz_is_ok(tmp_path: Path, sensor: Fak
         assert v("events_sent_total") == 6
         assert v("events_rejected_total") == 0
         assert v("events_dead_lettered_total") == 0
+        assert v("spool_full_total") == 0, "exported before the first fill"
         assert v("send_latency_seconds_count") == 6
         assert v("spool_depth") == 0
         assert v("spool_oldest_age_seconds") == 0

@@ -263,6 +263,9 @@ def _dead_letters(
 ) -> int:
     from tirreno_shipper.spool import Spool
 
+    if site is not None and site not in {s.name for s in config.sites}:
+        # Not an error: a site taken out of the config may still have dead letters.
+        print(f"tirreno-shipper: note: no site named {site!r} in the config", file=sys.stderr)
     spool = Spool.open(config.state_dir)
     try:
         if action == "list":

@@ -84,6 +84,8 @@ class SiteRunner:
         self._spooled = metrics.EVENTS_SPOOLED.labels(site=site.name)
         self._dropped = metrics.EVENTS_DROPPED.labels(site=site.name)
         self._lag = metrics.FILE_LAG.labels(site=site.name)
+        # Exported at 0 from the start: an alert on increase() needs the series to exist.
+        self._full = metrics.SPOOL_FULL.labels(site=site.name)
 
     def _new_sender(self) -> SiteSender:
         return SiteSender(
@@ -255,7 +257,7 @@ class SiteRunner:
             room_bytes = max(1, spool_cfg.max_bytes - 400 * len(events))
             if events and self.spool.is_full(self.name, room_events, room_bytes):
                 if spool_cfg.on_full == "pause":
-                    metrics.SPOOL_FULL.labels(site=self.name).inc()
+                    self._full.inc()
                     raise _SpoolFull
                 dropped = self.spool.drop_oldest(self.name, len(events))
                 self._dropped.inc(dropped)
