@@ -33,6 +33,8 @@ from tests.support.shipper import (
     wait_until,
     write_config,
 )
+from tests.support.writer import checkpoints
+from tirreno_shipper.tail import identify
 
 KEY = "test-key"
 
@@ -401,6 +403,31 @@ def test_run_once_exits_1_naming_a_log_it_cannot_read_and_ships_the_others(
     assert delivered(sensor, "g") == expect("g", 0, 5)
     assert not delivered(sensor, "b")
     assert not any(x["event"] == "once_complete" for x in records)
+
+
+def test_copytruncate_in_a_quiet_log_leaves_one_checkpoint_for_the_file(
+    tmp_path: Path, sensor: FakeSensor
+) -> None:
+    """After copytruncate and one new line, the file's older identities (the old content,
+    the empty head) are dropped at once, not at the next line: `status` shows no stale lag."""
+    log = tmp_path / "a.log"
+    append(log, pages("t", 0, 3))
+    cfg = write_config(tmp_path / "c.yaml", [site("a", sensor.url, log)])
+    with running(cfg) as shipper:
+        assert wait_until(lambda: delivered(sensor, "t") == expect("t", 0, 3), 20)
+        (tmp_path / "a.log.1").write_bytes(log.read_bytes())  # logrotate's copytruncate
+        with log.open("r+b") as fh:
+            fh.truncate(0)
+        time.sleep(1.5)  # the daemon sees (and checkpoints) the empty file
+        append(log, pages("t", 3, 4))
+        assert wait_until(lambda: delivered(sensor, "t") == expect("t", 0, 4), 20)
+        now = identify(str(log))
+        assert now is not None
+        only = [(now.ino, now.fingerprint, log.stat().st_size)]
+        assert wait_until(lambda: checkpoints(tmp_path / "state") == only, 10), checkpoints(
+            tmp_path / "state"
+        )
+        assert shipper.stop() == 0
 
 
 # -- one daemon per state_dir ---------------------------------------------------------------

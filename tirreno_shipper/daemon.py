@@ -245,6 +245,12 @@ class SiteRunner:
                 break
             chunk = self._pending[i] or tailer.poll()
             if chunk is None:
+                # A quiet poll is when the tailer releases identities it no longer
+                # needs (a copytruncated file's empty head): drop them now, not at
+                # the next line, or `status` shows a stale file meanwhile.
+                retired = tailer.retired()
+                if retired:
+                    self.spool.delete_checkpoints(self.name, retired)
                 continue
             # Held until committed: if the resolver or the spool fails, the same
             # lines are processed again later; nothing is skipped.
