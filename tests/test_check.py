@@ -258,3 +258,19 @@ def test_a_query_ignoring_the_key_is_a_warning_line_of_check(
         "  [warn] users: a key that cannot exist matched a row: does the query filter on :key?"
         in r.stdout
     )
+
+
+def test_check_skips_folders_a_log_glob_matches(tmp_path: Path, sensor: FakeSensor) -> None:
+    """A glob matching a folder beside the logs: the folder is not a log (the tail skips it
+    too), so it is neither opened nor reported as failing."""
+    logs = tmp_path / "logs"
+    (logs / "old.log").mkdir(parents=True)  # a folder whose name matches the glob
+    (logs / "shop.log").write_text("")
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        [site("a", sensor.url, logs / "shop.log", log={"path": f"{logs}/*.log"})],
+    )
+    r = run_cli("check", "-c", str(cfg))
+    assert f"[ok]   logs {logs}/shop.log: readable" in r.stdout, r.stdout
+    assert "old.log" not in r.stdout
+    assert r.returncode == 0, r.stdout + r.stderr

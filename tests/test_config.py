@@ -182,6 +182,15 @@ def test_api_key_a_header_cannot_carry_is_refused_without_showing_it(raw: str) -
     assert ("empty" if raw == " " else "cannot carry") in problem
 
 
+def test_a_log_path_that_is_a_folder_is_refused_with_the_fix(tmp_path: Path) -> None:
+    """The tail reads regular files only: a folder would be watched and never read."""
+    text = VALID.replace("/var/log/nginx/access.log", str(tmp_path))
+    problem = one(problems_of(text), "sites[0].logs[0].path")
+    assert f"{tmp_path} is a folder" in problem and f"{tmp_path}/access.log" in problem
+    # A glob is a pattern, not a folder, even when the folder exists.
+    assert parse_config(text.replace(str(tmp_path), f"{tmp_path}/*.log"), env={})
+
+
 def test_empty_and_non_mapping_and_bad_yaml() -> None:
     """Empty text, a list at the top and YAML syntax errors are ConfigErrors."""
     assert "empty" in problems_of("")[0]

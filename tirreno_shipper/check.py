@@ -141,7 +141,12 @@ def _catch_logs() -> Iterator[_LogCatcher]:
 def _check_logs(site: SiteConfig, out: TextIO) -> bool:
     ok = True
     for src in site.logs:
-        paths = sorted(glob.glob(src.path)) if glob.has_magic(src.path) else [src.path]
+        # The tail follows regular files only: a folder a glob matches is not a log.
+        paths = (
+            sorted(p for p in glob.glob(src.path) if not os.path.isdir(p))
+            if glob.has_magic(src.path)
+            else [src.path]
+        )
         if not paths or not any(os.path.exists(p) for p in paths):
             parent = os.path.dirname(src.path) or "."
             if os.path.isdir(parent) and os.access(parent, os.R_OK | os.X_OK):
@@ -161,11 +166,12 @@ def _check_logs(site: SiteConfig, out: TextIO) -> bool:
                     fh.read(1)
                 print(f"  [ok]   logs {p}: readable", file=out)
             except OSError as exc:
-                print(
-                    f"  [FAIL] logs {p}: {exc.strerror} "
-                    "(the service user needs read access, e.g. group adm)",
-                    file=out,
+                hint = (
+                    " (the service user needs read access, e.g. group adm)"
+                    if isinstance(exc, PermissionError)
+                    else ""
                 )
+                print(f"  [FAIL] logs {p}: {exc.strerror}{hint}", file=out)
                 ok = False
     return ok
 

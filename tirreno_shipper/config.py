@@ -234,6 +234,19 @@ class LogSource(_Model):
     start_at: Literal["end", "beginning"] = "end"
     max_line_bytes: int = Field(default=65536, ge=256)
 
+    @field_validator("path")
+    @classmethod
+    def _not_a_folder(cls, value: str) -> str:
+        # The tail follows regular files only: a folder would be watched forever
+        # and never read, with nothing to say why.
+        if not any(c in value for c in "*?[") and os.path.isdir(value):
+            folder = value.rstrip("/")
+            raise ValueError(
+                f"{value} is a folder: name the log file in it (e.g. {folder}/access.log) "
+                f"or a glob (e.g. {folder}/*.access.log)"
+            )
+        return value
+
 
 class KeySpec(_Model):
     cookie: str | None = None
