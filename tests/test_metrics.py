@@ -15,6 +15,7 @@ from tests.support.shipper import (
     append,
     metric,
     nginx_line,
+    run_cli,
     running,
     scrape,
     scrape_metrics,
@@ -194,3 +195,33 @@ def test_the_supervisor_restarts_a_dead_sender(tmp_path: Path, sensor: FakeSenso
         thread.join(30)
     assert codes == [0]
     assert sorted(r.fields["url"] for r in sensor.accepted) == ["/i/0", "/i/1"]
+
+
+def test_a_metrics_address_already_taken_refuses_to_start(
+    tmp_path: Path, sensor: FakeSensor
+) -> None:
+    """Another process on metrics.listen: exit 1 naming it, rather than a daemon whose
+    /healthz is someone else's; the state_dir is left free for the next start."""
+    import socket
+
+    log = tmp_path / "a.log"
+    log.touch()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = write_config(
+            tmp_path / "c.yaml",
+            [site("a", sensor.url, log)],
+            metrics={"listen": f"127.0.0.1:{port}"},
+        )
+        r = run_cli("run", "-c", str(cfg), timeout=30)
+    assert r.returncode == 1, r.stderr[-3000:]
+    records = [json.loads(x) for x in r.stderr.splitlines()]
+    failed = [x for x in records if x["event"] == "metrics_listen_failed"]
+    assert failed and failed[0]["listen"] == f"127.0.0.1:{port}", records
+    assert "metrics.listen" in failed[0]["hint"]
+    assert not any(x["event"] == "daemon_started" for x in records)
+    # Nothing held on to: with the port free, the same config runs.
+    again = run_cli("run", "-c", str(cfg), "--once", timeout=60)
+    assert again.returncode == 0, again.stderr[-3000:]

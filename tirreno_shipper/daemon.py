@@ -484,22 +484,31 @@ class Daemon:
         if metrics_changed:
             self._stop_metrics()
         self.config = new
-        if metrics_changed:
-            self._start_metrics()
+        if metrics_changed and not self._start_metrics():
+            # The sites are running: keep shipping; the error above says what is missing.
+            log.warning("reloaded_without_metrics", listen=new.metrics and new.metrics.listen)
         log.info("reloaded", sites=sorted(new_sites))
         self.notifier.ready("reloaded")
 
-    def _start_metrics(self) -> None:
+    def _start_metrics(self) -> bool:
+        """Listen on ``metrics.listen``; False if the address cannot be bound."""
         if self.config.metrics is None:
-            return
+            return True
         m = self.config.metrics
         try:
             self.metrics_server = metrics.MetricsServer(m.host, m.port, self.health)
             self.metrics_server.start()
             log.info("metrics_listening", listen=m.listen)
+            return True
         except OSError as exc:
-            log.error("metrics_listen_failed", listen=m.listen, error=str(exc))
+            log.error(
+                "metrics_listen_failed",
+                listen=m.listen,
+                error=str(exc),
+                hint="another process holds this address: free it or change metrics.listen",
+            )
             self.metrics_server = None
+            return False
 
     def _stop_metrics(self) -> None:
         if self.metrics_server is not None:
@@ -507,6 +516,11 @@ class Daemon:
             self.metrics_server = None
 
     # -- main loop ------------------------------------------------------------------
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _lock(self, *, report_errors: bool = True) -> int | None:
         """Take the state_dir; None when taken (or, without ``report_errors``, when
@@ -550,7 +564,13 @@ class Daemon:
         recovered = self.spool.recover_leases()
         if recovered:
             log.info("leases_recovered", count=recovered)
-        self._start_metrics()
+        if not self._start_metrics():
+            # Refuse rather than run without /healthz: a probe would then ask
+            # whatever holds the port, and nothing would say this one is blind.
+            self.spool.close()
+            self.spool = None
+            self._release_lock()
+            return EX_FAILURE
         for site in self.config.sites:
             self._start_site(site)
         self.notifier.ready(f"shipping {len(self.runners)} site(s)")
@@ -664,9 +684,7 @@ class Daemon:
         self._stop_metrics()
         if self.spool is not None:
             self.spool.close()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # after the spool: nobody may start while we still write
-            self._lock_fd = None
+        self._release_lock()  # after the spool: nobody may start while we still write
         log.info("daemon_stopped")
 
 
