@@ -274,3 +274,61 @@ def test_check_skips_folders_a_log_glob_matches(tmp_path: Path, sensor: FakeSens
     assert f"[ok]   logs {logs}/shop.log: readable" in r.stdout, r.stdout
     assert "old.log" not in r.stdout
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+# -- database credentials ------------------------------------------------------------
+
+
+def test_check_never_prints_a_database_password(
+    tmp_path: Path, sensor: FakeSensor, unused_tcp_port: int
+) -> None:
+    """Neither a password with an unescaped "@" (refused at load: SQLAlchemy would show its
+    end as the host name) nor a ?password= parameter (masked in the [FAIL] line) is printed."""
+    log = tmp_path / "a.log"
+    log.touch()
+    query = "SELECT 'x' AS user_name WHERE 'a' = :key"
+    at = write_config(
+        tmp_path / "at.yaml",
+        [
+            site(
+                "a",
+                sensor.url,
+                log,
+                users={
+                    "key": {"cookie": "sessionid"},
+                    "database": f"mysql+pymysql://reader:p@ss-Zz9Leak@127.0.0.1:{unused_tcp_port}/test",
+                    "query": query,
+                },
+            )
+        ],
+    )
+    r = run_cli("check", "-c", str(at))
+    assert r.returncode == 78, r.stdout + r.stderr
+    out = r.stdout + r.stderr
+    assert "sites[0].users.database" in out and "%40" in out
+    assert "Zz9Leak" not in out and "reader" not in out
+
+    for scheme in ("mysql+pymysql", "postgresql+psycopg"):
+        cfg = write_config(
+            tmp_path / "q.yaml",
+            [
+                site(
+                    "a",
+                    sensor.url,
+                    log,
+                    users={
+                        "key": {"cookie": "sessionid"},
+                        "database": f"{scheme}://reader@127.0.0.1:{unused_tcp_port}/test"
+                        "?password=QueryPwLeak",
+                        "query": query,
+                        "timeout": 2,
+                    },
+                )
+            ],
+            log={"level": "debug", "format": "json"},
+        )
+        r = run_cli("check", "-c", str(cfg))
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert f"  [FAIL] users: user database {scheme}://reader@127.0.0.1:" in r.stdout
+        assert "password=***" in r.stdout
+        assert "QueryPwLeak" not in r.stdout + r.stderr

@@ -234,6 +234,70 @@ sites:
         assert secret not in text
 
 
+def _with_database(database: str, users_extra: str = "") -> str:
+    return VALID + (
+        "    users:\n      key: {cookie: sid}\n"
+        f"      database: '{database}'\n"
+        "      query: SELECT 1 AS user_name WHERE k = :key\n" + users_extra
+    )
+
+
+@pytest.mark.parametrize(
+    ("database", "shown"),
+    [
+        # SQLAlchemy ends the password at the first "@": "ss-Zz9Leak@127.0.0.1" became the host.
+        ("mysql+pymysql://reader:p@ss-Zz9Leak@127.0.0.1/test", ("reader", "ss-Zz9Leak")),
+        ("mysql+pymysql://reader:p@ss-Zz9Leak@127.0.0.1:3306/test", ("reader", "ss-Zz9Leak")),
+        ("postgresql+psycopg://reader:p@ss/Zz9Leak@db/shop", ("reader", "Zz9Leak")),
+        ("postgresql+psycopg://reader:p@ss?Zz9Leak@db/shop", ("reader", "Zz9Leak")),
+        ("postgresql+psycopg://rdr/Zz9Leak:pw@db/shop", ("rdr", "Zz9Leak")),
+    ],
+)
+def test_a_database_password_with_an_unescaped_at_is_refused_without_showing_it(
+    database: str, shown: tuple[str, ...]
+) -> None:
+    """A user name or password holding "@" (or "/", ":") must be percent-encoded: the
+    problem says so and shows no part of the URL's credentials."""
+    problems = problems_of(_with_database(database))
+    problem = one(problems, "sites[0].users.database: ")
+    assert "%40" in problem and "percent-encoded" in problem
+    text = "\n".join(problems)
+    for part in shown:
+        assert part not in text
+
+
+@pytest.mark.parametrize(
+    "database",
+    [
+        "mysql+pymysql://reader:p%40ss-Zz9@127.0.0.1/test",
+        "postgresql+psycopg://reader:p/ss@db/shop",
+        "postgresql+psycopg://reader@db/shop?application_name=me@host",
+        # SQLAlchemy reads a user name up to its last "@": read right, nothing leaks.
+        "postgresql+psycopg://reader@corp:pw@db/shop",
+        "postgresql+psycopg:///shop?host=/run/postgresql",
+        "sqlite:////srv/app@2/users.sqlite",
+    ],
+)
+def test_urls_with_an_at_where_it_belongs_are_accepted(database: str) -> None:
+    """Percent-encoded credentials, "@" in a query value or in a SQLite path are fine."""
+    config = parse_config(_with_database(database), env={})
+    assert config.sites[0].users is not None
+
+
+def test_a_misplaced_database_url_is_not_echoed_with_its_credentials() -> None:
+    """``users:`` given the URL itself (a mapping was expected): the error shows what it got,
+    with the URL's user info and credential parameters masked."""
+    text = VALID + (
+        "    users: 'mysql+pymysql://reader:Zz9PwLeak@db/shop?Token=Zz9TokLeak&charset=utf8'\n"
+    )
+    problems = problems_of(text)
+    problem = one(problems, "sites[0].users: ")
+    assert "mysql+pymysql://***@db/shop" in problem and "charset=utf8" in problem
+    joined = "\n".join(problems)
+    for secret in ("Zz9PwLeak", "Zz9TokLeak", "reader"):
+        assert secret not in joined
+
+
 def test_secret_from_env_not_echoed_in_type_error() -> None:
     """A secret key's value is not echoed when it fails a check of its own."""
     text = VALID.replace("api_key: k", "api_key: 12345678901234")

@@ -175,6 +175,59 @@ def test_json_lone_surrogate_is_replaced() -> None:
     assert "\ufffd" in req.uri
 
 
+def test_json_a_latin1_byte_in_a_header_does_not_hide_the_request() -> None:
+    """nginx escape=json writes bytes >= 0x80 unchanged: one Latin-1 byte in a header makes
+    the line invalid UTF-8, and the request must still be parsed (and sent to tirreno). As
+    for the text formats, each field is UTF-8 if it is, else Latin-1; UTF-8 fields stay."""
+    line = (
+        b'{"time_iso8601":"2026-11-29T11:00:01+01:00","remote_addr":"203.0.113.9",'
+        b'"remote_user":"zo\xc3\xab","request":"POST /caf\xc3\xa9/login HTTP/1.1",'
+        b'"status":"200","http_referer":"https://x/\xe9t\xe9","http_user_agent":"lat\xe9in",'
+        b'"http_accept_language":"fr, \xe2\x82\xac","http_x_forwarded_for":"1.2.3.4",'
+        b'"cookie_sessionid":"s\xe9ss"}'
+    )
+    req = ok(parser("json", "sessionid", ("http_x_forwarded_for",)), line)
+    assert req == Request(
+        remote_addr="203.0.113.9",
+        time="2026-11-29 10:00:01",
+        method="POST",
+        uri="/caf\u00e9/login",
+        path="/caf\u00e9/login",
+        status=200,
+        remote_user="zo\u00eb",
+        referer="https://x/\u00e9t\u00e9",
+        user_agent="lat\u00e9in",
+        accept_language="fr, \u20ac",
+        session="s\u00e9ss",
+        extra={"http_x_forwarded_for": "1.2.3.4"},
+    )
+    # Custom keys and the excluded-path check take the same route.
+    spec = JsonFormat.model_validate({"json": {"http_user_agent": "ua", "request": "r"}})
+    req = ok(parser(spec), b'{"r":"GET /a HTTP/1.1","ua":"\xff\xfe"}')
+    assert (req.method, req.uri, req.user_agent) == ("GET", "/a", "\u00ff\u00fe")
+
+
+def test_json_non_utf8_line_with_lone_surrogate_escapes_stays_encodable() -> None:
+    """A \\ud800 escape in a line that is also not UTF-8 still becomes U+FFFD (never a
+    lone surrogate), and the field's raw bytes still decide UTF-8 or Latin-1."""
+    line = (
+        b'{"remote_addr":"1.2.3.4","request":"GET /a\\ud800 HTTP/1.1",'
+        b'"http_user_agent":"x\\udfff\xe9","http_referer":"\xc3\xa9\\ud800\xc3\xa9"}'
+    )
+    req = ok(parser("json"), line)
+    assert (req.uri, req.user_agent, req.referer) == (
+        "/a\ufffd",
+        "x\ufffd\u00e9",
+        "\u00e9\ufffd\u00e9",
+    )
+    for value in (req.uri, req.user_agent, req.referer):
+        assert value is not None
+        value.encode("utf-8")
+    # Still no JSON: still skipped, not raised.
+    assert parser("json").parse(b'{"remote_addr":"1.2.3.4\xff"') == NO_MATCH
+    assert parser("json").parse(b"[\xff]") == NO_MATCH
+
+
 # --- Apache LogFormat strings -------------------------------------------------------------
 
 

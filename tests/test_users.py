@@ -588,6 +588,140 @@ def test_query_timeout_raises(server_database: Database, make_resolver: MakeReso
     assert time.monotonic() - started < 5
 
 
+# --- credentials in the URL --------------------------------------------------------------
+
+
+def _texts(info: pytest.ExceptionInfo[ResolverError], logs: list[dict[str, Any]]) -> str:
+    return str(info.value) + "\n" + repr(logs)
+
+
+@pytest.fixture
+def mariadb_login(mariadb_engine: Any) -> Iterator[Callable[[str], str]]:
+    """Make a MariaDB account with the given password (dropped after); returns its name."""
+    import sqlalchemy
+
+    made: list[str] = []
+
+    def make(password: str) -> str:
+        name = "tsleak_" + secrets.token_hex(4)
+        with mariadb_engine.begin() as conn:
+            conn.execute(
+                sqlalchemy.text(f"CREATE USER '{name}'@'%' IDENTIFIED BY :pw"), {"pw": password}
+            )
+            made.append(name)
+            conn.execute(sqlalchemy.text(f"GRANT SELECT ON test.* TO '{name}'@'%'"))
+        return name
+
+    yield make
+    with mariadb_engine.begin() as conn:
+        for name in made:
+            conn.execute(sqlalchemy.text(f"DROP USER IF EXISTS '{name}'@'%'"))
+
+
+def test_a_password_with_an_unescaped_at_is_refused_without_showing_it(
+    mariadb_login: Callable[[str], str], make_resolver: MakeResolver
+) -> None:
+    """SQLAlchemy ends a password at its first "@": the rest became the host name, printed by
+    every error ("Can't connect to MySQL server on 'ss-Zz9Leak@127.0.0.1'"). The resolver
+    refuses such a URL, naming the fix and no part of it; percent-encoded, it works."""
+    password = "p@ss-Zz9Leak" + secrets.token_hex(4)
+    user = mariadb_login(password)
+    query = "SELECT 'someone' AS user_name WHERE 'k' = :key"
+    encoded = password.replace("@", "%40")
+    good = make_resolver(f"mysql+pymysql://{user}:{encoded}@127.0.0.1:3306/test", query)
+    good.check()
+    assert good.resolve("k") == User(user_name="someone")
+    with capture_logs() as logs, pytest.raises(ResolverError) as info:
+        make_resolver(f"mysql+pymysql://{user}:{password}@127.0.0.1:3306/test", query)
+    assert "%40" in str(info.value)
+    text = _texts(info, logs)
+    for part in (password, password.partition("@")[2], user):
+        assert part not in text
+
+
+@pytest.mark.parametrize(
+    ("scheme", "key"),
+    [
+        ("mysql+pymysql", "password"),
+        ("postgresql+psycopg", "PASSWD"),
+        ("postgresql+psycopg", "password"),
+        ("postgresql+psycopg", "sslpassword"),
+        ("postgresql+psycopg", "Pwd"),
+        ("postgresql+psycopg", "secret"),
+        ("postgresql+psycopg", "token"),
+    ],
+)
+def test_credential_query_parameters_are_masked_in_messages_and_logs(
+    scheme: str, key: str, unused_tcp_port: int, make_resolver: MakeResolver
+) -> None:
+    """?password=... (and passwd, pwd, sslpassword, secret, token, in any case) is masked in
+    the URL errors show and in the driver's text, in the error and in every log event."""
+    secret = "QueryPwLeak" + secrets.token_hex(4)
+    other = "charset=utf8mb4" if scheme.startswith("mysql") else "application_name=a"
+    resolver = make_resolver(
+        f"{scheme}://reader@127.0.0.1:{unused_tcp_port}/test?{other}&{key}={secret}",
+        "SELECT 'x' AS user_name WHERE 'a' = :key",
+        timeout=2,
+    )
+    with capture_logs() as logs, pytest.raises(ResolverError) as info:
+        resolver.resolve("k")
+    with pytest.raises(ResolverError) as info2:
+        resolver.check()
+    text = _texts(info, logs) + str(info2.value)
+    assert secret not in text
+    assert f"127.0.0.1:{unused_tcp_port}/test?" in str(info.value)
+    assert f"{key}=***" in str(info.value)
+    assert other in str(info.value)  # other options stay readable
+
+
+def test_a_credential_query_parameter_is_masked_when_the_database_answers(
+    mariadb_login: Callable[[str], str], make_resolver: MakeResolver
+) -> None:
+    """With the right ?password= the query runs; its failures never show the password."""
+    password = "QueryPw-" + secrets.token_hex(6)
+    user = mariadb_login(password)
+    url = f"mysql+pymysql://{user}@127.0.0.1:3306/test?password={password}"
+    make_resolver(url, "SELECT 'someone' AS user_name WHERE 'k' = :key").check()
+    failing = make_resolver(url, "SELECT login AS user_name FROM no_such_table_z WHERE k = :key")
+    with capture_logs() as logs, pytest.raises(ResolverError) as info:
+        failing.resolve("k")
+    assert "no_such_table_z" in str(info.value)
+    assert password not in _texts(info, logs)
+    wrong = make_resolver(
+        f"mysql+pymysql://{user}@127.0.0.1:3306/test?password={password}x",
+        "SELECT 'someone' AS user_name WHERE 'k' = :key",
+    )
+    with capture_logs() as logs, pytest.raises(ResolverError, match="Access denied") as info:
+        wrong.check()
+    assert password not in _texts(info, logs)
+
+
+def test_a_bad_url_option_is_named_with_the_drivers_words() -> None:
+    """?read_timeout=abc: the message says what is wrong and with which option (a bare
+    "ValueError" did not), and still holds no password, even one repeated in an option."""
+    with pytest.raises(ResolverError) as info:
+        UserResolver(
+            "s",
+            users_config(
+                "mysql+pymysql://reader:Zz9pw@127.0.0.1:3306/test?read_timeout=abc",
+                "SELECT 'x' AS user_name WHERE 'a' = :key",
+            ),
+        )
+    message = str(info.value)
+    assert "ValueError" in message and "'abc'" in message and "read_timeout" in message
+    assert "Zz9pw" not in message
+    with pytest.raises(ResolverError) as info:
+        UserResolver(
+            "s",
+            users_config(
+                "mysql+pymysql://reader:Zz9pw@127.0.0.1:3306/test?connect_timeout=Zz9pw",
+                "SELECT 'x' AS user_name WHERE 'a' = :key",
+            ),
+        )
+    assert "connect_timeout" in str(info.value)
+    assert "Zz9pw" not in str(info.value)
+
+
 # --- check -----------------------------------------------------------------------------
 
 
@@ -703,3 +837,18 @@ def test_timezone_aware_column_is_converted_to_utc(
         "WHERE 'k' = :key",
     )
     assert resolver.resolve("k") == User(user_name="ivy", user_created="2024-07-01 10:00:00")
+
+
+def test_a_url_option_the_driver_does_not_know_is_a_resolver_error(
+    make_resolver: MakeResolver,
+) -> None:
+    """PyMySQL raises TypeError for an unknown keyword (?pwd=): a ResolverError naming it,
+    its value masked, from resolve and from check alike (no traceback, no crash)."""
+    resolver = make_resolver(
+        "mysql+pymysql://root@127.0.0.1:3306/test?pwd=Opt1onSecret",
+        "SELECT 1 AS user_name WHERE 1 = :key",
+    )
+    for call in (lambda: resolver.resolve("k"), resolver.check):
+        with pytest.raises(ResolverError, match="refused an option") as info:
+            call()
+        assert "'pwd'" in str(info.value) and "Opt1onSecret" not in str(info.value)

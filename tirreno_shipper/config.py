@@ -52,6 +52,9 @@ EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 
 # Keys whose values are credentials: never shown in an error message.
 SECRET_KEYS = frozenset({"api_key", "database", "password"})
+# Query parameters of a database URL whose values are credentials (compared
+# case-insensitively): masked wherever the URL is shown.
+CREDENTIAL_QUERY_KEYS = frozenset({"password", "passwd", "pwd", "sslpassword", "secret", "token"})
 
 # Static assets, and the paths health checkers and scanners hit; documented in
 # the README. An operator who sets ``exclude.paths`` replaces this list.
@@ -433,6 +436,53 @@ def _model_for(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
+# The user info of any URL in a text (to the last "@" before a blank or a quote,
+# so that a password holding "@" is masked whole) and credential query values.
+_URL_USERINFO_RE = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s'\"]*@")
+_URL_SECRET_PARAM_RE = re.compile(
+    r"(?P<key>[?&;](?:" + "|".join(sorted(CREDENTIAL_QUERY_KEYS)) + r")=)[^&;#\s'\"]*",
+    re.IGNORECASE,
+)
+
+
+def scrub_urls(text: str) -> str:
+    """``text`` with the credentials of every URL in it masked (``user:pw@``, ``?password=``)."""
+    if "://" not in text:
+        return text
+    text = _URL_USERINFO_RE.sub(r"\g<scheme>***@", text)
+    return _URL_SECRET_PARAM_RE.sub(r"\g<key>***", text)
+
+
+# SQLAlchemy's own reading of a URL's user info (``sqlalchemy.engine.url``): the
+# user name up to a ":" or "/", the password up to the FIRST "@".
+_SA_USERINFO_RE = re.compile(r"[^:/]*(?::[^@]*)?@")
+
+
+def database_url_problem(database: str) -> str | None:
+    """Why ``users.database`` would be misread with its credentials shown, or ``None``.
+
+    SQLAlchemy ends the password at the first "@": in
+    ``mysql+pymysql://reader:p@ss@db/shop`` the host becomes ``ss@db``, and every
+    connection error then prints the rest of the password as a host name. Such a
+    URL leaves an "@" after the user info, in the host, the path or a query
+    parameter's name (never in a correct URL: a database name with "@" is written
+    %40). The message shows no part of the URL.
+    """
+    _scheme, sep, rest = database.partition("://")
+    if not sep or rest.startswith("/"):  # no host part (sqlite:///path): no credentials
+        return None
+    m = _SA_USERINFO_RE.match(rest)
+    after = rest[m.end() :] if m else rest
+    before_query, _, query = after.partition("?")
+    if "@" in before_query or any("@" in p.partition("=")[0] for p in query.split("&")):
+        return (
+            "the user name or password holds '@', ':' or '/', which must be percent-encoded "
+            "in the URL ('@' as %40, ':' as %3A, '/' as %2F); as written, part of the password "
+            "would be read as the host name and shown in errors (the URL is not shown here)"
+        )
+    return None
+
+
 def _describe(err: Mapping[str, Any]) -> str:
     loc = tuple(err["loc"])
     path = _loc_to_path(loc) or "(top level)"
@@ -454,7 +504,9 @@ def _describe(err: Mapping[str, Any]) -> str:
     if kind == "literal_error":
         return f"{path}: {msg}"
     if not secret and "input" in err and isinstance(err["input"], str | int | float | bool):
-        return f"{path}: {msg} (got {err['input']!r})"
+        # A URL with credentials in a wrong place (``users: mysql://u:pw@db``) is masked.
+        got = scrub_urls(repr(err["input"]))
+        return f"{path}: {msg} (got {got})"
     return f"{path}: {msg}"
 
 
@@ -522,6 +574,10 @@ def _semantic_checks(data: Any) -> list[str]:
                 problems.append(f"sites[{i}].logs[{j}].format: {exc}")
         database = users.get("database") if isinstance(users, dict) else None
         if isinstance(database, str):
+            problem = database_url_problem(database)
+            if problem is not None:
+                problems.append(f"sites[{i}].users.database: {problem}")
+                continue  # the last check of a site
             try:
                 from sqlalchemy.engine import make_url
 

@@ -9,7 +9,9 @@ once per line.
 Bytes are read as Latin-1 (a lossless byte → character map), matched, and each
 field is unescaped (nginx ``\\xHH``; Apache ``\\xhh \\" \\\\ \\t \\n``) and
 decoded as UTF-8 with a Latin-1 fallback, field by field, only when it holds a
-backslash or a non-ASCII character.
+backslash or a non-ASCII character. JSON lines follow the same rule: nginx's
+``escape=json`` writes bytes >= 0x80 unchanged, so a line that is not UTF-8 is
+decoded with ``surrogateescape`` and each string field re-decoded on its own.
 """
 
 from __future__ import annotations
@@ -68,6 +70,30 @@ def decode_field(value: str) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return raw.decode("latin-1")
+
+
+# In a JSON string of a line with bytes that are not UTF-8, U+DC80..U+DCFF stand
+# for those bytes (surrogateescape); any other lone surrogate came from a
+# \uD800-style escape in the JSON text.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_OTHER_SURROGATE = re.compile("[\ud800-\udc7f\udd00-\udfff]")
+
+
+def redecode_escaped(text: str) -> str:
+    """A JSON string of a line read with ``surrogateescape``, decoded as its field's bytes:
+    UTF-8 if they are, else Latin-1 (as `decode_field` does for the text formats).
+
+    Lone surrogates from ``\\ud800`` escapes become U+FFFD, as on the UTF-8 path.
+    (A forged ``\\udce9`` escape cannot be told from a raw 0xE9 byte; nginx never
+    writes one, and either way the result is encodable text.)
+    """
+    if _SURROGATE.search(text) is None:  # this field was UTF-8: left as it is
+        return text
+    pieces = [p.encode("utf-8", "surrogateescape") for p in _OTHER_SURROGATE.split(text)]
+    try:
+        return "\ufffd".join(p.decode("utf-8") for p in pieces)
+    except UnicodeDecodeError:
+        return "\ufffd".join(p.decode("latin-1") for p in pieces)
 
 
 _MONTHS = {
@@ -472,9 +498,18 @@ class LineParser:
         return parse
 
     def _parse_json(self, raw: bytes) -> Request | str:
+        escaped = False
         try:
             obj = json.loads(raw)
-        except (ValueError, UnicodeDecodeError, RecursionError):  # "[[[[..." nests past the stack
+        except UnicodeDecodeError:
+            # nginx escape=json writes bytes >= 0x80 as they are: one Latin-1 byte
+            # in a header must not hide the request. Each field is re-decoded in get.
+            try:
+                obj = json.loads(raw.decode("utf-8", "surrogateescape"))
+            except (ValueError, RecursionError):
+                return NO_MATCH
+            escaped = True
+        except (ValueError, RecursionError):  # "[[[[..." nests past the stack
             return NO_MATCH
         if not isinstance(obj, dict):
             return NO_MATCH
@@ -486,8 +521,11 @@ class LineParser:
                 return None
             text = v if isinstance(v, str) else str(v)
             if not text.isascii():
-                # "\ud800" decodes to a lone surrogate, which no later stage can encode.
-                text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+                if escaped:
+                    text = redecode_escaped(text)
+                else:
+                    # "\ud800" decodes to a lone surrogate, which no later stage can encode.
+                    text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
             return _absent(text)
 
         when = None

@@ -16,6 +16,7 @@ Session keys are credentials: they never appear in logs or error messages
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -24,17 +25,22 @@ import threading
 import time
 import urllib.parse
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
 import sqlalchemy
 import structlog
-from sqlalchemy.engine import URL, Engine
+from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DataError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 
-from tirreno_shipper.config import UsersConfig
+from tirreno_shipper.config import (
+    CREDENTIAL_QUERY_KEYS,
+    UsersConfig,
+    database_url_problem,
+    scrub_urls,
+)
 from tirreno_shipper.errors import ResolverError
 from tirreno_shipper.metrics import RESOLVER_CACHE, RESOLVER_ERRORS, RESOLVER_QUERY_LATENCY
 from tirreno_shipper.records import Request, User
@@ -221,6 +227,54 @@ def _driver_hint(database: str) -> str:
     )
 
 
+def _values(value: str | tuple[str, ...]) -> tuple[str, ...]:
+    """A URL query parameter's values (SQLAlchemy gives a repeated one as a tuple)."""
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _url_secrets(url: URL) -> tuple[str, ...]:
+    """The credentials a URL holds (password, ``?password=`` and the like), longest first,
+    each also as the URL writes it percent-encoded: the texts masked in every message."""
+    found: set[str] = set()
+    values: list[str] = [url.password] if isinstance(url.password, str) else []
+    for key, value in url.query.items():
+        if key.lower() in CREDENTIAL_QUERY_KEYS:
+            values.extend(_values(value))
+    for value in values:
+        if value:
+            found.update(
+                {value, urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value)}
+            )
+    return tuple(sorted(found, key=len, reverse=True))
+
+
+def _safe_url(url: URL) -> str:
+    """The URL as shown in messages: no password, and no value of a credential parameter."""
+    text = url.set(query={}).render_as_string(hide_password=True)
+    if url.query:
+        text += "?" + "&".join(
+            f"{urllib.parse.quote_plus(key)}="
+            + ("***" if key.lower() in CREDENTIAL_QUERY_KEYS else urllib.parse.quote_plus(value))
+            for key in sorted(url.query)
+            for value in _values(url.query[key])
+        )
+    return text
+
+
+def _scrub(text: str, secrets_: tuple[str, ...]) -> str:
+    for secret in secrets_:
+        text = text.replace(secret, "***")
+    return text
+
+
+def _option_hint(url: URL, text: str) -> str:
+    """Which URL options' values the message of a failed URL names (``read_timeout``)."""
+    named = [
+        key for key, value in url.query.items() for v in _values(value) if v and repr(v) in text
+    ]
+    return f" (check the URL option {', '.join(sorted(set(named)))})" if named else ""
+
+
 def _read_only_sqlite(url: URL) -> URL:
     """A SQLite file URL opened read-only; a file that does not exist is an error.
 
@@ -299,10 +353,16 @@ class UserResolver:
         self._miss = RESOLVER_CACHE.labels(site=site, result="miss")
         self._latency = RESOLVER_QUERY_LATENCY.labels(site=site)
         self._errors = RESOLVER_ERRORS.labels(site=site)
+        problem = database_url_problem(config.database)
+        if problem is not None:  # config loading refuses it first; a direct caller too
+            raise ResolverError(f"users.database: {problem}")
+        self._secrets: tuple[str, ...] = ()
+        self._safe_url = "(unparsed URL)"
+        url: URL | None = None
         try:
             url = sqlalchemy.make_url(config.database)
-            self._password = url.password if isinstance(url.password, str) else None
-            self._safe_url = url.render_as_string(hide_password=True)
+            self._secrets = _url_secrets(url)
+            self._safe_url = _safe_url(url)
             url = _read_only_sqlite(url)
             self._engine: Engine = sqlalchemy.create_engine(
                 url,
@@ -322,9 +382,19 @@ class UserResolver:
                 + _driver_hint(config.database)
             ) from None
         except (SQLAlchemyError, ValueError) as exc:
+            # A driver refuses an option (?read_timeout=abc: "invalid literal for
+            # int() with base 10: 'abc'"): its words, naming the option, no secret.
+            text = (str(exc).strip().splitlines() or [""])[0]
+            hint = _option_hint(url, text) if url is not None else ""
+            detail = self._scrub(text) + hint if url is not None else ""
             raise ResolverError(
                 f"users.database: cannot use this URL: {type(exc).__name__}"
+                + (f": {detail}" if detail else "")
             ) from None
+
+    def _scrub(self, text: str) -> str:
+        """``text`` without this URL's credentials (nor those of any URL it quotes)."""
+        return scrub_urls(_scrub(text, self._secrets))
 
     # --- the key ---------------------------------------------------------------
 
@@ -395,7 +465,7 @@ class UserResolver:
     def _query(self, key: str) -> User | None:
         started = time.perf_counter()
         try:
-            with self._engine.connect() as conn:
+            with self._connect() as conn:
                 row = conn.execute(self._stmt, {"key": key}).mappings().first()
         except DataError as exc:
             # The database refused this value (text for an integer column, a NUL,
@@ -426,9 +496,7 @@ class UserResolver:
         # Keys too short to be a credential are left, so a message stays readable.
         if key and len(key) >= 4:
             text = text.replace(key, "<key>")
-        if self._password:
-            text = text.replace(self._password, "***")
-        return f"user database {self._safe_url}: {type(detail).__name__}: {text}"
+        return f"user database {self._safe_url}: {type(detail).__name__}: {self._scrub(text)}"
 
     def _failure(self, exc: BaseException, key: str | None) -> ResolverError:
         """Translate a database failure into `ResolverError` without secrets in it."""
@@ -439,6 +507,23 @@ class UserResolver:
             log.warning("resolver_failed", site=self.site, error=message)
         return ResolverError(message)
 
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[Connection]:
+        """A pooled connection; a URL option the driver does not know is a `ResolverError`.
+
+        PyMySQL raises TypeError for an unknown keyword (``?pwd=``): not a database
+        failure, but retrying cannot help either, and it must not be a traceback.
+        """
+        try:
+            conn = self._engine.connect()
+        except TypeError as exc:
+            raise ResolverError(
+                f"{self._describe(exc, None)} (the driver refused an option of the URL's "
+                "query string: remove or fix it)"
+            ) from None
+        with conn:
+            yield conn
+
     def check(self) -> None:
         """Run the query once with a key that cannot exist; raise `ResolverError` if it fails."""
         # A random text key first; a query keyed on an integer column rejects
@@ -446,7 +531,7 @@ class UserResolver:
         keys = ("tirreno-shipper-check-" + secrets.token_hex(16), "-1")
         for attempt, key in enumerate(keys):
             try:
-                with self._engine.connect() as conn:
+                with self._connect() as conn:
                     result = conn.execute(self._stmt, {"key": key})
                     columns = list(result.keys())
                     row = result.mappings().first()
