@@ -81,6 +81,20 @@ def test_status_before_any_run_says_so_and_creates_nothing(tmp_path: Path) -> No
     assert not (tmp_path / "state").exists()
 
 
+def test_status_and_dead_letters_need_no_secrets_in_the_environment(tmp_path: Path) -> None:
+    """An operator's shell rarely has the service's env file loaded: ``status`` and
+    ``dead-letters`` still work; ``check`` (which uses the key) still refuses."""
+    log = tmp_path / "a.log"
+    cfg = tmp_path / "c.yaml"
+    write_config(cfg, [site("a", "http://127.0.0.1:9/sensor/", log, key="${TIRRENO_API_KEY}")])
+    env = {"TIRRENO_API_KEY": ""}
+    assert run_cli("status", "-c", str(cfg), env=env).returncode == 0
+    r = run_cli("dead-letters", "-c", str(cfg), "list", env=env)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("check", "-c", str(cfg), env=env)
+    assert r.returncode == 78 and "TIRRENO_API_KEY is not set" in r.stderr
+
+
 def test_status_json_shows_the_running_daemons_live_state(
     tmp_path: Path, sensor: FakeSensor
 ) -> None:

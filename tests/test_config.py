@@ -191,6 +191,32 @@ def test_a_log_path_that_is_a_folder_is_refused_with_the_fix(tmp_path: Path) -> 
     assert parse_config(text.replace(str(tmp_path), f"{tmp_path}/*.log"), env={})
 
 
+def test_no_secrets_mode_tolerates_unset_secrets_only(tmp_path: Path) -> None:
+    """For status and dead-letters: an unset ${VAR} in a secret (or an unreadable key file)
+    is no problem and stands in for nothing usable; anywhere else it still is one."""
+    text = VALID.replace("api_key: k", 'api_key: "${KEY}"').replace(
+        "logs:",
+        'users: {key: {cookie: s}, database: "postgresql+psycopg://r:${PW}@db/shop", '
+        "query: 'SELECT u AS user_name FROM t WHERE k = :key'}\n    logs:",
+    )
+    assert len(problems_of(text)) == 2  # KEY and PW
+    site = parse_config(text, env={}, no_secrets=True).sites[0]
+    assert site.sensor.key() == "not-loaded"
+    assert site.users is not None and site.users.database == "sqlite://"
+    keyfile = tmp_path / "k"  # does not exist
+    assert (
+        parse_config(
+            VALID.replace("api_key: k", f"api_key_file: {keyfile}"), env={}, no_secrets=True
+        )
+        .sites[0]
+        .sensor.key()
+        == "not-loaded"
+    )
+    elsewhere = VALID.replace("sites:", 'state_dir: "${STATE}"\nsites:')
+    with pytest.raises(ConfigError, match="STATE is not set"):
+        parse_config(elsewhere, env={}, no_secrets=True)
+
+
 def test_empty_and_non_mapping_and_bad_yaml() -> None:
     """Empty text, a list at the top and YAML syntax errors are ConfigErrors."""
     assert "empty" in problems_of("")[0]

@@ -98,8 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load(path: str) -> Config:
-    return load_config(path)
+def _load(path: str, *, no_secrets: bool = False) -> Config:
+    return load_config(path, no_secrets=no_secrets)
 
 
 def _setup_logging(config: Config, level: str | None = None) -> None:
@@ -151,7 +151,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         text, code = report(args.file, args.lines)
         print(text, file=sys.stderr if code == 2 else sys.stdout)  # 2: a usage error
         return code
-    config = _load(args.config)
+    # status and dead-letters read the spool only: they work without the
+    # service's secrets in the environment (its env file is rarely sourced).
+    config = _load(args.config, no_secrets=args.command in ("status", "dead-letters"))
     if args.command in ("status", "dead-letters"):
         # Their output is data (JSON with --json): log lines go to stderr, and
         # only warnings, never the spool's own info events.

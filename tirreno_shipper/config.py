@@ -388,15 +388,28 @@ def _expand(value: str, path: str, env: Mapping[str, str], problems: list[str]) 
     return _ENV_RE.sub(repl, value)
 
 
-def _walk(node: Any, path: str, env: Mapping[str, str], problems: list[str]) -> Any:
+# What a secret whose ${VAR} is not set stands in for when the command does not
+# use secrets (`status`, `dead-letters`): valid, and useless for anything else.
+_SECRET_STAND_INS = {"api_key": "not-loaded", "database": "sqlite://", "password": ""}
+
+
+def _walk(
+    node: Any, path: str, env: Mapping[str, str], problems: list[str], no_secrets: bool = False
+) -> Any:
     if isinstance(node, str):
+        key = path.rpartition(".")[2]
+        if no_secrets and key in SECRET_KEYS:
+            missing: list[str] = []
+            value = _expand(node, path, env, missing)
+            return _SECRET_STAND_INS[key] if missing else value
         return _expand(node, path, env, problems)
     if isinstance(node, dict):
         return {
-            k: _walk(v, f"{path}.{k}" if path else str(k), env, problems) for k, v in node.items()
+            k: _walk(v, f"{path}.{k}" if path else str(k), env, problems, no_secrets)
+            for k, v in node.items()
         }
     if isinstance(node, list):
-        return [_walk(v, f"{path}[{i}]", env, problems) for i, v in enumerate(node)]
+        return [_walk(v, f"{path}[{i}]", env, problems, no_secrets) for i, v in enumerate(node)]
     return node
 
 
@@ -590,6 +603,17 @@ def _semantic_checks(data: Any) -> list[str]:
     return problems
 
 
+def _skip_key_files(data: Any) -> None:
+    """``api_key_file`` → a stand-in ``api_key``, unread (see ``parse_config(no_secrets=)``)."""
+    if not isinstance(data, dict):
+        return
+    for site in _list(data.get("sites")):
+        sensor = site.get("sensor") if isinstance(site, dict) else None
+        if isinstance(sensor, dict) and sensor.get("api_key_file") and "api_key" not in sensor:
+            del sensor["api_key_file"]
+            sensor["api_key"] = _SECRET_STAND_INS["api_key"]
+
+
 def _list(value: Any) -> list[Any]:
     """``value`` if it is a list; anything else is the models' to report (``sites: true``)."""
     return value if isinstance(value, list) else []
@@ -640,8 +664,15 @@ def parse_config(
     env: Mapping[str, str] | None = None,
     source: str = "<config>",
     base_dir: Path | None = None,
+    *,
+    no_secrets: bool = False,
 ) -> Config:
-    """Validate YAML text into a `Config`; raise `ConfigError` with every problem."""
+    """Validate YAML text into a `Config`; raise `ConfigError` with every problem.
+
+    ``no_secrets``: for commands that never use the secrets (``status``,
+    ``dead-letters``), a secret whose ``${VAR}`` is not set is no problem: an
+    operator's shell rarely has the service's environment file loaded.
+    """
     env = os.environ if env is None else env
     try:
         raw = yaml.safe_load(text)
@@ -655,10 +686,13 @@ def parse_config(
     if not isinstance(raw, dict):
         raise ConfigError([f"{source}: the top level must be a mapping with state_dir, sites, ..."])
     problems: list[str] = []
-    data = _walk(raw, "", env, problems)
+    data = _walk(raw, "", env, problems, no_secrets)
     if base_dir is not None:
         _relative_to(base_dir, data)
-    _read_key_files(data, problems)
+    if no_secrets:
+        _skip_key_files(data)
+    else:
+        _read_key_files(data, problems)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
@@ -675,7 +709,9 @@ def parse_config(
     return config
 
 
-def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    path: str | Path, env: Mapping[str, str] | None = None, *, no_secrets: bool = False
+) -> Config:
     """Read and validate a configuration file; raise `ConfigError`."""
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -683,4 +719,6 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
         raise ConfigError([f"{path}: cannot read the configuration: {exc.strerror}"]) from None
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
-    return parse_config(text, env, source=str(path), base_dir=Path(path).resolve().parent)
+    return parse_config(
+        text, env, source=str(path), base_dir=Path(path).resolve().parent, no_secrets=no_secrets
+    )
