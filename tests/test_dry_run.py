@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import json
+import lzma
 import os
 import shutil
 import subprocess
@@ -156,6 +159,33 @@ def test_dry_run_of_a_copied_config_writes_no_state(tmp_path: Path) -> None:
     assert not list(tmp_path.rglob("spool.sqlite*"))
 
 
+def test_dry_run_skips_compressed_glob_matches_as_run_does(tmp_path: Path) -> None:
+    """A glob matching a rotated .gz: `run` never follows it, so the dry run does not print
+    its events either, and says why (backfill reads a .gz it is given: test_backfill)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    shutil.copytree(REPO / "examples", site / "examples")
+    config = site / "config.yaml"
+    config.write_text(
+        (REPO / "config.example.yaml")
+        .read_text()
+        .replace("path: examples/access.log ", "path: examples/access.log* ")
+    )
+    assert "examples/access.log*" in config.read_text()
+    with gzip.open(site / "examples" / "access.log.2.gz", "wb") as fh:
+        fh.write((REPO / "examples" / "access.log").read_bytes())
+    proc = run(["run", "-c", str(config), "--once", "--dry-run"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.splitlines()) == 18
+    skipped = [
+        json.loads(line)
+        for line in proc.stderr.splitlines()
+        if line.startswith("{") and '"file_skipped_compressed"' in line
+    ]
+    assert [s["path"] for s in skipped] == [str(site / "examples" / "access.log.2.gz")]
+    assert "backfill" in skipped[0]["hint"]
+
+
 def test_dry_run_bad_config_exits_78(tmp_path: Path) -> None:
     """A broken config stops the dry run with exit code 78 and the problem on stderr."""
     config = tmp_path / "c.yaml"
@@ -197,6 +227,19 @@ def test_detect_format_finds_the_cookie(tmp_path: Path) -> None:
     assert "Best match: format: nginx_cookie" in proc.stdout
     assert "fields: cookie" in proc.stdout
     assert "carries no session cookie" not in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "compress", [gzip.compress, bz2.compress, lzma.compress], ids=["gzip", "bzip2", "xz"]
+)
+def test_detect_format_reads_compressed_files(tmp_path: Path, compress: Any) -> None:
+    """A rotated file compressed with gzip, bzip2 or xz is read decompressed (as backfill
+    reads it): the example log is still recognised."""
+    packed = tmp_path / "access.log.2.packed"
+    packed.write_bytes(compress((REPO / "examples" / "access.log").read_bytes()))
+    proc = run(["detect-format", str(packed)], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Best match: format: nginx_cookie" in proc.stdout
 
 
 def test_detect_format_nothing_parses(tmp_path: Path) -> None:

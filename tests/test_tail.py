@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import hashlib
+import lzma
 import os
 import shutil
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import pytest
+import structlog
 
 from tirreno_shipper import metrics
 from tirreno_shipper.records import Checkpoint, Chunk, FileId
@@ -572,3 +577,278 @@ def test_waker_wakes_on_append(tmp_path: Path) -> None:
 def _devino(path: Path) -> tuple[int, int]:
     st = path.stat()
     return st.st_dev, st.st_ino
+
+
+# -- compressed rotated files -------------------------------------------------------------
+
+COMPRESSORS = {"gz": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress}
+
+
+def logrotate(path: Path, ext: str = "gz", *, keep: int = 14) -> None:
+    """What logrotate does with ``compress``, ``delaycompress`` and ``rotate keep``: shift
+    ``.N.<ext>`` up, rename ``.1`` to ``.2`` and compress it (keeping its mtime, as logrotate
+    and gzip do), rename the log to ``.1`` and create an empty log; the oldest beyond
+    ``keep`` are deleted."""
+    base = str(path)
+    numbered = [
+        int(n.removeprefix(path.name + ".").removesuffix("." + ext))
+        for n in os.listdir(path.parent)
+        if n.startswith(path.name + ".") and n.endswith("." + ext)
+    ]
+    for k in sorted(numbered, reverse=True):
+        if k + 1 > keep:
+            os.unlink(f"{base}.{k}.{ext}")
+        else:
+            os.rename(f"{base}.{k}.{ext}", f"{base}.{k + 1}.{ext}")
+    if os.path.exists(f"{base}.1"):
+        if keep < 2:
+            os.unlink(f"{base}.1")
+        else:
+            plain = f"{base}.1"
+            st = os.stat(plain)
+            packed = f"{base}.2.{ext}"
+            with open(plain, "rb") as src:
+                Path(packed).write_bytes(COMPRESSORS[ext](src.read()))
+            os.utime(packed, ns=(st.st_atime_ns, st.st_mtime_ns))
+            os.unlink(plain)
+    os.rename(base, f"{base}.1")
+    path.touch()
+
+
+def aged(path: Path, seconds_ago: float) -> None:
+    t = time.time() - seconds_ago
+    os.utime(path, (t, t))
+
+
+@pytest.mark.parametrize("ext", ["gz", "bz2", "xz"])
+def test_two_delaycompress_rotations_while_down(tmp_path: Path, ext: str) -> None:
+    """Down through two delaycompress rotations: the rest of the checkpointed file, now
+    access.log.2.<ext>, is read from the checkpoint under its own identity (the offsets and
+    request ids of a live read), then the whole access.log.1 it never saw, then the log.
+    The older rotated files, read or skipped before, are not read again."""
+    p = tmp_path / "access.log"
+    old = tmp_path / "access.log.1"
+    append(old, "old rotated, read before")
+    aged(old, 3000)
+    append(p, "a1", "a2")
+    store = Store()
+    t = make(p, start_at="end", chunk_lines=2)
+    append(p, "a3")
+    assert store.drain(t) == [b"a3"]
+    t.close()
+    (checkpointed,) = store.checkpoints()
+    long = "x" * 300
+    append(p, "a4", long, "a5", "a6", "a7")  # written while down, after the checkpoint
+    aged(p, 2000)
+    text = p.read_bytes()
+    logrotate(p, ext)
+    append(p, "b1", "b2", "b3")  # a file the shipper never saw
+    aged(p, 1000)
+    logrotate(p, ext)
+    append(p, "c1")
+    assert sorted(os.listdir(tmp_path)) == [
+        "access.log",
+        "access.log.1",
+        f"access.log.2.{ext}",
+        f"access.log.3.{ext}",
+    ]
+
+    store.chunks.clear()
+    with structlog.testing.capture_logs() as logs:
+        t2 = make(p, checkpoints=[checkpointed], chunk_lines=2, max_line_bytes=100)
+        assert store.drain(t2) == [b"a4", b"a5", b"a6", b"a7", b"b1", b"b2", b"b3", b"c1"]
+    rest = [c for c in store.chunks if c.file == checkpointed.file]
+    assert rest[0].start_offset == checkpointed.offset
+    assert rest[-1].end_offset == len(text)
+    for chunk in rest:
+        for off, line in chunk.lines:
+            assert text[off : off + len(line) + 1] == line + b"\n"
+    assert [s for c in rest for s in c.skipped] == [(text.index(long.encode()), "too_long")]
+    events = [e["event"] for e in logs]
+    assert "compressed_file_found" in events and "unseen_rotated_file_found" in events
+    warnings = [e["event"] for e in logs if e["log_level"] == "warning"]
+    assert warnings == ["line_too_long"]
+    # Done with: only the log's own checkpoint is left, and nothing more to read.
+    assert [c.file for c in store.checkpoints()] == [identify(str(p))]
+    assert store.drain(t2) == []
+    t2.close()
+
+
+def test_compressed_rest_is_resumed_after_a_crash_midway(tmp_path: Path) -> None:
+    """Stopped again while reading the compressed file: the next start resumes it from
+    the new checkpoint, and reads the file in between once."""
+    p = tmp_path / "access.log"
+    append(p, "a1")
+    store = Store()
+    t = make(p)
+    assert store.drain(t) == [b"a1"]
+    t.close()
+    append(p, *[f"a{i}" for i in range(2, 10)])
+    aged(p, 100)
+    logrotate(p)
+    append(p, "b1")
+    aged(p, 50)
+    logrotate(p)
+    append(p, "c1")
+    t2 = make(p, checkpoints=store.checkpoints(), chunk_lines=3)
+    chunk = t2.poll()
+    assert chunk is not None and texts([b for _, b in chunk.lines]) == ["a2", "a3", "a4"]
+    store.commit(t2, chunk)
+    t2.close()  # killed: in between the first and second chunk
+    t3 = make(p, checkpoints=store.checkpoints(), chunk_lines=3)
+    lines = store.drain(t3)
+    assert texts(lines) == ["a5", "a6", "a7", "a8", "a9", "b1", "c1"]
+
+
+def test_checkpointed_file_deleted_while_down_warns_and_reads_the_files_after_it(
+    tmp_path: Path,
+) -> None:
+    """rotate 1: the checkpointed file is deleted at the second rotation. The files after it
+    are still read; checkpoint_orphaned is a warning naming the path, offset and backfill."""
+    p = tmp_path / "access.log"
+    append(p, "a1")
+    store = Store()
+    t = make(p)
+    assert store.drain(t) == [b"a1"]
+    t.close()
+    append(p, "a2")  # lost with the file
+    logrotate(p, keep=1)
+    append(p, "b1", "b2")
+    logrotate(p, keep=1)
+    append(p, "c1")
+    assert sorted(os.listdir(tmp_path)) == ["access.log", "access.log.1"]
+    with structlog.testing.capture_logs() as logs:
+        t2 = make(p, start_at="end", checkpoints=store.checkpoints())
+        assert store.drain(t2) == [b"b1", b"b2", b"c1"]
+    (warning,) = [e for e in logs if e["log_level"] == "warning"]
+    assert warning["event"] == "checkpoint_orphaned"
+    assert (warning["path"], warning["offset"]) == (str(p), 3)
+    assert "tirreno-shipper backfill -c CONFIG --site s FILE" in warning["hint"]
+
+
+def test_orphaned_by_an_unreadable_compression_reads_only_newer_plain_files(
+    tmp_path: Path,
+) -> None:
+    """The checkpointed file compressed in a format we cannot read (zstd): a warning names
+    it; the plain file written after it is read, a stale plain file older than it is not."""
+    p = tmp_path / "access.log"
+    stale = tmp_path / "access.log.0"
+    append(stale, "stale, from an older setup")
+    aged(stale, 5000)
+    append(p, "a1")
+    store = Store()
+    t = make(p)
+    assert store.drain(t) == [b"a1"]
+    t.close()
+    append(p, "a2")
+    zst = tmp_path / "access.log.2.zst"
+    zst.write_bytes(b"\x28\xb5\x2f\xfd" + os.urandom(64))
+    aged(zst, 1000)
+    p.unlink()
+    append(tmp_path / "access.log.1", "b1")
+    append(p, "c1")
+    with structlog.testing.capture_logs() as logs:
+        t2 = make(p, checkpoints=store.checkpoints())
+        assert store.drain(t2) == [b"b1", b"c1"]
+    (warning,) = [e for e in logs if e["log_level"] == "warning"]
+    assert warning["event"] == "checkpoint_orphaned"
+    assert warning["unreadable_siblings"] == [str(zst)]
+
+
+def test_a_copy_of_a_checkpointed_file_is_never_read_from_its_start(tmp_path: Path) -> None:
+    """A plain sibling starting like a checkpointed file, newer than it, is a copy of lines
+    already read (here an operator's partial copy), never a file to read from its start."""
+    p = tmp_path / "access.log"
+    append(p, "a1", "a2")
+    store = Store()
+    t = make(p)
+    assert store.drain(t) == [b"a1", b"a2"]
+    t.close()
+    append(p, "a3")
+    aged(p, 100)
+    logrotate(p)
+    logrotate(p)  # the checkpointed file is now .2.gz, .1 is empty
+    append(tmp_path / "access.log.part", "a1")
+    append(p, "c1")
+    t2 = make(p, checkpoints=store.checkpoints())
+    assert store.drain(t2) == [b"a3", b"c1"]
+
+
+def test_glob_skips_compressed_matches(tmp_path: Path) -> None:
+    """A glob matching rotated .gz files never tails their compressed bytes; each is
+    logged once as skipped."""
+    p = tmp_path / "a.log"
+    append(p, "live")
+    (tmp_path / "a.log.2.gz").write_bytes(gzip.compress(b"old1\nold2\n"))
+    store = Store()
+    with structlog.testing.capture_logs() as logs:
+        t = make(tmp_path / "a.log*")
+        assert store.drain(t) == [b"live"]
+        (tmp_path / "a.log.3.bz2").write_bytes(bz2.compress(b"older\n"))
+        append(p, "more")
+        assert store.drain(t) == [b"more"]
+        assert store.drain(t) == []
+    assert [s.path for s in t.status()] == [str(p)]
+    skipped = [e["path"] for e in logs if e["event"] == "file_skipped_compressed"]
+    assert skipped == [str(tmp_path / "a.log.2.gz"), str(tmp_path / "a.log.3.bz2")]
+    assert all("backfill" in e["hint"] for e in logs if e["event"] == "file_skipped_compressed")
+
+
+def test_large_compressed_rest_is_streamed_in_bounded_chunks(tmp_path: Path) -> None:
+    """Megabytes left in the compressed file: read forward in chunks of at most chunk_bytes,
+    every line once and at its offset."""
+    p = tmp_path / "access.log"
+    append(p, "first")
+    store = Store()
+    t = make(p)
+    assert store.drain(t) == [b"first"]
+    t.close()
+    append(p, *[f"line {i:07d} " + "y" * (i % 50) for i in range(60_000)])
+    text = p.read_bytes()
+    aged(p, 100)
+    logrotate(p)
+    logrotate(p)
+    store.chunks.clear()
+    started = time.monotonic()
+    t2 = make(p, checkpoints=store.checkpoints(), chunk_bytes=1 << 16, chunk_lines=1000)
+    lines = store.drain(t2)
+    assert time.monotonic() - started < 10
+    assert lines == text.splitlines()[1:]
+    assert all(c.end_offset - c.start_offset <= 1 << 16 for c in store.chunks)
+    for a, b in zip(store.chunks, store.chunks[1:], strict=False):
+        if a.file == b.file:
+            assert a.end_offset == b.start_offset
+    for c in store.chunks:
+        for off, line in c.lines:
+            assert text[off : off + len(line) + 1] == line + b"\n"
+
+
+def test_damaged_compressed_file_is_a_warning_and_the_next_files_are_read(
+    tmp_path: Path,
+) -> None:
+    """A .gz cut short: what it holds after the checkpoint cannot be read (a warning says
+    so); the files after it are still read."""
+    p = tmp_path / "access.log"
+    append(p, "a1")
+    store = Store()
+    t = make(p)
+    assert store.drain(t) == [b"a1"]
+    t.close()
+    append(p, *[f"a{i} {os.urandom(40).hex()}" for i in range(2, 2000)])
+    aged(p, 100)
+    logrotate(p)
+    append(p, "b1")
+    aged(p, 50)
+    logrotate(p)
+    append(p, "c1")
+    gz = tmp_path / "access.log.2.gz"
+    data = gz.read_bytes()
+    gz.write_bytes(data[: len(data) // 2])
+    aged(gz, 100)
+    with structlog.testing.capture_logs() as logs:
+        t2 = make(p, checkpoints=store.checkpoints())
+        assert store.drain(t2)[-2:] == [b"b1", b"c1"]
+    warnings = [e for e in logs if e["log_level"] == "warning"]
+    assert [w["event"] for w in warnings] == ["compressed_file_unreadable"]
+    assert warnings[0]["file"] == str(gz)
+    assert [c.file for c in store.checkpoints()] == [identify(str(p))]

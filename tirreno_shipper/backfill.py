@@ -10,7 +10,6 @@ event shipped twice anyway is recognisable in tirreno (``traceid``).
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import sys
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, TextIO
 from tirreno_shipper.config import Config, SiteConfig
 from tirreno_shipper.errors import ResolverError
 from tirreno_shipper.pipeline import Counts, SitePipeline
-from tirreno_shipper.reader import file_chunks
+from tirreno_shipper.reader import file_chunks, followed_files
 from tirreno_shipper.users import UserResolver
 
 if TYPE_CHECKING:
@@ -29,11 +28,11 @@ if TYPE_CHECKING:
 
 
 def site_files(site: SiteConfig) -> list[tuple[int, str]]:
-    """(index of the ``logs`` entry, path) of every file the site's patterns match now."""
+    """(index of the ``logs`` entry, path) of every file ``run`` follows for the site now:
+    a glob's compressed matches are rotated copies it skips (see reader.followed_files)."""
     out: list[tuple[int, str]] = []
     for i, src in enumerate(site.logs):
-        matches = sorted(glob.glob(src.path)) if glob.has_magic(src.path) else [src.path]
-        out.extend((i, p) for p in matches if os.path.isfile(p))
+        out.extend((i, p) for p in followed_files(src.path, site.name))
     return out
 
 

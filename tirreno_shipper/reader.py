@@ -1,30 +1,63 @@
-"""Reading a whole file once, plain or gzip: for ``backfill`` and ``--dry-run``.
+"""Reading a whole file once, plain or compressed: for ``backfill`` and ``--dry-run``.
 
 Unlike `tail`, nothing here follows a file or keeps state: a file is read from
 its first byte to its last complete line, in chunks shaped like the tail's, so
-the same pipeline handles both. Offsets in a ``.gz`` file are offsets in the
-decompressed text, which keeps request ids stable across repeated backfills.
+the same pipeline handles both. Offsets in a compressed file (gzip, bzip2 or
+xz, told by their first bytes) are offsets in the decompressed text, which
+keeps request ids stable across repeated backfills.
+
+`followed_files` is which files ``run`` follows for a ``logs`` pattern, so that
+``--dry-run`` shows what ``run`` would send: a glob's compressed matches are
+rotated copies that ``run`` skips. ``backfill`` reads the files it is given,
+compressed or not.
 """
 
 from __future__ import annotations
 
+import bz2
+import glob
 import gzip
+import lzma
 import os
 from collections.abc import Iterator
 from typing import BinaryIO
 
+import structlog
+
 from tirreno_shipper.records import Chunk, FileId
-from tirreno_shipper.tail import fingerprint
+from tirreno_shipper.tail import fingerprint, glob_matches, skipped_hint
+
+log = structlog.get_logger(__name__)
 
 _READ = 1 << 20
 
 
 def _open(path: str) -> BinaryIO:
     with open(path, "rb") as probe:
-        magic = probe.read(2)
-    if magic == b"\x1f\x8b":
+        magic = probe.read(6)
+    if magic.startswith(b"\x1f\x8b"):
         return gzip.open(path, "rb")  # type: ignore[return-value]
+    if magic.startswith(b"BZh"):
+        return bz2.open(path, "rb")  # type: ignore[return-value]
+    if magic.startswith(b"\xfd7zXZ\x00"):
+        return lzma.open(path, "rb")  # type: ignore[return-value]
     return open(path, "rb")
+
+
+def followed_files(pattern: str, site: str = "SITE") -> list[str]:
+    """The files ``run`` follows for the ``logs`` pattern ``pattern`` now, in its order.
+
+    A literal path is followed whatever its name; of a glob's matches, the
+    compressed ones are skipped (logged ``file_skipped_compressed``), as the tail
+    does. Folders and missing files are left out.
+    """
+    if not glob.has_magic(pattern):
+        return [pattern] if os.path.isfile(pattern) else []
+    skipped: set[str] = set()
+    out = [p for p in glob_matches(pattern, skipped) if os.path.isfile(p)]
+    for p in sorted(skipped):
+        log.info("file_skipped_compressed", site=site, path=p, hint=skipped_hint(site, p))
+    return out
 
 
 def file_chunks(path: str, max_line_bytes: int = 65536, chunk_lines: int = 2000) -> Iterator[Chunk]:

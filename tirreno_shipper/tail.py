@@ -15,18 +15,31 @@ Within one watched path, files rotated away are read to their end before the
 file now at the path; a rotated file is let go only after it has not grown for
 ``rotated_grace`` seconds, because nginx and Apache keep writing to the renamed
 file until they reopen their logs.
+
+Compressed rotated files (``access.log.2.gz``) are never followed, not even
+when a glob matches them: they are copies of a file already followed. One is
+read only after a restart, when the file a checkpoint names survives only
+compressed (``delaycompress`` and two rotations while the shipper was down):
+its decompressed text is read from the checkpoint's offset to its end, under
+the checkpoint's own identity, so the request ids are those a live read gives.
 """
 
 from __future__ import annotations
 
+import bz2
 import contextlib
 import fnmatch
 import glob
+import gzip
 import hashlib
+import io
+import lzma
+import math
 import os
 import stat
 import threading
 import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -43,9 +56,16 @@ log = structlog.get_logger(__name__)
 FINGERPRINT_MAX = 256
 
 # Suffixes of rotated files that have been compressed: their bytes are not the
-# log's bytes any more, so they are never candidates for a checkpoint.
+# log's bytes any more, so they are never followed; only gzip, bzip2 and xz
+# (recognised by their magic bytes, not the suffix) can be read, by _Decompressed.
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".z", ".zip")
+_MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"))
+# What a damaged or truncated compressed file raises while being decompressed.
+_DECOMPRESS_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)
+# The end of a compressed file not yet read to its end (its length is unknown).
+_UNKNOWN_END = 1 << 62
 _GLOB_MAGIC = frozenset("*?[")
+_BACKFILL = "tirreno-shipper backfill -c CONFIG --site {site} {file}"
 
 
 @dataclass(slots=True, frozen=True)
@@ -77,6 +97,11 @@ def _open(path: str) -> int:
     return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
 
 
+def is_compressed_name(path: str) -> bool:
+    """Whether ``path`` is named like a compressed rotated log (``access.log.2.gz``)."""
+    return path.lower().endswith(_COMPRESSED)
+
+
 def identify(path: str) -> FileId | None:
     """The identity of the file at ``path`` now, or None when there is none."""
     try:
@@ -90,6 +115,71 @@ def identify(path: str) -> FileId | None:
         os.close(fd)
 
 
+class _Decompressed:
+    """The text of a compressed file, read at increasing offsets in bounded pieces.
+
+    A decompressing stream can only seek by decompressing (forward) or by
+    starting over (backward), so the piece last returned is kept: the tail
+    reads again from where its last complete line ended, inside that piece.
+    Memory is at most two pieces, whatever the file's size.
+    """
+
+    __slots__ = ("buf", "buf_off", "eof_at", "name", "raw", "size_hint", "stream")
+
+    def __init__(self, name: str, fd: int, kind: str) -> None:
+        self.name = name
+        # Not owning the descriptor: the _File closes it.
+        self.raw = os.fdopen(fd, "rb", buffering=0, closefd=False)
+        self.stream: io.BufferedIOBase
+        self.size_hint = -1
+        if kind == "gzip":
+            self.stream = gzip.GzipFile(fileobj=self.raw, mode="rb")
+            size = os.fstat(fd).st_size
+            if size >= 18:
+                # ISIZE: the text's length modulo 2**32 (for status and lag only).
+                self.size_hint = int.from_bytes(os.pread(fd, 4, size - 4), "little")
+        elif kind == "bz2":
+            self.stream = bz2.BZ2File(self.raw, "rb")
+        else:
+            self.stream = lzma.LZMAFile(self.raw, "rb")  # noqa: SIM115 - closed by close()
+        self.buf = b""
+        self.buf_off = 0  # text offset of buf[0]; the stream is at buf_off + len(buf)
+        self.eof_at = -1  # the text's length, once the end was reached
+
+    def read_at(self, off: int, n: int) -> bytes:
+        """Up to ``n`` bytes of text from ``off``; fewer only at the end."""
+        if 0 <= self.eof_at <= off:
+            return b""
+        if not self.buf_off <= off <= self.buf_off + len(self.buf):
+            self.stream.seek(off)
+            self.buf, self.buf_off = b"", self.stream.tell()
+            if self.buf_off < off:
+                self.eof_at = self.buf_off
+                return b""
+        have = self.buf[off - self.buf_off :]
+        if len(have) >= n:
+            return have[:n]
+        more = self.stream.read(n - len(have))
+        if len(more) < n - len(have):
+            self.eof_at = off + len(have) + len(more)
+        self.buf, self.buf_off = have + more, off
+        return self.buf
+
+    def close(self) -> None:
+        with contextlib.suppress(*_DECOMPRESS_ERRORS):
+            self.stream.close()
+        self.raw.close()
+
+
+def _decompressed(name: str, fd: int) -> _Decompressed | None:
+    """``fd`` (the compressed file ``name``) as text, or None in a format we cannot read."""
+    magic = os.pread(fd, 6, 0)
+    for prefix, kind in _MAGIC:
+        if magic.startswith(prefix):
+            return _Decompressed(name, fd, kind)
+    return None
+
+
 class _File:
     """An open file being followed. Mutable on purpose: it is the Tailer's private state."""
 
@@ -99,14 +189,31 @@ class _File:
         "discard_scan",
         "fd",
         "id",
+        "key",
         "offset",
         "pending_retire",
         "seen_size",
+        "z",
     )
 
-    def __init__(self, fd: int, fid: FileId, offset: int, *, dirty: bool, now: float) -> None:
+    def __init__(
+        self,
+        fd: int,
+        fid: FileId,
+        offset: int,
+        *,
+        dirty: bool,
+        now: float,
+        z: _Decompressed | None = None,
+        key: tuple[int, int] | None = None,
+    ) -> None:
         self.fd = fd
         self.id = fid
+        # The inode held open. Not the identity's for a compressed file: it is read
+        # under the identity of the file it was compressed from (see _adopt_compressed).
+        self.key = key if key is not None else (fid.dev, fid.ino)
+        # The decompressed text of a compressed file (complete: it no longer grows).
+        self.z = z
         self.offset = offset
         # True while the offset/identity differ from what the caller last persisted,
         # so a chunk is due even without lines.
@@ -119,9 +226,16 @@ class _File:
         self.seen_size = -1
         self.changed_at = now
 
-    @property
-    def key(self) -> tuple[int, int]:
-        return (self.id.dev, self.id.ino)
+    def pread(self, n: int, off: int) -> bytes:
+        if self.z is None:
+            return os.pread(self.fd, n, off)
+        return self.z.read_at(off, n)
+
+    def close(self) -> None:
+        if self.z is not None:
+            self.z.close()
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
 
 
 class _Group:
@@ -177,10 +291,15 @@ class Tailer:
         # Paths that exist but cannot be opened (permissions), with the error: logged
         # once per distinct error, not at every scan, and shown by `status`.
         self.unreadable: dict[str, str] = {}
+        # Compressed files a glob matches: never followed, logged once each.
+        self._skipped_compressed: set[str] = set()
         self._restored: dict[tuple[int, int], list[Checkpoint]] = {}
         for cp in checkpoints:
             self._restored.setdefault((cp.file.dev, cp.file.ino), []).append(cp)
         self._seen_paths = {cp.path for cp in checkpoints}
+        # Heads of every file we hold a checkpoint for: a sibling starting with one
+        # of them is a copy of a file read already, never a file to read from 0.
+        self._checkpointed_heads = {cp.file.fingerprint for cp in checkpoints} - {""}
         now = time.monotonic()
         self._last_scan = now
         self._scan(now, first=True)
@@ -220,7 +339,10 @@ class Tailer:
             _, f, ids = self._inflight
             self._inflight = None
         else:
-            f = self._by_inode.get((chunk.file.dev, chunk.file.ino))
+            # By identity first: a compressed file's inode is not its identity's.
+            f = next((x for x in self._by_inode.values() if x.id == chunk.file), None)
+            if f is None:
+                f = self._by_inode.get((chunk.file.dev, chunk.file.ino))
         if f is None:
             return
         f.offset = chunk.start_offset
@@ -261,8 +383,7 @@ class Tailer:
 
     def close(self) -> None:
         for f in self._by_inode.values():
-            with contextlib.suppress(OSError):
-                os.close(f.fd)
+            f.close()
         self._by_inode.clear()
         self._groups.clear()
 
@@ -273,6 +394,14 @@ class Tailer:
         # may queue the copy that copytruncate left beside it, to be read first.
         for _ in range(2):
             for f in list(g.rotated):
+                if f.z is not None:
+                    # Compressed, so complete: read to its end at once, no grace.
+                    end = f.z.eof_at if f.z.eof_at >= 0 else _UNKNOWN_END
+                    chunk = self._read(g, f, end, final=True, verify=False)
+                    if chunk is not None:
+                        return chunk
+                    self._finish(g, f)
+                    continue
                 size = self._size(f)
                 if size != f.seen_size:
                     f.seen_size = size
@@ -310,9 +439,10 @@ class Tailer:
         avail = size - f.offset
         if avail <= 0:
             return self._emit(g, f, f.offset, [], []) if f.dirty else None
-        data = os.pread(f.fd, min(avail, self._read_size), f.offset)
+        data = self._pread(g, f, min(avail, self._read_size), f.offset)
         if not data:
             return self._emit(g, f, f.offset, [], []) if f.dirty else None
+        at_end = len(data) == avail or (f.z is not None and f.z.eof_at == f.offset + len(data))
         if verify:
             fp = _fingerprint_fd(f.fd)
             if fp != f.id.fingerprint:
@@ -352,7 +482,7 @@ class Tailer:
         elif len(rest) > maxlen:
             f.discard_scan = f.offset + len(data)
             return self._discard(g, f, size, final)
-        elif final and rest and len(data) == avail:
+        elif final and rest and at_end:
             # The file is done: its unterminated last line is a line after all.
             lines.append((pos, rest[:-1] if rest[-1:] == b"\r" else rest))
             pos += len(rest)
@@ -366,7 +496,7 @@ class Tailer:
         # Scanned in bounded reads and thrown away, so a runaway line costs no memory.
         scan = f.discard_scan
         while scan < size:
-            data = os.pread(f.fd, min(self._read_size, size - scan), scan)
+            data = self._pread(g, f, min(self._read_size, size - scan), scan)
             if not data:
                 break
             nl = data.find(b"\n")
@@ -377,6 +507,27 @@ class Tailer:
         if final:
             return self._skip(g, f, scan)
         return None
+
+    def _pread(self, g: _Group, f: _File, n: int, off: int) -> bytes:
+        try:
+            return f.pread(n, off)
+        except _DECOMPRESS_ERRORS as exc:
+            if f.z is None:
+                raise
+            # Damaged or cut short: what follows cannot be read; the file is done.
+            f.z.eof_at = off
+            log.warning(
+                "compressed_file_unreadable",
+                site=self.site,
+                path=g.path,
+                file=f.z.name,
+                offset=off,
+                error=str(exc),
+                hint="the lines after this offset of the decompressed text were not sent; "
+                "if you can recover them, send them with "
+                + _BACKFILL.format(site=self.site, file="FILE"),
+            )
+            return b""
 
     def _skip(self, g: _Group, f: _File, end: int) -> Chunk:
         log.warning("line_too_long", site=self.site, path=g.path, offset=f.offset)
@@ -470,7 +621,7 @@ class Tailer:
     def _finish(self, g: _Group, f: _File) -> None:
         g.rotated.remove(f)
         self._by_inode.pop(f.key, None)
-        os.close(f.fd)
+        f.close()
         self._retiring.extend(f.pending_retire)
         self._retiring.append(f.id)
         log.info("file_done", site=self.site, path=g.path, offset=f.offset)
@@ -479,12 +630,18 @@ class Tailer:
 
     def _glob(self) -> list[str]:
         paths: dict[str, None] = {}
+        skipped: set[str] = set()
         for pattern in self._patterns:
             if _is_glob(pattern):
-                for p in sorted(glob.glob(pattern)):
+                for p in glob_matches(pattern, skipped):
                     paths[p] = None
             else:
                 paths[pattern] = None
+        for p in sorted(skipped - self._skipped_compressed):
+            log.info(
+                "file_skipped_compressed", site=self.site, path=p, hint=skipped_hint(self.site, p)
+            )
+        self._skipped_compressed = skipped
         return list(paths)
 
     def _scan(self, now: float, *, first: bool) -> None:
@@ -583,16 +740,26 @@ class Tailer:
         return None
 
     def _restore_rotated(self, now: float) -> None:
-        """Find checkpointed files rotated away while we were down; forget the others."""
+        """Find checkpointed files rotated away while we were down; forget the others.
+
+        A checkpointed file is looked for among the rotated siblings of its path:
+        by inode, then (copytruncate) as a plain copy with its head, then as a
+        compressed sibling whose decompressed head is its head. Then, whether or
+        not it was found, the plain siblings written after it (files that were at
+        the path and rotated away while we were down, never seen) are read whole.
+        """
         left = [cp for cps in self._restored.values() for cp in cps]
         self._restored.clear()
         if not left:
             return
         found: dict[str, list[tuple[float, _File]]] = {}
+        orphaned: dict[str, list[Checkpoint]] = {}
         unmatched: list[Checkpoint] = []
         sibling_cache: dict[str, list[tuple[str, os.stat_result]]] = {}
         for cp in left:
-            if not self._watched(cp.path):
+            if not self._watched(cp.path) or is_compressed_name(cp.path):
+                # Unwatched now, or a compressed file a glob matched (followed by
+                # mistake before compressed files were skipped): nothing to resume.
                 self._retiring.append(cp.file)
                 continue
             sibs = sibling_cache.get(cp.path)
@@ -604,22 +771,71 @@ class Tailer:
             else:
                 found.setdefault(cp.path, []).append((f.changed_at, f))
         for cp in unmatched:
-            # copytruncate while we were down: the unread lines are in the copy.
             f = None
             if cp.file.fingerprint:
+                # copytruncate while we were down: the unread lines are in the copy.
                 f = self._adopt(cp, sibling_cache[cp.path], now, same_inode=False)
-            # Either way this identity's checkpoint is done with.
-            self._retiring.append(cp.file)
+                if f is not None:
+                    log.info("copy_found", site=self.site, path=cp.path, offset=cp.offset)
+                else:
+                    f = self._adopt_compressed(cp)
+            if f is None or f.id != cp.file:
+                # A copy has an identity of its own (written with its first chunk);
+                # a compressed file keeps this one, retired when it is finished.
+                self._retiring.append(cp.file)
             if f is None:
-                log.info("checkpoint_orphaned", site=self.site, path=cp.path, offset=cp.offset)
+                orphaned.setdefault(cp.path, []).append(cp)
             else:
-                log.info("copy_found", site=self.site, path=cp.path, offset=cp.offset)
                 found.setdefault(cp.path, []).append((f.changed_at, f))
-        for path, files in found.items():
+        for path in sorted(found.keys() | orphaned.keys()):
+            files = found.get(path, [])
+            lost = orphaned.get(path, [])
+            unreadable = [
+                name
+                for name, _ in (_stat_siblings(path, compressed=True) if lost else [])
+                if _head(name) is None
+            ]
+            for cp in lost:
+                log.warning(
+                    "checkpoint_orphaned",
+                    site=self.site,
+                    path=cp.path,
+                    offset=cp.offset,
+                    unreadable_siblings=unreadable,
+                    hint=f"the file that was at {cp.path}, read up to byte {cp.offset}, is "
+                    "neither among its rotated siblings nor among those compressed with gzip, "
+                    "bzip2 or xz (deleted, or compressed in another format): its later lines "
+                    "were not sent. If you still have it (decompressed), send them with "
+                    + _BACKFILL.format(site=self.site, file="FILE")
+                    + f" (it sends the whole file: the lines before byte {cp.offset} again)",
+                )
+            # Which unseen siblings came after the checkpointed file, and so hold lines
+            # never read: those modified at or after it ("at": coarse timestamps; a
+            # file created after it was rotated away was last written after it was,
+            # and logrotate and gzip keep a file's mtime when they compress it). The
+            # older ones were read and retired before, or predate a start_at=end
+            # start, and must not be read (again). A file with a checkpoint of its
+            # own is in _by_inode already, and one starting like a checkpointed file
+            # is a copy of it: neither is read from its start.
+            # A Checkpoint carries no time, so when the file itself is gone, the
+            # newest compressed sibling stands in for it: rotation compresses files
+            # as they age (delaycompress keeps only the newest rotated one plain), so
+            # a plain file newer than every compressed one came after it. With no
+            # compressed sibling at all, the file was deleted by the rotation count
+            # (`rotate N`, oldest first), so every sibling left came after it; only a
+            # file deleted by hand would make older plain files read again (with the
+            # request ids they had: duplicates tirreno can tell, rather than a loss).
+            if files:
+                since = max(t for t, _ in files)
+            else:
+                since = max(
+                    (st.st_mtime for _, st in _stat_siblings(path, compressed=True)),
+                    default=-math.inf,
+                )
             g = self._groups.get(path)
             if g is None:
                 g = self._groups[path] = _Group(path)
-            files.extend(self._rotated_since(path, max(t for t, _ in files)))
+            files.extend(self._rotated_since(path, since))
             files.sort(key=lambda t: t[0])
             g.rotated[:0] = [f for _, f in files]
             for _, f in files:
@@ -627,32 +843,91 @@ class Tailer:
                 self._rotations["rename"].inc()
                 log.info("rotated_file_found", site=self.site, path=path, offset=f.offset)
 
-    def _rotated_since(self, path: str, newest: float) -> list[tuple[float, _File]]:
-        """Siblings written after the newest checkpointed rotated file, never seen.
+    def _rotated_since(self, path: str, since: float) -> list[tuple[float, _File]]:
+        """Plain siblings of ``path`` never seen and modified at ``since`` or later.
 
-        Two rotations while we were down leave a file that was created and
-        rotated away without ever being checkpointed: it sits between the
-        file we know and the one now at the path, and is read from its start.
-        Older siblings were finished (and their checkpoints retired) before.
+        Rotations while we were down leave files that were created and rotated
+        away without ever being checkpointed: they sit between the checkpointed
+        file and the one now at the path, and are read from their start, oldest
+        first. Compressed ones are not read (only a checkpointed file's rest is):
+        a warning names each, with the command that sends it.
         """
         out: list[tuple[float, _File]] = []
         for name, st in _stat_siblings(path):
             key = (st.st_dev, st.st_ino)
-            if name == path or key in self._by_inode or st.st_mtime <= newest:
+            if name == path or key in self._by_inode or st.st_mtime < since:
                 continue
             try:
                 fd = _open(name)
             except OSError:
                 continue
             st2 = os.fstat(fd)
-            if (st2.st_dev, st2.st_ino) != key:
+            fp = _fingerprint_fd(fd)
+            if (st2.st_dev, st2.st_ino) != key or fp in self._checkpointed_heads:
                 os.close(fd)
                 continue
-            f = _File(fd, FileId(*key, _fingerprint_fd(fd)), 0, dirty=True, now=st2.st_mtime)
+            f = _File(fd, FileId(*key, fp), 0, dirty=True, now=st2.st_mtime)
             self._by_inode[key] = f
             out.append((st2.st_mtime, f))
             log.info("unseen_rotated_file_found", site=self.site, path=path, file=name)
+        if since > -math.inf:
+            for name, st in _stat_siblings(path, compressed=True):
+                if (st.st_dev, st.st_ino) in self._by_inode or st.st_mtime <= since:
+                    continue
+                if _head(name) in self._checkpointed_heads:
+                    continue
+                log.warning(
+                    "rotated_file_not_read",
+                    site=self.site,
+                    path=path,
+                    file=name,
+                    hint="rotated and compressed while the shipper was down, never read; send "
+                    "it with " + _BACKFILL.format(site=self.site, file=name) + " (backfill reads "
+                    "gzip, bzip2 and xz; decompress other formats first)",
+                )
         return out
+
+    def _adopt_compressed(self, cp: Checkpoint) -> _File | None:
+        """The checkpointed file, compressed while we were down: the newest compressed
+        sibling whose decompressed head is the checkpoint's.
+
+        Read from the checkpoint's offset in the decompressed text under the
+        checkpoint's identity, so the lines get the request ids a live read gave
+        them, and the checkpoint moves on as if the file had not been compressed.
+        """
+        sibs = _stat_siblings(cp.path, compressed=True)
+        for name, st in sorted(sibs, key=lambda t: -t[1].st_mtime):
+            key = (st.st_dev, st.st_ino)
+            if key in self._by_inode:
+                continue
+            try:
+                fd = _open(name)
+            except OSError:
+                continue
+            z = None
+            try:
+                st2 = os.fstat(fd)
+                z = _decompressed(name, fd) if (st2.st_dev, st2.st_ino) == key else None
+                if (
+                    z is not None
+                    and fingerprint(z.read_at(0, FINGERPRINT_MAX)) == cp.file.fingerprint
+                ):
+                    f = _File(fd, cp.file, cp.offset, dirty=False, now=st2.st_mtime, z=z, key=key)
+                    self._by_inode[key] = f
+                    log.info(
+                        "compressed_file_found",
+                        site=self.site,
+                        path=cp.path,
+                        file=name,
+                        offset=cp.offset,
+                    )
+                    return f
+            except _DECOMPRESS_ERRORS:
+                pass
+            if z is not None:
+                z.close()
+            os.close(fd)
+        return None
 
     def _adopt(
         self,
@@ -713,6 +988,8 @@ class Tailer:
 
     @staticmethod
     def _size(f: _File) -> int:
+        if f.z is not None:
+            return f.z.eof_at if f.z.eof_at >= 0 else max(f.offset, f.z.size_hint)
         try:
             return os.fstat(f.fd).st_size
         except OSError:
@@ -723,8 +1000,34 @@ def _is_glob(pattern: str) -> bool:
     return any(c in _GLOB_MAGIC for c in pattern)
 
 
-def _siblings(path: str) -> list[str]:
-    """Rotated names of ``path`` in its folder (``access.log.1``, ``access.log-20261129``)."""
+def skipped_hint(site: str, path: str) -> str:
+    """Why a compressed file a glob matches is not followed, and how to send it."""
+    return (
+        "a compressed file is a rotated copy and is never followed (the rest of a "
+        "checkpointed file compressed while the shipper was down is read at start); "
+        "to send an old rotated file: " + _BACKFILL.format(site=site, file=path)
+    )
+
+
+def glob_matches(pattern: str, skipped: set[str] | None = None) -> list[str]:
+    """What the tail follows of a glob's matches now, sorted: all but compressed files.
+
+    The compressed matches (``access.log.2.gz`` for ``access.log*``) are added to
+    ``skipped``. `reader.followed_files` (the dry run) uses this too.
+    """
+    out = []
+    for p in sorted(glob.glob(pattern)):
+        if is_compressed_name(p):
+            if skipped is not None:
+                skipped.add(p)
+        else:
+            out.append(p)
+    return out
+
+
+def _siblings(path: str, *, compressed: bool = False) -> list[str]:
+    """Rotated names of ``path`` in its folder (``access.log.1``, ``access.log-20261129``);
+    with ``compressed``, the compressed ones (``access.log.2.gz``) instead."""
     folder, base = os.path.split(path)
     try:
         names = os.listdir(folder or ".")
@@ -733,13 +1036,31 @@ def _siblings(path: str) -> list[str]:
     return [
         os.path.join(folder, n)
         for n in sorted(names)
-        if n != base and n.startswith(base) and not n.lower().endswith(_COMPRESSED)
+        if n != base and n.startswith(base) and is_compressed_name(n) == compressed
     ]
 
 
-def _stat_siblings(path: str) -> list[tuple[str, os.stat_result]]:
+def _head(name: str) -> str | None:
+    """The fingerprint of a compressed file's decompressed head; None if unreadable."""
+    try:
+        fd = _open(name)
+    except OSError:
+        return None
+    z = None
+    try:
+        z = _decompressed(name, fd)
+        return None if z is None else fingerprint(z.read_at(0, FINGERPRINT_MAX))
+    except _DECOMPRESS_ERRORS:
+        return None
+    finally:
+        if z is not None:
+            z.close()
+        os.close(fd)
+
+
+def _stat_siblings(path: str, *, compressed: bool = False) -> list[tuple[str, os.stat_result]]:
     out = []
-    for name in _siblings(path):
+    for name in _siblings(path, compressed=compressed):
         try:
             st = os.stat(name)
         except OSError:
