@@ -399,11 +399,7 @@ def test_rotated_then_compressed_is_read_to_its_end(tmp_path: Path) -> None:
 def test_resume_from_checkpoint(tmp_path: Path) -> None:
     """A new Tailer with checkpoints resumes at the offsets, whatever start_at says."""
     p = tmp_path / "access.log"
-    append(p, "one", "two")
-    store = Store()
-    t = make(p)
-    assert store.drain(t) == [b"one", b"two"]
-    t.close()
+    store = read_then_stop(p, "one", "two")
     append(p, "three")
     for start_at in ("beginning", "end"):
         t2 = make(p, start_at=start_at, checkpoints=store.checkpoints())
@@ -414,11 +410,7 @@ def test_resume_from_checkpoint(tmp_path: Path) -> None:
 def test_rotated_while_down_is_found_among_siblings(tmp_path: Path) -> None:
     """A file renamed while we were down is read from its checkpoint before the new one."""
     p = tmp_path / "access.log"
-    append(p, "one")
-    store = Store()
-    t = make(p)
-    assert store.drain(t) == [b"one"]
-    t.close()
+    store = read_then_stop(p, "one")
     append(p, "two")
     os.rename(p, tmp_path / "access.log-20261129")
     (tmp_path / "access.log.2.gz").write_bytes(gzip.compress(b"one\ntwo\n"))
@@ -475,11 +467,7 @@ def test_rotated_twice_while_down_reads_oldest_first(tmp_path: Path) -> None:
 def test_truncated_and_grown_while_down_is_read_from_zero(tmp_path: Path) -> None:
     """A file rewritten past the old offset while down has a new fingerprint: read from 0."""
     p = tmp_path / "access.log"
-    append(p, "one", "two")
-    store = Store()
-    t = make(p)
-    assert store.drain(t) == [b"one", b"two"]
-    t.close()
+    store = read_then_stop(p, "one", "two")
     old = store.checkpoints()
     with open(p, "wb") as fh:
         fh.write(b"fresh line one\nfresh line two\nfresh line three\n")
@@ -491,11 +479,7 @@ def test_truncated_and_grown_while_down_is_read_from_zero(tmp_path: Path) -> Non
 def test_copytruncate_while_down_reads_the_rest_from_the_copy(tmp_path: Path) -> None:
     """copytruncate while down: the lines after the checkpoint come from the copy first."""
     p = tmp_path / "access.log"
-    append(p, "one")
-    store = Store()
-    t = make(p)
-    assert store.drain(t) == [b"one"]
-    t.close()
+    store = read_then_stop(p, "one")
     append(p, "two")
     shutil.copyfile(p, tmp_path / "access.log.1")
     os.truncate(p, 0)
@@ -508,11 +492,7 @@ def test_copytruncate_while_down_reads_the_rest_from_the_copy(tmp_path: Path) ->
 def test_compressed_while_down_is_retired_and_new_file_read(tmp_path: Path) -> None:
     """A checkpointed file that only survives as .1.gz is retired; the new file is read whole."""
     p = tmp_path / "access.log"
-    append(p, "one")
-    store = Store()
-    t = make(p)
-    assert store.drain(t) == [b"one"]
-    t.close()
+    store = read_then_stop(p, "one")
     (tmp_path / "access.log.1.gz").write_bytes(gzip.compress(p.read_bytes()))
     p.unlink()
     append(p, "new")
@@ -620,6 +600,16 @@ def aged(path: Path, seconds_ago: float) -> None:
     os.utime(path, (t, t))
 
 
+def read_then_stop(p: Path, *lines: str) -> Store:
+    """The shipper reads ``lines`` from a new log, checkpoints them and stops."""
+    append(p, *lines)
+    store = Store()
+    t = make(p)
+    assert store.drain(t) == [line.encode() for line in lines]
+    t.close()
+    return store
+
+
 @pytest.mark.parametrize("ext", ["gz", "bz2", "xz"])
 def test_two_delaycompress_rotations_while_down(tmp_path: Path, ext: str) -> None:
     """Down through two delaycompress rotations: the rest of the checkpointed file, now
@@ -678,11 +668,7 @@ def test_compressed_rest_is_resumed_after_a_crash_midway(tmp_path: Path) -> None
     """Stopped again while reading the compressed file: the next start resumes it from
     the new checkpoint, and reads the file in between once."""
     p = tmp_path / "access.log"
-    append(p, "a1")
-    store = Store()
-    t = make(p)
-    assert store.drain(t) == [b"a1"]
-    t.close()
+    store = read_then_stop(p, "a1")
     append(p, *[f"a{i}" for i in range(2, 10)])
     aged(p, 100)
     logrotate(p)
@@ -706,11 +692,7 @@ def test_checkpointed_file_deleted_while_down_warns_and_reads_the_files_after_it
     """rotate 1: the checkpointed file is deleted at the second rotation. The files after it
     are still read; checkpoint_orphaned is a warning naming the path, offset and backfill."""
     p = tmp_path / "access.log"
-    append(p, "a1")
-    store = Store()
-    t = make(p)
-    assert store.drain(t) == [b"a1"]
-    t.close()
+    store = read_then_stop(p, "a1")
     append(p, "a2")  # lost with the file
     logrotate(p, keep=1)
     append(p, "b1", "b2")
@@ -735,11 +717,7 @@ def test_orphaned_by_an_unreadable_compression_reads_only_newer_plain_files(
     stale = tmp_path / "access.log.0"
     append(stale, "stale, from an older setup")
     aged(stale, 5000)
-    append(p, "a1")
-    store = Store()
-    t = make(p)
-    assert store.drain(t) == [b"a1"]
-    t.close()
+    store = read_then_stop(p, "a1")
     append(p, "a2")
     zst = tmp_path / "access.log.2.zst"
     zst.write_bytes(b"\x28\xb5\x2f\xfd" + os.urandom(64))
@@ -759,11 +737,7 @@ def test_a_copy_of_a_checkpointed_file_is_never_read_from_its_start(tmp_path: Pa
     """A plain sibling starting like a checkpointed file, newer than it, is a copy of lines
     already read (here an operator's partial copy), never a file to read from its start."""
     p = tmp_path / "access.log"
-    append(p, "a1", "a2")
-    store = Store()
-    t = make(p)
-    assert store.drain(t) == [b"a1", b"a2"]
-    t.close()
+    store = read_then_stop(p, "a1", "a2")
     append(p, "a3")
     aged(p, 100)
     logrotate(p)
@@ -798,11 +772,7 @@ def test_large_compressed_rest_is_streamed_in_bounded_chunks(tmp_path: Path) -> 
     """Megabytes left in the compressed file: read forward in chunks of at most chunk_bytes,
     every line once and at its offset."""
     p = tmp_path / "access.log"
-    append(p, "first")
-    store = Store()
-    t = make(p)
-    assert store.drain(t) == [b"first"]
-    t.close()
+    store = read_then_stop(p, "first")
     append(p, *[f"line {i:07d} " + "y" * (i % 50) for i in range(60_000)])
     text = p.read_bytes()
     aged(p, 100)
@@ -829,11 +799,7 @@ def test_damaged_compressed_file_is_a_warning_and_the_next_files_are_read(
     """A .gz cut short: what it holds after the checkpoint cannot be read (a warning says
     so); the files after it are still read."""
     p = tmp_path / "access.log"
-    append(p, "a1")
-    store = Store()
-    t = make(p)
-    assert store.drain(t) == [b"a1"]
-    t.close()
+    store = read_then_stop(p, "a1")
     append(p, *[f"a{i} {os.urandom(40).hex()}" for i in range(2, 2000)])
     aged(p, 100)
     logrotate(p)
