@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.support.fake_sensor import FakeSensor
-from tests.support.shipper import run_cli, site, write_config
+from tests.support.shipper import run_cli, running, site, write_config
 
 
 @pytest.fixture
@@ -332,3 +332,16 @@ def test_check_never_prints_a_database_password(
         assert f"  [FAIL] users: user database {scheme}://reader@127.0.0.1:" in r.stdout
         assert "password=***" in r.stdout
         assert "QueryPwLeak" not in r.stdout + r.stderr
+
+
+def test_check_names_the_daemon_running_on_the_state_dir(
+    tmp_path: Path, sensor: FakeSensor
+) -> None:
+    """check beside a running daemon says so (pid from run.lock); after it stops, not."""
+    cfg = _config(tmp_path, sensor.url)
+    with running(cfg) as daemon:
+        r = run_cli("check", "-c", str(cfg))
+        assert f"a daemon runs on it (pid {daemon.pid})" in r.stdout, r.stdout
+        assert daemon.stop() == 0
+    r = run_cli("check", "-c", str(cfg))
+    assert "writable" in r.stdout and "a daemon runs on it" not in r.stdout, r.stdout
