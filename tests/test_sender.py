@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from tests.support.fake_sensor import FakeSensor
+from tests.support.shipper import spooled_ids
 from tirreno_shipper import metrics
 from tirreno_shipper._version import __version__
 from tirreno_shipper.config import SensorConfig
@@ -660,6 +661,42 @@ def test_stop_past_grace_with_a_hung_sensor_loses_nothing(spool: Spool) -> None:
         assert wait_until(lambda: spool.stats("hung").leased == 0, 5)
     assert spool.stats("hung").depth == 40
     assert sensor.accepted == []
+
+
+def test_stop_past_grace_writes_the_acks_of_events_accepted_before_the_hang(
+    spool: Spool,
+) -> None:
+    """Rate-limited, a worker holds a 204's ack while it waits for the next token; if the
+    next request hangs and the grace ends, that ack is still written: an event tirreno
+    accepted is never sent again (only the hung one may be)."""
+    spool.commit_chunk("held", make_events(5), None)
+    with FakeSensor(api_key=KEY) as sensor:
+        # 2/s: the token wait (0.5 s) is longer than ACK_WITHIN, so acks are held.
+        config = sensor_config(sensor.url, timeout=30, rate_limit=2, burst=1, concurrency=1)
+        sender = SiteSender("held", config, spool, lease_seconds=600)
+        sender.start()
+        assert wait_until(lambda: len(sensor.accepted) >= 1, 10)
+        sensor.set_mode("hang")
+        assert wait_until(lambda: sensor.hanging >= 1, 5)
+        sender.stop(0.3)
+        accepted = {r.request_id for r in list(sensor.accepted)}
+        queued = set(spooled_ids(spool.path.parent, "held"))
+        assert accepted and not accepted & queued, "an accepted event is still in the spool"
+        assert len(accepted) + len(queued) == 5
+        sensor.set_mode("ok")
+
+
+def test_workers_waiting_for_a_token_do_not_post_after_a_429(spool: Spool) -> None:
+    """A 429 with Retry-After: the workers queued behind the rate limiter re-check the
+    state after their wait and hold back, instead of each earning a 429 of its own."""
+    spool.commit_chunk("storm", make_events(12), None)
+    with FakeSensor(api_key=KEY, bucket_capacity=3, bucket_window=6) as sensor:
+        config = sensor_config(sensor.url, rate_limit=4, burst=1, concurrency=4)
+        with running(config, spool, site="storm"):
+            assert wait_until(lambda: sensor.count("429") >= 1, 10)
+            time.sleep(2.0)  # well inside Retry-After (about 6 s): nobody may post
+            assert sensor.count("429") == 1, [a.answer for a in sensor.answers]
+            assert len(sensor.accepted) == 3
 
 
 class _FlakySpool:

@@ -343,10 +343,13 @@ def send_one(config: SensorConfig, fields: Mapping[str, str], request_id: str) -
 
 @dataclass(slots=True)
 class _Worker:
-    """What one worker holds leased, so `SiteSender.stop` can release it past the grace."""
+    """What one worker holds, so `SiteSender.stop` can settle it past the grace: the
+    events leased and not yet sent, and those accepted but not yet acked."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     pending: deque[LeasedEvent] = field(default_factory=deque)
+    acks: list[int] = field(default_factory=list)
+    first_ack: float = 0.0
     thread: threading.Thread | None = None
 
 
@@ -438,6 +441,7 @@ class SiteSender:
             # spool recovers them at the next start. Nothing is lost.
             log.warning("sender_stop_grace_expired", site=self.site, hung_workers=len(hung))
             for worker in self._workers:
+                self._flush_acks(worker)  # accepted before the hang: never send them again
                 self._release_pending(worker)
         self._poster.close()
         # Closing the pool fails requests that are between reads; one blocked in
@@ -528,8 +532,6 @@ class SiteSender:
             self._cond.notify_all()
 
     def _send_batch(self, worker: _Worker, probing: bool) -> None:
-        acks: list[int] = []
-        first_ack = 0.0
         try:
             while not self._stop.is_set():
                 if not probing and self._state != "ok":
@@ -547,6 +549,10 @@ class SiteSender:
                         invalid = "a field is not valid Unicode (cannot be encoded as UTF-8)"
                 if invalid is None and not self.bucket.acquire(self._stop):
                     break
+                if not probing and self._state != "ok":
+                    # The wait for a token can be long: a 429 or an outage seen by
+                    # another worker meanwhile means this one must not post now.
+                    break
                 with worker.lock:
                     if not worker.pending or worker.pending[0] is not event:
                         break  # stop() took them back after its grace
@@ -558,26 +564,31 @@ class SiteSender:
                 verdict = self._poster.post(body, event.request_id)
                 self._latency.observe(time.monotonic() - started)
                 if verdict.outcome is Outcome.ACCEPTED:
-                    if not acks:
-                        first_ack = started
-                    acks.append(event.id)
+                    with worker.lock:
+                        if not worker.acks:
+                            worker.first_ack = started
+                        worker.acks.append(event.id)
                     self._sent.inc()
                     self._on_success()
                     # Against a fast sensor one ack per batch saves write
                     # transactions; against a slow one, an unacked 204 is a
-                    # duplicate after a crash, so it is not held for long.
-                    if time.monotonic() - first_ack >= ACK_WITHIN:
-                        self.spool.ack(acks)
-                        acks = []
+                    # duplicate after a crash, so it is not held for long. (Held
+                    # acks live on the worker: a stop whose grace ends while the
+                    # next request hangs still writes them.)
+                    if time.monotonic() - worker.first_ack >= ACK_WITHIN:
+                        self._flush_acks(worker)
                 else:
-                    if acks:
-                        self.spool.ack(acks)
-                        acks = []
+                    self._flush_acks(worker)
                     self._on_failure(event, verdict, started, probing)
         finally:
-            if acks:
-                self.spool.ack(acks)
+            self._flush_acks(worker)
             self._release_pending(worker)
+
+    def _flush_acks(self, worker: _Worker) -> None:
+        with worker.lock:
+            ids, worker.acks = worker.acks, []
+        if ids:
+            self.spool.ack(ids)
 
     def _release_pending(self, worker: _Worker) -> None:
         with worker.lock:
