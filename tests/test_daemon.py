@@ -178,6 +178,26 @@ def test_sighup_adds_and_restarts_changed_sites_and_leaves_the_others_running(
     assert len(ids) == 18 and max(ids.values()) == 1
 
 
+def test_sighup_removing_a_site_with_spooled_events_warns_how_many_are_left(
+    tmp_path: Path, sensor: FakeSensor
+) -> None:
+    """A removed site's undelivered events stay in the spool, unsent: the reload says so."""
+    a, b = tmp_path / "a.log", tmp_path / "b.log"
+    append(a, pages("a", 0, 2))
+    append(b, pages("b", 0, 4))
+    down = f"http://127.0.0.1:{free_port()}/sensor/"  # nothing listens: b's events wait
+    cfg = write_config(tmp_path / "c.yaml", [site("a", sensor.url, a), site("b", down, b)])
+    with running(cfg) as shipper:
+        assert wait_until(lambda: len(spooled_ids(tmp_path / "state", "b")) == 4, 20)
+        write_config(cfg, [site("a", sensor.url, a)])
+        shipper.signal(signal.SIGHUP)
+        shipper.wait_log("reloaded")
+        (removed,) = shipper.logged("site_removed", site="b")
+        assert removed["level"] == "warning" and removed["events_left"] == 4
+        assert "add the site back" in removed["hint"]
+        assert shipper.stop() == 0
+
+
 @pytest.mark.slow
 def test_sighup_with_an_invalid_config_is_rejected_and_the_old_one_keeps_shipping(
     tmp_path: Path, sensor: FakeSensor

@@ -194,6 +194,12 @@ class SiteRunner:
         backoff = 1.0
         last_snapshot = 0.0
         while not self._stop.is_set():
+            now = time.monotonic()
+            if now - last_snapshot >= 1.0:
+                # Paused passes too: the lag metric must keep growing while a site
+                # waits for its database or for room in the spool.
+                self._snapshot()
+                last_snapshot = now
             try:
                 if self._resolver is None and self.site.users is not None:
                     self._resolver = UserResolver(self.name, self.site.users)
@@ -206,10 +212,6 @@ class SiteRunner:
                     self._set_paused(None)
                     self.last_error = None
                 backoff = 1.0
-                now = time.monotonic()
-                if now - last_snapshot >= 1.0:
-                    self._snapshot()
-                    last_snapshot = now
                 if not progressed:
                     if self.once and all(p is None for p in self._pending):
                         self._snapshot()  # --once reads `unreadable` once drained
@@ -262,12 +264,11 @@ class SiteRunner:
             room_events = max(1, spool_cfg.max_events - len(events))
             room_bytes = max(1, spool_cfg.max_bytes - 400 * len(events))
             if events and self.spool.is_full(self.name, room_events, room_bytes):
+                self._full.inc()
                 if spool_cfg.on_full == "pause":
-                    self._full.inc()
                     raise _SpoolFull
                 dropped = self.spool.drop_oldest(self.name, len(events))
                 self._dropped.inc(dropped)
-                log.warning("spool_full_dropped_oldest", site=self.name, dropped=dropped)
             self.spool.commit_chunk(self.name, events, chunk.checkpoint())
             self._pending[i] = None
             counts.publish(self.name)
@@ -466,7 +467,17 @@ class Daemon:
         new_sites = {s.name: s for s in new.sites}
         for name in old_sites.keys() - new_sites.keys():
             self._stop_site(name)
-            log.info("site_removed", site=name)
+            left = self.spool.stats(name).depth if self.spool is not None else 0
+            if left:
+                log.warning(
+                    "site_removed",
+                    site=name,
+                    events_left=left,
+                    hint="its spooled events stay in the spool, unsent; add the site back to "
+                    "send them",
+                )
+            else:
+                log.info("site_removed", site=name)
         for name, site in new_sites.items():
             if name not in old_sites:
                 self._start_site(site)

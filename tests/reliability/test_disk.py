@@ -141,6 +141,12 @@ def test_spool_at_cap_pauses_the_tail_and_drops_nothing(tmp_path: Path) -> None:
         assert cap // 2 <= depth <= cap, f"spool depth {depth} with a cap of {cap}"
         assert lag > 0, "the tail is paused, so the log must be ahead of it"
         assert metric(values, "tirreno_shipper_spool_full_total") >= 1
+        # The lag metric keeps up while paused (an alert on it must fire now).
+        wait_for(
+            lambda: metric(scrape(port), "tirreno_shipper_file_lag_bytes") >= lag,
+            10,
+            "the lag metric to show the waiting log",
+        )
         sensor.set_mode("ok")
         time.sleep(1)
         writer.stop()
