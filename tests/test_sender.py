@@ -699,6 +699,25 @@ def test_workers_waiting_for_a_token_do_not_post_after_a_429(spool: Spool) -> No
             assert len(sensor.accepted) == 3
 
 
+def test_after_a_backoff_the_sender_resumes_at_the_steady_rate_not_in_a_burst(
+    spool: Spool,
+) -> None:
+    """Tokens saved up while backing off (a 503 with Retry-After) are dropped when the
+    probe succeeds: the recovered sensor gets the steady rate, not burst-many at once."""
+    spool.commit_chunk("resume", make_events(30), None)
+    with FakeSensor(api_key=KEY, bucket_capacity=0, retry_after=2) as sensor:
+        sensor.set_mode("503")
+        config = sensor_config(sensor.url, rate_limit=4, burst=10, concurrency=4)
+        with running(config, spool, site="resume"):
+            assert wait_until(lambda: sensor.count("503") >= 1, 10)
+            sensor.set_mode("ok")
+            assert wait_until(lambda: len(sensor.accepted) >= 8, 15)
+        first_ok = min(a.time for a in sensor.answers if a.answer == "204")
+        early = [a for a in sensor.answers if a.answer == "204" and a.time - first_ok < 0.6]
+        # The probe, then 4/s from an empty bucket: 3 at most (10 with the saved-up burst).
+        assert len(early) <= 3, f"{len(early)} requests within 0.6 s of the probe"
+
+
 class _FlakySpool:
     """A real spool whose first leases fail, as a locked or full disk would make them."""
 

@@ -223,6 +223,12 @@ class TokenBucket:
                 return False
         return False
 
+    def empty(self) -> None:
+        """Drop the saved-up tokens: from now on, the steady rate only."""
+        with self._lock:
+            self._tokens = 0.0
+            self._stamp = time.monotonic()
+
 
 # -- HTTP ----------------------------------------------------------------------
 
@@ -650,6 +656,9 @@ class SiteSender:
             self._rejects = 0
             self._probe_delay = self.PROBE_MIN
             if previous != "ok":
+                # The tokens saved up during the backoff would let a burst out at
+                # once, into a sensor that has just recovered or rate-limited us.
+                self.bucket.empty()
                 self._set_state("ok")
                 self._cond.notify_all()
         if previous != "ok":
