@@ -16,7 +16,6 @@ import glob
 import http
 import logging
 import os
-import re
 import sys
 import time
 import uuid
@@ -272,7 +271,7 @@ def _send_test_event(site: SiteConfig, out: TextIO) -> bool:
             file=out,
         )
         return False
-    status = _status_of(verdict.reason)
+    status = verdict.status
     if status is None:  # no HTTP answer: connect, timeout, tls, ...
         print(
             f"  [FAIL] test event not accepted: {verdict.outcome.name.lower()} ({verdict.reason})",
@@ -290,12 +289,6 @@ def _send_test_event(site: SiteConfig, out: TextIO) -> bool:
         file=out,
     )
     return False
-
-
-def _status_of(reason: str) -> int | None:
-    """The HTTP status a sender verdict's reason names ("http 404", "redirect 301 ...", "503")."""
-    match = re.search(r"(?:^|\bhttp |\bredirect )([1-5][0-9][0-9])\b", reason)
-    return int(match.group(1)) if match else None
 
 
 def _http(status: int) -> str:

@@ -91,6 +91,9 @@ class Verdict:
     outcome: Outcome
     reason: str
     retry_after: float | None = None
+    # The HTTP status when the sensor answered (for messages such as `check`'s); what
+    # to do is decided by the fields above, so it takes no part in comparisons.
+    status: int | None = field(default=None, compare=False)
 
 
 def user_agent() -> str:
@@ -169,24 +172,30 @@ def classify(
     if status is None:
         return Verdict(Outcome.RETRY, "no_answer")
     if status == 204:
-        return Verdict(Outcome.ACCEPTED, "204")
+        return Verdict(Outcome.ACCEPTED, "204", status=status)
     if status in (408, 429) or 500 <= status <= 599:
         retry_after = parse_retry_after(_header(headers, "Retry-After"), now)
-        return Verdict(Outcome.RETRY, str(status), retry_after)
+        return Verdict(Outcome.RETRY, str(status), retry_after, status)
     if 200 <= status <= 299:
         if status == 200 and not body.strip():
-            return Verdict(Outcome.REJECTED, "rejected")
+            return Verdict(Outcome.REJECTED, "rejected", status=status)
         # tirreno never answers this: the URL points at something else. Keep the events.
-        return Verdict(Outcome.REJECTED, f"not a tirreno sensor (http {status} with a body)")
+        return Verdict(
+            Outcome.REJECTED, f"not a tirreno sensor (http {status} with a body)", status=status
+        )
     if 300 <= status <= 399:
         location = _header(headers, "Location")
         where = f" to {_safe_url(location)}" if location else ""
-        return Verdict(Outcome.REJECTED, f"not a tirreno sensor URL (redirect {status}{where})")
+        return Verdict(
+            Outcome.REJECTED, f"not a tirreno sensor URL (redirect {status}{where})", status=status
+        )
     if status in _ENDPOINT_4XX:
-        return Verdict(Outcome.REJECTED, f"not a tirreno sensor URL or key (http {status})")
+        return Verdict(
+            Outcome.REJECTED, f"not a tirreno sensor URL or key (http {status})", status=status
+        )
     if 400 <= status <= 499:
-        return Verdict(Outcome.PERMANENT, f"http {status}")
-    return Verdict(Outcome.RETRY, "http_other")
+        return Verdict(Outcome.PERMANENT, f"http {status}", status=status)
+    return Verdict(Outcome.RETRY, "http_other", status=status)
 
 
 # -- rate limit ------------------------------------------------------------------
