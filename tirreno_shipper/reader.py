@@ -19,29 +19,33 @@ import glob
 import gzip
 import lzma
 import os
-from collections.abc import Iterator
-from typing import BinaryIO
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO
 
 import structlog
 
 from tirreno_shipper.records import Chunk, FileId
-from tirreno_shipper.tail import fingerprint, glob_matches, skipped_hint
+from tirreno_shipper.tail import compression, fingerprint, glob_matches, skipped_hint
 
 log = structlog.get_logger(__name__)
 
 _READ = 1 << 20
 
 
+_OPENERS: dict[str, Callable[[str, str], Any]] = {
+    "gzip": gzip.open,
+    "bz2": bz2.open,
+    "xz": lzma.open,
+}
+
+
 def _open(path: str) -> BinaryIO:
     with open(path, "rb") as probe:
-        magic = probe.read(6)
-    if magic.startswith(b"\x1f\x8b"):
-        return gzip.open(path, "rb")  # type: ignore[return-value]
-    if magic.startswith(b"BZh"):
-        return bz2.open(path, "rb")  # type: ignore[return-value]
-    if magic.startswith(b"\xfd7zXZ\x00"):
-        return lzma.open(path, "rb")  # type: ignore[return-value]
-    return open(path, "rb")
+        kind = compression(probe.read(6))
+    if kind is None:
+        return open(path, "rb")
+    stream: BinaryIO = _OPENERS[kind](path, "rb")
+    return stream
 
 
 def followed_files(pattern: str, site: str = "SITE") -> list[str]:

@@ -171,13 +171,19 @@ class _Decompressed:
         self.raw.close()
 
 
+def compression(head: bytes) -> str | None:
+    """``gzip``, ``bz2`` or ``xz`` for a file starting with ``head`` (its first 6 bytes
+    suffice), or None: plain, or compressed in a format we cannot read."""
+    for prefix, kind in _MAGIC:
+        if head.startswith(prefix):
+            return kind
+    return None
+
+
 def _decompressed(name: str, fd: int) -> _Decompressed | None:
     """``fd`` (the compressed file ``name``) as text, or None in a format we cannot read."""
-    magic = os.pread(fd, 6, 0)
-    for prefix, kind in _MAGIC:
-        if magic.startswith(prefix):
-            return _Decompressed(name, fd, kind)
-    return None
+    kind = compression(os.pread(fd, 6, 0))
+    return None if kind is None else _Decompressed(name, fd, kind)
 
 
 class _File:
