@@ -29,10 +29,11 @@ def sensor() -> Iterator[FakeSensor]:
         yield s
 
 
-def _config(tmp_path: Path, url: str, **top: Any) -> Path:
+def _config(tmp_path: Path, url: str, *, users: dict[str, Any] | None = None, **top: Any) -> Path:
     log = tmp_path / "a.log"
     log.touch()
-    return write_config(tmp_path / "c.yaml", [site("a", url, log)], **top)
+    extra = {"users": users} if users is not None else {}
+    return write_config(tmp_path / "c.yaml", [site("a", url, log, **extra)], **top)
 
 
 def _daemon_state_dir_error(cfg: Path) -> str:
@@ -224,14 +225,8 @@ def test_a_failing_user_query_is_reported_once_without_log_lines(
     tmp_path: Path, sensor: FakeSensor
 ) -> None:
     """The resolver's own warning is not printed beside check's [FAIL] line (stdout or stderr)."""
-    log = tmp_path / "a.log"
-    log.touch()
     users = _users(tmp_path, "SELECT name AS user_name FROM no_such_table WHERE key = :key")
-    cfg = write_config(
-        tmp_path / "c.yaml",
-        [site("a", sensor.url, log, users=users)],
-        log={"level": "debug", "format": "json"},
-    )
+    cfg = _config(tmp_path, sensor.url, users=users, log={"level": "debug", "format": "json"})
     r = run_cli("check", "-c", str(cfg))
     assert r.returncode == 1
     assert r.stderr == ""
@@ -246,10 +241,8 @@ def test_a_query_ignoring_the_key_is_a_warning_line_of_check(
     tmp_path: Path, sensor: FakeSensor
 ) -> None:
     """The resolver's warning that an impossible key matched becomes check's own [warn] line."""
-    log = tmp_path / "a.log"
-    log.touch()
     users = _users(tmp_path, "SELECT 'someone' AS user_name WHERE :key IS NOT NULL")
-    cfg = write_config(tmp_path / "c.yaml", [site("a", sensor.url, log, users=users)])
+    cfg = _config(tmp_path, sensor.url, users=users)
     r = run_cli("check", "-c", str(cfg))
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stderr == ""
