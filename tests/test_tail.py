@@ -610,6 +610,19 @@ def read_then_stop(p: Path, *lines: str) -> Store:
     return store
 
 
+def two_rotations_while_down(p: Path, rest: list[str]) -> None:
+    """While the shipper is down: ``rest`` is written, logrotate runs, "b1" goes into
+    the new file, logrotate runs again ("b1"'s file is access.log.1, the first is
+    access.log.2.gz), and "c1" goes into the log now at the path."""
+    append(p, *rest)
+    aged(p, 100)
+    logrotate(p)
+    append(p, "b1")
+    aged(p, 50)
+    logrotate(p)
+    append(p, "c1")
+
+
 @pytest.mark.parametrize("ext", ["gz", "bz2", "xz"])
 def test_two_delaycompress_rotations_while_down(tmp_path: Path, ext: str) -> None:
     """Down through two delaycompress rotations: the rest of the checkpointed file, now
@@ -669,13 +682,7 @@ def test_compressed_rest_is_resumed_after_a_crash_midway(tmp_path: Path) -> None
     the new checkpoint, and reads the file in between once."""
     p = tmp_path / "access.log"
     store = read_then_stop(p, "a1")
-    append(p, *[f"a{i}" for i in range(2, 10)])
-    aged(p, 100)
-    logrotate(p)
-    append(p, "b1")
-    aged(p, 50)
-    logrotate(p)
-    append(p, "c1")
+    two_rotations_while_down(p, [f"a{i}" for i in range(2, 10)])
     t2 = make(p, checkpoints=store.checkpoints(), chunk_lines=3)
     chunk = t2.poll()
     assert chunk is not None and texts([b for _, b in chunk.lines]) == ["a2", "a3", "a4"]
@@ -800,13 +807,7 @@ def test_damaged_compressed_file_is_a_warning_and_the_next_files_are_read(
     so); the files after it are still read."""
     p = tmp_path / "access.log"
     store = read_then_stop(p, "a1")
-    append(p, *[f"a{i} {os.urandom(40).hex()}" for i in range(2, 2000)])
-    aged(p, 100)
-    logrotate(p)
-    append(p, "b1")
-    aged(p, 50)
-    logrotate(p)
-    append(p, "c1")
+    two_rotations_while_down(p, [f"a{i} {os.urandom(40).hex()}" for i in range(2, 2000)])
     gz = tmp_path / "access.log.2.gz"
     data = gz.read_bytes()
     gz.write_bytes(data[: len(data) // 2])
