@@ -30,6 +30,8 @@ class Store:
 
     def commit(self, tailer: Tailer, chunk: Chunk) -> None:
         self.chunks.append(chunk)
+        # Moved to the end, as the spool lists checkpoints least recently moved first.
+        self.cps.pop(chunk.file, None)
         self.cps[chunk.file] = chunk.checkpoint()
 
     def drain(self, tailer: Tailer, limit: int = 10_000) -> list[bytes]:
@@ -439,6 +441,66 @@ def test_checkpoint_taken_before_the_first_line_still_finds_the_rotated_file(
     assert store.drain(t) == [b"one", b"two", b"new"]
     # The fingerprint-less checkpoint is replaced, never left to be matched again.
     assert all(c.file.fingerprint for c in store.checkpoints())
+
+
+def stopped_under_load(p: Path, *lines: str) -> Store:
+    """The shipper starts on an empty log, reads ``lines`` and is stopped while lines keep
+    coming: no poll ever came back empty, so the fingerprint-less checkpoint of the empty
+    file was never retired and sits beside the file's newer one."""
+    p.write_bytes(b"")
+    store = Store()
+    t = make(p)
+    assert store.drain(t) == []
+    append(p, *lines)
+    chunk = t.poll()
+    assert chunk is not None and texts([line for _, line in chunk.lines]) == list(lines)
+    store.commit(t, chunk)
+    t.close()
+    assert sorted(bool(c.file.fingerprint) for c in store.checkpoints()) == [False, True]
+    return store
+
+
+def test_stale_empty_head_checkpoint_beside_a_newer_one_is_ignored(tmp_path: Path) -> None:
+    """Both checkpoints name the renamed file's inode: the newer one (offset past "two")
+    says where to resume, not the one taken while the file was empty (offset 0)."""
+    p = tmp_path / "access.log"
+    store = stopped_under_load(p, "one", "two")
+    append(p, "three")
+    os.rename(p, tmp_path / "access.log.1")
+    append(p, "new")
+    t2 = make(p, checkpoints=store.checkpoints())
+    assert store.drain(t2) == [b"three", b"new"]
+    assert [c.file for c in store.checkpoints()] == [identify(str(p))]
+
+
+def test_stale_empty_head_checkpoint_of_the_current_file(tmp_path: Path) -> None:
+    """The same with the file still at its path: resumed after "two", and the older
+    rotated file, read long ago, is not taken for one rotated while we were down."""
+    p = tmp_path / "access.log"
+    (tmp_path / "access.log.1").write_bytes(b"old1\nold2\n")
+    aged(tmp_path / "access.log.1", 3600)
+    store = stopped_under_load(p, "one", "two")
+    append(p, "three")
+    t2 = make(p, checkpoints=store.checkpoints())
+    assert store.drain(t2) == [b"three"]
+    assert [c.file for c in store.checkpoints()] == [identify(str(p))]
+
+
+def test_empty_head_checkpoint_alone_resumes_the_filled_file(tmp_path: Path) -> None:
+    """Stopped before the first line came: the file filled while we were down is read
+    from its start, and the rotated file beside it (read long ago) is left alone."""
+    p = tmp_path / "access.log"
+    (tmp_path / "access.log.1").write_bytes(b"old1\nold2\n")
+    aged(tmp_path / "access.log.1", 3600)
+    p.write_bytes(b"")
+    store = Store()
+    t = make(p, start_at="end")
+    assert store.drain(t) == []
+    t.close()
+    append(p, "one", "two")
+    t2 = make(p, start_at="end", checkpoints=store.checkpoints())
+    assert store.drain(t2) == [b"one", b"two"]
+    assert [c.file for c in store.checkpoints()] == [identify(str(p))]
 
 
 def test_rotated_twice_while_down_reads_oldest_first(tmp_path: Path) -> None:

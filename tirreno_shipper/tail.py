@@ -299,9 +299,16 @@ class Tailer:
         self.unreadable: dict[str, str] = {}
         # Compressed files a glob matches: never followed, logged once each.
         self._skipped_compressed: set[str] = set()
+        # One checkpoint per inode: the most recently moved (``checkpoints`` come least
+        # recently moved first). An older one for the same inode is an identity the
+        # file had before (its empty head, its content before a truncation) whose
+        # checkpoint was not deleted yet: a stop under load comes before the idle
+        # poll that retires it. Resuming from it would read the file again.
         self._restored: dict[tuple[int, int], list[Checkpoint]] = {}
         for cp in checkpoints:
-            self._restored.setdefault((cp.file.dev, cp.file.ino), []).append(cp)
+            key = (cp.file.dev, cp.file.ino)
+            self._retiring.extend(old.file for old in self._restored.get(key, ()))
+            self._restored[key] = [cp]
         self._seen_paths = {cp.path for cp in checkpoints}
         # Heads of every file we hold a checkpoint for: a sibling starting with one
         # of them is a copy of a file read already, never a file to read from 0.
@@ -712,7 +719,12 @@ class Tailer:
         if cp is not None:
             if st.st_size >= cp.offset:
                 log.info("file_resumed", site=self.site, path=path, offset=cp.offset)
-                return _File(fd, fid, cp.offset, dirty=False, now=now)
+                f = _File(fd, fid, cp.offset, dirty=cp.file != fid, now=now)
+                if f.dirty:
+                    # Checkpointed before its first line: the identity with the head
+                    # is written with the next chunk, and only then may this one go.
+                    f.pending_retire.append(cp.file)
+                return f
             # Same head but shorter: truncated and rewritten with the same first line.
             self._rotations["truncate"].inc()
             log.info("file_rotated", site=self.site, kind="truncate", path=path, offset=0)
@@ -736,13 +748,15 @@ class Tailer:
         return 0 if window == size else size
 
     def _take_checkpoint(self, fid: FileId) -> Checkpoint | None:
+        """The checkpoint of the file ``fid`` names: same inode and same head, or same
+        inode and a checkpoint taken before the file had a complete line (offset 0: the
+        file is read from its start either way, under the identity it has now)."""
         cps = self._restored.get((fid.dev, fid.ino))
-        if not cps:
-            return None
-        for i, cp in enumerate(cps):
-            if cp.file.fingerprint == fid.fingerprint:
-                del cps[i]
-                return cp
+        if cps and (
+            cps[0].file.fingerprint == fid.fingerprint
+            or (not cps[0].file.fingerprint and cps[0].offset == 0)
+        ):
+            return cps.pop()
         return None
 
     def _restore_rotated(self, now: float) -> None:

@@ -120,7 +120,9 @@ def summarize(problems: Sequence[str], shown: int = 3) -> str:
     """Problems grouped by site and kind, with a few examples of each."""
     groups: dict[str, list[str]] = defaultdict(list)
     for p in problems:
-        site, _, rest = p.partition(": ")
+        site, sep, rest = p.partition(": ")
+        if not sep:  # not about one site (e.g. X-Request-Id problems)
+            site, rest = "all sites", p
         kind = (
             " ".join(rest.split()[:2])
             if rest.startswith(("missing", "unexpected"))

@@ -79,4 +79,4 @@ def test_restart_with_rotation_while_down_loses_and_repeats_nothing(
         code = shipper.stop()
     assert first_code == 0 and code == 0, shipper.output()[-3000:]
     problems = compare("shop", expected, sensor.accepted) + request_id_problems([sensor])
-    assert not problems, summarize(problems)
+    assert not problems, summarize(problems) + "\n" + shipper.output()[-6000:]
