@@ -25,9 +25,11 @@ from tests.support.shipper import (
     Shipper,
     append,
     child_env,
+    metric,
     nginx_line,
     run_cli,
     running,
+    scrape_metrics,
     site,
     spooled_ids,
     wait_until,
@@ -186,15 +188,28 @@ def test_sighup_removing_a_site_with_spooled_events_warns_how_many_are_left(
     append(a, pages("a", 0, 2))
     append(b, pages("b", 0, 4))
     down = f"http://127.0.0.1:{free_port()}/sensor/"  # nothing listens: b's events wait
-    cfg = write_config(tmp_path / "c.yaml", [site("a", sensor.url, a), site("b", down, b)])
+    port = free_port()
+    top = {"metrics": {"listen": f"127.0.0.1:{port}"}}
+    cfg = write_config(tmp_path / "c.yaml", [site("a", sensor.url, a), site("b", down, b)], **top)
     with running(cfg) as shipper:
         assert wait_until(lambda: len(spooled_ids(tmp_path / "state", "b")) == 4, 20)
-        write_config(cfg, [site("a", sensor.url, a)])
+        assert wait_until(
+            lambda: metric(scrape_metrics(port), "tirreno_shipper_spool_depth", site="b") == 4, 20
+        )
+        write_config(cfg, [site("a", sensor.url, a)], **top)
         shipper.signal(signal.SIGHUP)
         shipper.wait_log("reloaded")
         (removed,) = shipper.logged("site_removed", site="b")
         assert removed["level"] == "warning" and removed["events_left"] == 4
         assert "add the site back" in removed["hint"]
+        # Its last depth, lag and sensor state are no longer exported (nor alerted on).
+        samples = scrape_metrics(port)
+        assert not [key for key in samples if ("site", "b") in key[1]]
+        assert metric(samples, "tirreno_shipper_events_sent_total", site="a") == 2
+        # `status` still shows the events left behind.
+        out = run_cli("status", "-c", str(cfg))
+        assert out.returncode == 0, out.stderr
+        assert "site b (not in the configuration): 4 events spooled" in out.stdout
         assert shipper.stop() == 0
 
 
@@ -298,8 +313,6 @@ def test_a_database_outage_pauses_its_site_only_and_nothing_is_skipped(
         ],
         metrics={"listen": f"127.0.0.1:{port}"},
     )
-    from tests.support.shipper import metric, scrape_metrics
-
     with running(cfg) as shipper:
         append(db_log, db_lines(0, 5))
         assert wait_until(lambda: delivered(sensor, "db") == expect("db", 0, 5), 20)

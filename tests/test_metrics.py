@@ -225,3 +225,28 @@ def test_a_metrics_address_already_taken_refuses_to_start(
     # Nothing held on to: with the port free, the same config runs.
     again = run_cli("run", "-c", str(cfg), "--once", timeout=60)
     assert again.returncode == 0, again.stderr[-3000:]
+
+
+def test_forget_site_removes_every_series_of_that_site_only() -> None:
+    """Every registered metric is in SITE_METRICS (a new one cannot be left behind
+    when a site is removed), and forgetting one site leaves the others' series."""
+    from tirreno_shipper import metrics
+
+    registered = {family.name for family in metrics.REGISTRY.collect()}
+    listed = {family.name for m in metrics.SITE_METRICS for family in m.describe()}
+    assert registered <= listed, registered - listed
+    metrics.EVENTS_SENT.labels(site="gone").inc()
+    metrics.EVENTS_RETRIED.labels(site="gone", reason="429").inc()
+    metrics.set_sensor_state("gone", "ok")
+    metrics.EVENTS_SENT.labels(site="kept").inc()
+
+    def sites() -> set[str]:
+        return {
+            s.labels.get("site", "")
+            for family in metrics.REGISTRY.collect()
+            for s in family.samples
+        }
+
+    assert {"gone", "kept"} <= sites()
+    metrics.forget_site("gone")
+    assert "gone" not in sites() and "kept" in sites()

@@ -467,6 +467,7 @@ class Daemon:
         new_sites = {s.name: s for s in new.sites}
         for name in old_sites.keys() - new_sites.keys():
             self._stop_site(name)
+            metrics.forget_site(name)
             left = self.spool.stats(name).depth if self.spool is not None else 0
             if left:
                 log.warning(

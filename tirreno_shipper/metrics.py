@@ -149,6 +149,42 @@ STAGE_RESTARTS = Counter(
 
 SENSOR_STATES = ("ok", "backing_off", "rejecting")
 
+# Every metric above: all are labelled by site.
+SITE_METRICS = (
+    LINES_READ,
+    LINES_PARSED,
+    LINES_UNPARSEABLE,
+    REQUESTS_FILTERED,
+    REQUESTS_UNRESOLVED,
+    FIELDS_TRUNCATED,
+    EVENTS_SPOOLED,
+    EVENTS_SENT,
+    EVENTS_REJECTED,
+    EVENTS_RETRIED,
+    EVENTS_DEAD_LETTERED,
+    EVENTS_DROPPED,
+    SPOOL_DEPTH,
+    SPOOL_BYTES,
+    SPOOL_OLDEST_AGE,
+    SPOOL_FULL,
+    SEND_LATENCY,
+    RESOLVER_CACHE,
+    RESOLVER_QUERY_LATENCY,
+    RESOLVER_ERRORS,
+    FILE_LAG,
+    FILE_ROTATIONS,
+    SENSOR_STATE,
+    SITE_PAUSED,
+    STAGE_RESTARTS,
+)
+
+
+def forget_site(site: str) -> None:
+    """Stop exporting a site removed from the configuration: its last lag, depth and
+    sensor state would otherwise stay on /metrics (and in alerts) until a restart."""
+    for metric in SITE_METRICS:
+        metric.remove_by_labels({"site": site})
+
 
 def set_sensor_state(site: str, state: str) -> None:
     for s in SENSOR_STATES:

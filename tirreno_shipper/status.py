@@ -97,6 +97,18 @@ def collect(config: Config) -> dict[str, Any]:
                 "unreadable": live_site.get("unreadable") or {},
                 "files": files,
             }
+        configured = {site.name for site in config.sites}
+        for name in spool.sites():
+            if name in configured:
+                continue
+            stats = spool.stats(name)
+            if stats.depth or stats.dead_letters:
+                # Removed from the configuration with events still spooled: nothing
+                # sends them, and only this report says they are there.
+                report.setdefault("unconfigured_sites", {})[name] = {
+                    "spool_depth": stats.depth,
+                    "dead_letters": stats.dead_letters,
+                }
     finally:
         spool.close()
     return report
@@ -137,4 +149,9 @@ def render(report: dict[str, Any]) -> str:
             )
             if f["note"]:
                 lines.append(f"    ({f['note']})")
+    for name, site in report.get("unconfigured_sites", {}).items():
+        lines.append(
+            f"site {name} (not in the configuration): {site['spool_depth']} events spooled, "
+            f"never sent unless the site is added back; dead letters: {site['dead_letters']}"
+        )
     return "\n".join(lines)
