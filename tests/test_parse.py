@@ -470,6 +470,10 @@ def test_time_local_conversion() -> None:
     assert time_local_to_utc("31/Dec/2026:23:30:00 -0100") == "2027-01-01 00:30:00"
     assert time_local_to_utc("10/Oct/2000:13:55:36") is None
     assert time_local_to_utc("10/Xyz/2000:13:55:36 -0700") is None
+    assert time_local_to_utc("10/Oct/2000:13:55:36 +1400") == "2000-10-09 23:55:36"
+    # Offsets no clock has (and datetime.fromisoformat refuses for ISO times).
+    for zone in ("+2500", "-0175", "x0100", "+01:0", "+0²00"):
+        assert time_local_to_utc(f"10/Oct/2000:13:55:36 {zone}") is None, zone
 
 
 def test_excluded_path_short_circuits() -> None:

@@ -123,8 +123,13 @@ def _day_base(date_tz: str) -> int | None:
     try:
         day, mon, year_tz = date_tz.split("/")
         year, tz = year_tz.split(" ")
+        hh, mm = tz[1:3], tz[3:5]
+        if len(tz) != 5 or tz[0] not in "+-" or not (tz[1:].isascii() and tz[1:].isdigit()):
+            raise ValueError(tz)
+        if int(hh) > 23 or int(mm) > 59:  # as datetime.fromisoformat refuses them
+            raise ValueError(tz)
         sign = -1 if tz[0] == "-" else 1
-        offset = (int(tz[1:3]) * 3600 + int(tz[3:5]) * 60) * sign
+        offset = (int(hh) * 3600 + int(mm) * 60) * sign
         midnight = datetime(int(year), _MONTHS[mon], int(day), tzinfo=UTC)
         result: int | None = int(midnight.timestamp()) - offset
     except (ValueError, KeyError, IndexError):
