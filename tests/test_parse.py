@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC
 from pathlib import Path
 
@@ -480,6 +481,45 @@ def test_excluded_path_short_circuits() -> None:
     """The site's path exclusion runs inside the parser."""
     p = LineParser(compile_format("nginx_combined"), exclude_path=lambda path: path == "/search")
     assert p.parse(COMBINED) == EXCLUDED_PATH
+
+
+def test_a_request_line_excluded_before_is_excluded_without_the_full_match() -> None:
+    """Once a request line was excluded, its next lines are let go at the first quote;
+    a quote escaped in an earlier field (Apache writes a user's '"' as '\\"') is never
+    taken for the request line's, so a crafted user name cannot hide a request."""
+    static = b'"GET /static/app.js HTTP/1.1"'
+    excluded = {"/static/app.js"}
+    for preset in ("nginx_combined", "apache_combined"):
+        p = LineParser(compile_format(preset), exclude_path=lambda path: path in excluded)
+        line = COMBINED.replace(b'"GET /search?q=1 HTTP/1.1"', static)
+        assert p.parse(line) == EXCLUDED_PATH  # the full match learns it
+        # The shortcut: no full match, so a malformed later field goes unnoticed (the
+        # line is filtered, not unparseable; it is never sent either way).
+        assert p.parse(line.replace(b" 200 ", b" 2x0 ")) == EXCLUDED_PATH
+        assert p.parse(COMBINED.replace(b" 200 ", b" 2x0 ")) == NO_MATCH
+        assert p.parse(line.replace(b"GET", b"G\x00T")) == INVALID_BYTES
+        # A user name holding the excluded request line between escaped quotes: the
+        # line is the request it really is.
+        crafted = COMBINED.replace(b"alice", b'x\\"' + static[1:-1] + b'\\"')
+        req = p.parse(crafted)
+        assert isinstance(req, Request), req
+        assert req.path == "/search" and req.remote_user == 'x"GET /static/app.js HTTP/1.1"'
+
+
+def test_the_shortcut_changes_no_event_of_the_sample_logs() -> None:
+    """The same requests and outcomes with and without the excluded-line shortcut."""
+    fmt = compile_format("apache_combined")
+    assert fmt.request_quoted_first
+
+    def excluded(path: str) -> bool:
+        return path.endswith((".png", ".css", ".js", ".gif", ".jpg", ".ico"))
+
+    fast = LineParser(fmt, exclude_path=excluded)
+    plain = LineParser(replace(fmt, request_quoted_first=False), exclude_path=excluded)
+    lines = (DATA / "elastic_apache_logs").read_bytes().splitlines()
+    outcomes = [fast.parse(raw) for raw in lines]
+    assert outcomes == [plain.parse(raw) for raw in lines]
+    assert outcomes.count(EXCLUDED_PATH) > len(lines) // 3
 
 
 def test_too_long_line_counted_by_reader(tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 
 Both are compiled once per site. Exclusion runs in two steps because most of
 a busy log is static assets: the path test is also offered to the parser
-(`path_excluded`) so an excluded line costs a regex match and nothing more;
+(`path_excluded`) so an excluded line costs a regex match and nothing more
+(and once its request line is known, not even that: see `LineParser`);
 the rest (user agent, status, method) needs the decoded request.
 """
 

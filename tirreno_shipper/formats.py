@@ -112,6 +112,10 @@ class CompiledFormat:
     groups: tuple[str, ...]
     json_keys: Mapping[str, str] = field(default_factory=dict)
     strftime: str | None = None  # Apache %{FORMAT}t: its strftime format
+    # The first '"' of a line opens the quoted request line, when no backslash
+    # precedes it (both servers escape '"' in every field with one): the text
+    # between it and the next '"' is then the request line as logged.
+    request_quoted_first: bool = False
 
     def has(self, name: str) -> bool:
         if self.kind == "json":
@@ -240,7 +244,26 @@ def _build(
         regex = re.compile(rx)
     except re.error as exc:  # pragma: no cover - escaped literals always compile
         raise FormatError(f"cannot compile the format: {exc}") from exc
-    return CompiledFormat(kind=kind, source=source, regex=regex, groups=tuple(groups))
+    return CompiledFormat(
+        kind=kind,
+        source=source,
+        regex=regex,
+        groups=tuple(groups),
+        request_quoted_first=_request_quoted_first(merged),
+    )
+
+
+def _request_quoted_first(merged: list[tuple[str, str]]) -> bool:
+    """Whether the first quote of the format opens the quoted ``request`` variable."""
+    for i, (what, text) in enumerate(merged):
+        if what == "lit" and '"' in text:
+            return (
+                text.index('"') == len(text) - 1
+                and i + 2 < len(merged)
+                and merged[i + 1] == ("var", "request")
+                and merged[i + 2][1].startswith('"')
+            )
+    return False
 
 
 # --- nginx -----------------------------------------------------------------
@@ -383,6 +406,7 @@ def compile_apache(text: str) -> CompiledFormat:
         regex=compiled.regex,
         groups=compiled.groups,
         strftime=strftime,
+        request_quoted_first=compiled.request_quoted_first,
     )
 
 

@@ -441,6 +441,10 @@ class LineParser:
             excluded = exclude_path is not None and path is not None and exclude_path(path)
             return method, uri, path, excluded
 
+        # Request lines (as logged, bytes) known to be excluded: most lines of a site
+        # are its static assets, and those are let go without the full match.
+        excluded_raw: set[bytes] = set()
+
         def parse(raw: bytes) -> Request | str:
             if b"\x00" in raw:
                 return INVALID_BYTES
@@ -455,7 +459,10 @@ class LineParser:
                     hit = request_of(g)
                     if len(requests) >= 16384:
                         requests.clear()
+                        excluded_raw.clear()
                     requests[key] = hit
+                    if hit[3] and key is not None:
+                        excluded_raw.add(key.encode("latin-1"))
                 method, uri, path, excluded = hit
             else:
                 method, uri, path, excluded = request_of(g)
@@ -500,7 +507,22 @@ class LineParser:
                 extra,
             )
 
-        return parse
+        if not (self.fmt.request_quoted_first and has_request and exclude_path is not None):
+            return parse
+        full = parse
+
+        def parse_or_skip(raw: bytes) -> Request | str:
+            # A line whose request line was excluded before is excluded again
+            # without the full match (it would be counted as filtered even if a
+            # later field were malformed: it is never sent either way). The text
+            # before the first quote must hold no backslash: then that quote is
+            # no escaped '"' inside an earlier field, and opens the request line.
+            parts = raw.split(b'"', 2)
+            if len(parts) == 3 and parts[1] in excluded_raw and b"\\" not in parts[0]:
+                return INVALID_BYTES if b"\x00" in raw else EXCLUDED_PATH
+            return full(raw)
+
+        return parse_or_skip
 
     def _parse_json(self, raw: bytes) -> Request | str:
         escaped = False

@@ -261,7 +261,7 @@ def _safe_url(url: URL) -> str:
     return text
 
 
-def _scrub(text: str, secrets_: tuple[str, ...]) -> str:
+def _mask_secrets(text: str, secrets_: tuple[str, ...]) -> str:
     for secret in secrets_:
         text = text.replace(secret, "***")
     return text
@@ -394,7 +394,7 @@ class UserResolver:
 
     def _scrub(self, text: str) -> str:
         """``text`` without this URL's credentials (nor those of any URL it quotes)."""
-        return scrub_urls(_scrub(text, self._secrets))
+        return scrub_urls(_mask_secrets(text, self._secrets))
 
     # --- the key ---------------------------------------------------------------
 
