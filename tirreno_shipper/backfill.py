@@ -10,6 +10,7 @@ event shipped twice anyway is recognisable in tirreno (``traceid``).
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import sys
@@ -17,14 +18,19 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
-from tirreno_shipper.config import Config, SiteConfig
+import structlog
+
+from tirreno_shipper.config import Config, LogSource, SiteConfig
 from tirreno_shipper.errors import ResolverError
 from tirreno_shipper.pipeline import Counts, SitePipeline
 from tirreno_shipper.reader import file_chunks, followed_files
+from tirreno_shipper.tail import DECOMPRESS_ERRORS
 from tirreno_shipper.users import UserResolver
 
 if TYPE_CHECKING:
     from tirreno_shipper.spool import Spool
+
+log = structlog.get_logger(__name__)
 
 
 def site_files(site: SiteConfig) -> list[tuple[int, str]]:
@@ -93,40 +99,117 @@ def dry_run(config: Config, out: TextIO = sys.stdout) -> dict[str, Counts]:
     return totals
 
 
+class BackfillError(Exception):
+    """A file that cannot be backfilled as asked; what was shipped before stays shipped
+    (``counts``: what the backfill did until then)."""
+
+    counts: Counts | None = None
+
+
+def _format_label(src: LogSource) -> str:
+    fmt = src.format
+    if isinstance(fmt, str):
+        return fmt
+    return f"a custom {type(fmt).__name__.removesuffix('Format').lower()} format"
+
+
+def pick_source(site: SiteConfig, path: str, index: int | None) -> int:
+    """Which of the site's ``logs`` entries ``path`` is an old file of (its format).
+
+    ``index`` (``--log``) decides; else the only entry; else the entry whose path
+    (or glob) the file's name extends, as ``access.log.2.gz`` extends ``access.log``.
+    """
+    if index is not None:
+        if not 0 <= index < len(site.logs):
+            raise BackfillError(
+                f"--log {index}: site {site.name!r} has logs entries 0 to {len(site.logs) - 1}"
+            )
+        return index
+    if len(site.logs) == 1:
+        return 0
+    folder, name = os.path.split(os.path.abspath(path))
+    found = [
+        i
+        for i, src in enumerate(site.logs)
+        if fnmatch.fnmatchcase(folder, os.path.dirname(os.path.abspath(src.path)))
+        and fnmatch.fnmatchcase(name, os.path.basename(src.path) + "*")
+    ]
+    if len(found) == 1:
+        return found[0]
+    entries = "; ".join(f"{i}: {src.path}" for i, src in enumerate(site.logs))
+    raise BackfillError(
+        f"cannot tell which of site {site.name!r}'s logs entries {path} is an old file of "
+        f"(its format): name it with --log N ({entries})"
+    )
+
+
 def backfill(
     config: Config,
     site_name: str,
     files: list[str],
     spool: Spool,
     progress: Callable[[int, int, int], None] | None = None,
+    *,
+    log_index: int | None = None,
+    from_start: bool = False,
 ) -> Counts:
-    """Ship historical files (plain or .gz) into the spool; ``progress(bytes, lines, events)``."""
+    """Ship historical files (plain or compressed) into the spool;
+    ``progress(bytes, lines, events)``. Raises `BackfillError` for a file in the wrong
+    format (nothing of it is shipped) or one that cannot be read to its end (what was
+    read before is shipped), after merging what was done into ``counts`` (the caller's
+    summary): the totals so far are on the exception's ``counts``."""
     site = config.site(site_name)
+    sources = [pick_source(site, path, log_index) for path in files]
     resolver = make_resolver(site)
     pipeline = SitePipeline(site, resolver)
-    # A backfilled file has no logs entry of its own: use the first one's format.
-    parser = pipeline.parser(site.logs[0])
     total = Counts()
     marker = backfill_marker(site_name)
     shipped = {cp.file: cp.offset for cp in spool.get_checkpoints(marker)}
+    waiting = _Waiting(site_name)
     try:
-        for path in files:
+        for path, index in zip(files, sources, strict=True):
+            src = site.logs[index]
+            parser = pipeline.parser(src)
             done = 0
-            for chunk in file_chunks(path, site.logs[0].max_line_bytes):
+            first = True
+            chunks = file_chunks(path, src.max_line_bytes)
+            while True:
+                try:
+                    chunk = next(chunks, None)
+                except DECOMPRESS_ERRORS as exc:
+                    raise BackfillError(
+                        f"cannot read {path} past byte {done} of its text: {exc}; the lines "
+                        "before were shipped (a new backfill of it ships nothing again)"
+                    ) from exc
+                if chunk is None:
+                    break
+                if from_start and first:
+                    shipped.pop(chunk.file, None)
                 if chunk.end_offset <= shipped.get(chunk.file, -1):
                     total.already += len(chunk.lines) + len(chunk.skipped)
                     if progress is not None:
                         progress(chunk.end_offset - done, 0, 0)
                     done = chunk.end_offset
+                    first = False
                     continue
                 while True:
                     try:
                         events, counts = pipeline.process(chunk, parser)
                         break
-                    except ResolverError:
+                    except ResolverError as exc:
                         # The database is down: wait, as the live tail does; nothing is skipped.
+                        waiting.resolver(str(exc))
                         time.sleep(2.0)
+                if first and chunk.lines and counts.parsed == 0:
+                    raise BackfillError(
+                        f"no line of the first {len(chunk.lines)} of {path} parses as logs "
+                        f"entry {index} ({src.path}, format {_format_label(src)}): nothing of it "
+                        "was shipped; if it is an old file of another entry, name that with "
+                        "--log N"
+                    )
+                first = False
                 while spool.is_full(site.name, site.spool.max_events, site.spool.max_bytes):
+                    waiting.spool_full(site.spool.max_events)
                     time.sleep(1.0)  # the sender drains it (run the daemon beside a backfill)
                 spool.commit_chunk(site.name, events, None)
                 # A second transaction: a crash between the two re-ships this one
@@ -137,7 +220,44 @@ def backfill(
                 if progress is not None:
                     progress(chunk.end_offset - done, counts.lines, counts.events)
                 done = chunk.end_offset
+    except BackfillError as exc:
+        exc.counts = total
+        raise
     finally:
         if resolver is not None:
             resolver.close()
     return total
+
+
+class _Waiting:
+    """A backfill that waits says so once per wait, not once a second."""
+
+    def __init__(self, site: str) -> None:
+        self.site = site
+        self._spool = 0.0
+        self._resolver = 0.0
+
+    def spool_full(self, max_events: int) -> None:
+        now = time.monotonic()
+        if now - self._spool > 5.0:
+            log.warning(
+                "backfill_waiting",
+                site=self.site,
+                reason="spool_full",
+                max_events=max_events,
+                hint="the site's spool is full: the running daemon sends events and makes "
+                "room; with no daemon running, start it (or run `run --once` beside this)",
+            )
+        self._spool = now
+
+    def resolver(self, error: str) -> None:
+        now = time.monotonic()
+        if now - self._resolver > 5.0:
+            log.warning(
+                "backfill_waiting",
+                site=self.site,
+                reason="resolver_down",
+                error=error,
+                hint="retried every 2 s until the user database answers; nothing is skipped",
+            )
+        self._resolver = now

@@ -25,6 +25,7 @@ from tirreno_shipper.errors import ConfigError, ResolverError, ShipperError
 
 EX_OK = 0
 EX_FAILURE = 1
+EX_USAGE = 2  # a bad argument (argparse itself exits 2 on one it can tell)
 EX_CONFIG = 78
 EX_CANTCREAT = 73  # state_dir missing or not writable (sysexits.h)
 EX_TEMPFAIL = 75  # state_dir in use by another `run`; systemd retries, as it should
@@ -77,6 +78,19 @@ def _parser() -> argparse.ArgumentParser:
     bf = sub.add_parser("backfill", help="ship historical files (plain or .gz) through the spool")
     with_config(bf)
     bf.add_argument("--site", required=True, help="the site whose pipeline and sensor to use")
+    bf.add_argument(
+        "--log",
+        type=int,
+        metavar="N",
+        dest="log_index",
+        help="the files are old files of the site's logs entry N (0 is the first): its "
+        "format is used (by default, the entry whose path the file names extend)",
+    )
+    bf.add_argument(
+        "--from-start",
+        action="store_true",
+        help="ship the files whole again, even the parts an earlier backfill shipped",
+    )
     bf.add_argument("files", nargs="+", metavar="FILE")
 
     dl = sub.add_parser(
@@ -177,7 +191,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "backfill":
         _setup_logging(config)
         freeze_startup_heap()
-        return _backfill(config, args.site, args.files)
+        return _backfill(
+            config, args.site, args.files, log_index=args.log_index, from_start=args.from_start
+        )
     if args.command == "dead-letters":
         return _dead_letters(config, args.action, args.site, args.ids, as_json=args.json)
     raise AssertionError(args.command)  # pragma: no cover - argparse enforces the choices
@@ -196,8 +212,11 @@ def _dry_run(config: Config) -> int:
     return EX_OK
 
 
-def _backfill(config: Config, site: str, files: list[str]) -> int:
-    from tirreno_shipper.backfill import backfill, content_size
+def _backfill(
+    config: Config, site: str, files: list[str], *, log_index: int | None, from_start: bool
+) -> int:
+    from tirreno_shipper.backfill import BackfillError, backfill, content_size, pick_source
+    from tirreno_shipper.pipeline import Counts
     from tirreno_shipper.spool import Spool
 
     try:
@@ -210,6 +229,12 @@ def _backfill(config: Config, site: str, files: list[str]) -> int:
     if missing:
         print(f"tirreno-shipper: not a readable file: {', '.join(missing)}", file=sys.stderr)
         return EX_FAILURE
+    try:
+        for f in files:
+            pick_source(config.site(site), f, log_index)
+    except BackfillError as exc:
+        print(f"tirreno-shipper: {exc}", file=sys.stderr)
+        return EX_USAGE
     total_bytes = sum(content_size(f) for f in files)
     spool = Spool.open(config.state_dir)
     started = time.monotonic()
@@ -230,8 +255,14 @@ def _backfill(config: Config, site: str, files: list[str]) -> int:
             bar.update(nbytes)
             bar.set_postfix(lines=lines, events=events)
 
+    failed: BackfillError | None = None
     try:
-        counts = backfill(config, site, files, spool, progress)
+        counts = backfill(
+            config, site, files, spool, progress, log_index=log_index, from_start=from_start
+        )
+    except BackfillError as exc:
+        failed = exc
+        counts = exc.counts or Counts()
     finally:
         if bar is not None:
             bar.close()
@@ -249,6 +280,9 @@ def _backfill(config: Config, site: str, files: list[str]) -> int:
         "the running daemon (or `run --once`) sends them",
         file=sys.stderr,
     )
+    if failed is not None:
+        print(f"tirreno-shipper: {failed}", file=sys.stderr)
+        return EX_FAILURE
     return EX_OK
 
 

@@ -14,7 +14,7 @@ import ipaddress
 from dataclasses import dataclass
 from itertools import islice
 
-from tirreno_shipper.cli import EX_FAILURE, EX_OK
+from tirreno_shipper.cli import EX_FAILURE, EX_OK, EX_USAGE
 from tirreno_shipper.errors import ShipperError
 from tirreno_shipper.formats import PRESETS, compile_format, preset_source
 from tirreno_shipper.parse import LineParser
@@ -22,8 +22,6 @@ from tirreno_shipper.reader import file_chunks
 
 # Stand-in cookie name: the log does not say what the cookie is called.
 PLACEHOLDER_COOKIE = "sessionid"
-# argparse's exit code for a bad argument (``--lines abc`` gets it from argparse itself).
-EX_USAGE = 2
 
 
 @dataclass(slots=True, frozen=True)

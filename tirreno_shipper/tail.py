@@ -61,7 +61,7 @@ FINGERPRINT_MAX = 256
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".z", ".zip")
 _MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"))
 # What a damaged or truncated compressed file raises while being decompressed.
-_DECOMPRESS_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)
+DECOMPRESS_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)
 # The end of a compressed file not yet read to its end (its length is unknown).
 _UNKNOWN_END = 1 << 62
 _GLOB_MAGIC = frozenset("*?[")
@@ -166,7 +166,7 @@ class _Decompressed:
         return self.buf
 
     def close(self) -> None:
-        with contextlib.suppress(*_DECOMPRESS_ERRORS):
+        with contextlib.suppress(*DECOMPRESS_ERRORS):
             self.stream.close()
         self.raw.close()
 
@@ -524,7 +524,7 @@ class Tailer:
     def _pread(self, g: _Group, f: _File, n: int, off: int) -> bytes:
         try:
             return f.pread(n, off)
-        except _DECOMPRESS_ERRORS as exc:
+        except DECOMPRESS_ERRORS as exc:
             if f.z is None:
                 raise
             # Damaged or cut short: what follows cannot be read; the file is done.
@@ -942,7 +942,7 @@ class Tailer:
                         offset=cp.offset,
                     )
                     return f
-            except _DECOMPRESS_ERRORS:
+            except DECOMPRESS_ERRORS:
                 pass
             if z is not None:
                 z.close()
@@ -1070,7 +1070,7 @@ def _head(name: str) -> str | None:
     try:
         z = _decompressed(name, fd)
         return None if z is None else fingerprint(z.read_at(0, FINGERPRINT_MAX))
-    except _DECOMPRESS_ERRORS:
+    except DECOMPRESS_ERRORS:
         return None
     finally:
         if z is not None:
