@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 import os
 import sys
 import time
@@ -232,32 +233,26 @@ def backfill(
 class _Waiting:
     """A backfill that waits says so once per wait, not once a second."""
 
+    HINTS = {
+        "spool_full": "the site's spool is full: the running daemon sends events and makes "
+        "room; with no daemon running, start it (or run `run --once` beside this)",
+        "resolver_down": "retried every 2 s until the user database answers; nothing is skipped",
+    }
+
     def __init__(self, site: str) -> None:
         self.site = site
-        self._spool = 0.0
-        self._resolver = 0.0
+        self._last: dict[str, float] = {}
 
     def spool_full(self, max_events: int) -> None:
-        now = time.monotonic()
-        if now - self._spool > 5.0:
-            log.warning(
-                "backfill_waiting",
-                site=self.site,
-                reason="spool_full",
-                max_events=max_events,
-                hint="the site's spool is full: the running daemon sends events and makes "
-                "room; with no daemon running, start it (or run `run --once` beside this)",
-            )
-        self._spool = now
+        self._say("spool_full", max_events=max_events)
 
     def resolver(self, error: str) -> None:
+        self._say("resolver_down", error=error)
+
+    def _say(self, reason: str, **detail: object) -> None:
         now = time.monotonic()
-        if now - self._resolver > 5.0:
+        if now - self._last.get(reason, -math.inf) > 5.0:
             log.warning(
-                "backfill_waiting",
-                site=self.site,
-                reason="resolver_down",
-                error=error,
-                hint="retried every 2 s until the user database answers; nothing is skipped",
+                "backfill_waiting", site=self.site, reason=reason, hint=self.HINTS[reason], **detail
             )
-        self._resolver = now
+        self._last[reason] = now
