@@ -10,6 +10,7 @@ a folder) and ``/proc/self`` (a folder nobody, not even root, may write in).
 
 from __future__ import annotations
 
+import gzip
 import json
 import threading
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.support.fake_sensor import FakeSensor
-from tests.support.shipper import run_cli, running, site, write_config
+from tests.support.shipper import nginx_line, run_cli, running, site, write_config
 
 
 @pytest.fixture
@@ -267,6 +268,48 @@ def test_check_skips_folders_a_log_glob_matches(tmp_path: Path, sensor: FakeSens
     assert f"[ok]   logs {logs}/shop.log: readable" in r.stdout, r.stdout
     assert "old.log" not in r.stdout
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_check_parses_the_end_of_each_log_with_its_format(
+    tmp_path: Path, sensor: FakeSensor
+) -> None:
+    """A log read with the wrong format fails check (nothing of it would be sent); one with a
+    few odd lines is a warning; a glob's compressed matches are named as not followed."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    good, odd, wrong = logs / "good.log", logs / "odd.log", logs / "wrong.log"
+    good.write_text("".join(nginx_line(f"/g/{i}") for i in range(300)))
+    odd.write_text("".join(nginx_line(f"/o/{i}") if i % 3 else "garbage\n" for i in range(30)))
+    wrong.write_text('{"remote_addr": "203.0.113.1", "request": "GET / HTTP/1.1"}\n' * 5)
+    (logs / "good.log.2.gz").write_bytes(gzip.compress(good.read_bytes()))
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        [site("a", sensor.url, good, log={"path": f"{logs}/*.log*", "format": "nginx_combined"})],
+    )
+    r = run_cli("check", "-c", str(cfg))
+    assert r.returncode == 1, r.stdout
+    out = r.stdout
+    assert f"[ok]   logs {good}: readable; 200 of its last 200 lines parse as nginx_combined" in out
+    assert f"[warn] logs {odd}: readable; only 20 of its last 30 lines parse" in out
+    assert (
+        f"[FAIL] logs {wrong}: readable, but none of its last 5 lines parses as nginx_combined: "
+        f"`tirreno-shipper detect-format {wrong}` names the format that fits"
+    ) in out
+    assert (
+        f"[warn] logs {logs}/good.log.2.gz: compressed: not followed; to send it: "
+        f"tirreno-shipper backfill -c CONFIG --site a {logs}/good.log.2.gz"
+    ) in out
+
+
+def test_check_names_query_columns_that_feed_no_field(tmp_path: Path, sensor: FakeSensor) -> None:
+    """A misspelt alias (``AS mail``) would drop the field from every event without a word."""
+    users = _users(tmp_path, "SELECT 'x' AS user_name, 'a@b.c' AS mail WHERE :key = 'no'")
+    cfg = _config(tmp_path, sensor.url, users=users)
+    r = run_cli("check", "-c", str(cfg))
+    assert r.returncode == 0, r.stdout + r.stderr
+    [warn] = [line for line in r.stdout.splitlines() if "columns ignored" in line]
+    assert warn.startswith("  [warn] users: columns ignored: mail (a user's fields are taken")
+    assert "email_address" in warn
 
 
 # -- database credentials ------------------------------------------------------------

@@ -372,6 +372,26 @@ def test_run_once_exits_0_when_everything_is_delivered(tmp_path: Path, sensor: F
     assert any(json.loads(x).get("event") == "once_complete" for x in r.stderr.splitlines())
 
 
+def test_unparseable_lines_are_a_warning_naming_the_file_and_its_format(
+    tmp_path: Path, sensor: FakeSensor
+) -> None:
+    """Lines the format does not fit are never sent: the daemon says so (once a minute at
+    most, with the counts since), not only the metric."""
+    log = tmp_path / "a.log"
+    append(log, pages("u", 0, 2))
+    append(log, ['{"remote_addr": "203.0.113.1", "request": "GET / HTTP/1.1"}\n'] * 3)
+    cfg = write_config(tmp_path / "c.yaml", [site("a", sensor.url, log)])
+    r = run_cli("run", "-c", str(cfg), "--once")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert delivered(sensor, "u") == expect("u", 0, 2)
+    records = [json.loads(x) for x in r.stderr.splitlines()]
+    [warning] = [x for x in records if x["event"] == "lines_unparseable"]
+    assert warning["level"] == "warning" and warning["site"] == "a"
+    assert warning["unparseable"] == {"no_match": 3} and warning["lines_read"] == 5
+    assert warning["files"] == {str(log): "read as nginx_combined"}
+    assert "tirreno-shipper detect-format FILE" in warning["hint"]
+
+
 def test_run_once_exits_1_with_a_clear_message_when_the_sensor_is_down(
     tmp_path: Path, sensor: FakeSensor
 ) -> None:

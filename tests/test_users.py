@@ -826,6 +826,28 @@ def test_map_row_without_user_name_is_unresolved(row: dict[str, Any]) -> None:
     assert map_row(row) is None
 
 
+def test_map_row_warns_once_of_ignored_columns_and_of_no_user_name_column(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A misspelt alias (``AS mail``) or a query without a user name column would silently
+    drop fields or every user: each is a warning, once per process, naming the columns."""
+    from tirreno_shipper import users
+
+    monkeypatch.setattr(users, "_reported_unknown", set())
+    with capture_logs() as logs:
+        for _ in range(3):
+            assert map_row({"user_name": "a", "mail": "a@b.c", "joined": "2020"}) == User("a")
+            assert map_row({"login": "a", "email": "a@b.c"}) is None
+            assert map_row({"user_name": None}) is None  # a NULL name is nobody: no warning
+    assert [(e["event"], e["columns"]) for e in logs] == [
+        ("resolver_columns_ignored", ["mail", "joined"]),
+        ("resolver_columns_ignored", ["login"]),
+        ("resolver_no_user_name_column", ["login", "email"]),
+    ]
+    assert all(e["log_level"] == "warning" for e in logs)
+    assert "email_address" in logs[0]["known"] and "AS user_name" in logs[2]["hint"]
+
+
 def test_timezone_aware_column_is_converted_to_utc(
     make_resolver: MakeResolver, postgres_engine: Any
 ) -> None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, TextIO
 
 import structlog
 
-from tirreno_shipper.config import Config, LogSource, SiteConfig
+from tirreno_shipper.config import Config, SiteConfig
 from tirreno_shipper.errors import ResolverError
 from tirreno_shipper.pipeline import Counts, SitePipeline
 from tirreno_shipper.reader import file_chunks, followed_files
@@ -105,13 +105,6 @@ class BackfillError(Exception):
     (``counts``: what the backfill did until then)."""
 
     counts: Counts | None = None
-
-
-def _format_label(src: LogSource) -> str:
-    fmt = src.format
-    if isinstance(fmt, str):
-        return fmt
-    return f"a custom {type(fmt).__name__.removesuffix('Format').lower()} format"
 
 
 def pick_source(site: SiteConfig, path: str, index: int | None) -> int:
@@ -204,7 +197,7 @@ def backfill(
                 if first and chunk.lines and counts.parsed == 0:
                     raise BackfillError(
                         f"no line of the first {len(chunk.lines)} of {path} parses as logs "
-                        f"entry {index} ({src.path}, format {_format_label(src)}): nothing of it "
+                        f"entry {index} ({src.path}, format {src.format_label}): nothing of it "
                         "was shipped; if it is an old file of another entry, name that with "
                         "--log N"
                     )

@@ -28,6 +28,9 @@ import structlog
 
 from tirreno_shipper.config import Config, SiteConfig
 from tirreno_shipper.errors import ResolverError
+from tirreno_shipper.parse import EXCLUDED_PATH, LineParser
+from tirreno_shipper.pipeline import SitePipeline
+from tirreno_shipper.reader import followed_files
 from tirreno_shipper.sender import FORM_CONTENT_TYPE, Outcome, send_one, tls_verify, user_agent
 from tirreno_shipper.spool import SPOOL_FILE
 from tirreno_shipper.users import UserResolver
@@ -152,16 +155,30 @@ def _catch_logs() -> Iterator[_LogCatcher]:
         root.setLevel(saved_level)
 
 
+# How much of a log's end `check` parses with its format: enough lines to tell a
+# wrong format from a few odd lines, little enough to read at once.
+SAMPLE_BYTES = 256 * 1024
+SAMPLE_LINES = 200
+
+
 def _check_logs(site: SiteConfig, out: TextIO) -> bool:
     ok = True
+    pipeline = SitePipeline(site, None)
     for src in site.logs:
-        # The tail follows regular files only: a folder a glob matches is not a log.
-        paths = (
-            sorted(p for p in glob.glob(src.path) if not os.path.isdir(p))
-            if glob.has_magic(src.path)
-            else [src.path]
-        )
-        if not paths or not any(os.path.exists(p) for p in paths):
+        if glob.has_magic(src.path):
+            # The files `run` follows: a folder is not a log, a compressed match is a
+            # rotated copy (sent with backfill, never followed).
+            paths = followed_files(src.path, site.name)
+            for p in sorted(set(glob.glob(src.path)) - set(paths)):
+                if os.path.isfile(p):
+                    print(
+                        f"  [warn] logs {p}: compressed: not followed; to send it: "
+                        f"tirreno-shipper backfill -c CONFIG --site {site.name} {p}",
+                        file=out,
+                    )
+        else:
+            paths = [src.path]
+        if not any(os.path.exists(p) for p in paths):
             parent = os.path.dirname(src.path) or "."
             if os.path.isdir(parent) and os.access(parent, os.R_OK | os.X_OK):
                 print(
@@ -174,11 +191,13 @@ def _check_logs(site: SiteConfig, out: TextIO) -> bool:
                 )
                 ok = False
             continue
+        parser = pipeline.parser(src)
         for p in paths:
             try:
                 with open(p, "rb") as fh:
-                    fh.read(1)
-                print(f"  [ok]   logs {p}: readable", file=out)
+                    size = os.fstat(fh.fileno()).st_size
+                    fh.seek(max(0, size - SAMPLE_BYTES))
+                    tail = fh.read(SAMPLE_BYTES)
             except OSError as exc:
                 hint = (
                     " (the service user needs read access, e.g. group adm)"
@@ -187,7 +206,38 @@ def _check_logs(site: SiteConfig, out: TextIO) -> bool:
                 )
                 print(f"  [FAIL] logs {p}: {exc.strerror}{hint}", file=out)
                 ok = False
+                continue
+            ok = _check_sample(p, src.format_label, tail, parser, out, cut=size > len(tail)) and ok
     return ok
+
+
+def _check_sample(
+    path: str, label: str, tail: bytes, parser: LineParser, out: TextIO, *, cut: bool
+) -> bool:
+    """Whether the file's last lines parse with its format: a wrong format would
+    otherwise show only as a growing unparseable count."""
+    lines = tail.split(b"\n")
+    if cut:
+        lines = lines[1:]  # the first is a piece of a line
+    lines = [line.removesuffix(b"\r") for line in lines if line.strip()][-SAMPLE_LINES:]
+    if not lines:
+        print(f"  [ok]   logs {path}: readable (no lines yet)", file=out)
+        return True
+    parsed = sum(
+        1 for line in lines if not isinstance(r := parser.parse(line), str) or r == EXCLUDED_PATH
+    )
+    said = f"{parsed} of its last {len(lines)} lines parse as {label}"
+    detect = f"`tirreno-shipper detect-format {path}` names the format that fits"
+    if parsed == 0:
+        print(f"  [FAIL] logs {path}: readable, but none of its last {len(lines)} lines "
+              f"parses as {label}: {detect}", file=out)  # fmt: skip
+        return False
+    if parsed < len(lines) * 0.9:
+        print(f"  [warn] logs {path}: readable; only {said} (the others are never sent): "
+              f"{detect}", file=out)  # fmt: skip
+        return True
+    print(f"  [ok]   logs {path}: readable; {said}", file=out)
+    return True
 
 
 def _check_users(site: SiteConfig, out: TextIO, logs: _LogCatcher) -> bool:

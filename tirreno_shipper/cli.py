@@ -297,11 +297,19 @@ def _status(config: Config, as_json: bool) -> int:
 def _dead_letters(
     config: Config, action: str, site: str | None, ids: list[int] | None, as_json: bool
 ) -> int:
-    from tirreno_shipper.spool import Spool
+    from tirreno_shipper.spool import SPOOL_FILE, Spool
 
     if site is not None and site not in {s.name for s in config.sites}:
         # Not an error: a site taken out of the config may still have dead letters.
         print(f"tirreno-shipper: note: no site named {site!r} in the config", file=sys.stderr)
+    if not (config.state_dir / SPOOL_FILE).is_file():
+        # Asking must not create the state folder (perhaps as the wrong user): as `status`.
+        print(
+            f"tirreno-shipper: no spool in {config.state_dir} yet (`run` has not run with this "
+            "state_dir): no dead letters",
+            file=sys.stderr,
+        )
+        return EX_OK
     spool = Spool.open(config.state_dir)
     try:
         if action == "list":
@@ -332,12 +340,22 @@ def _dead_letters(
                     )
             if not as_json:
                 print(f"{len(rows)} dead letter(s)", file=sys.stderr)
-        elif action == "retry":
-            n = spool.retry_dead_letters(site, ids)
-            print(f"{n} dead letter(s) put back in the spool; the daemon sends them")
         else:
-            n = spool.purge_dead_letters(site, ids)
-            print(f"{n} dead letter(s) deleted")
+            unknown = sorted(set(ids or ()) - {r.id for r in spool.dead_letters(site)})
+            if unknown:
+                where = f" of site {site!r}" if site else ""
+                print(
+                    f"tirreno-shipper: note: no dead letter{where} with id "
+                    + ", ".join(map(str, unknown))
+                    + " (`dead-letters list` shows them)",
+                    file=sys.stderr,
+                )
+            if action == "retry":
+                n = spool.retry_dead_letters(site, ids)
+                print(f"{n} dead letter(s) put back in the spool; the daemon sends them")
+            else:
+                n = spool.purge_dead_letters(site, ids)
+                print(f"{n} dead letter(s) deleted")
     finally:
         spool.close()
     return EX_OK

@@ -237,6 +237,14 @@ class LogSource(_Model):
     start_at: Literal["end", "beginning"] = "end"
     max_line_bytes: int = Field(default=65536, ge=256)
 
+    @property
+    def format_label(self) -> str:
+        """The format as an operator names it: the preset, or which kind of custom one."""
+        fmt = self.format
+        if isinstance(fmt, str):
+            return fmt
+        return f"a custom {type(fmt).__name__.removesuffix('Format').lower()} format"
+
     @field_validator("path")
     @classmethod
     def _not_a_folder(cls, value: str) -> str:

@@ -19,10 +19,12 @@ from __future__ import annotations
 import fcntl
 import fnmatch
 import json
+import math
 import os
 import signal
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -35,7 +37,7 @@ from tirreno_shipper.config import Config, SiteConfig, load_config
 from tirreno_shipper.errors import ConfigError, ResolverError, SpoolError
 from tirreno_shipper.notify import Notifier
 from tirreno_shipper.parse import LineParser
-from tirreno_shipper.pipeline import SitePipeline
+from tirreno_shipper.pipeline import Counts, SitePipeline
 from tirreno_shipper.records import Checkpoint, Chunk
 from tirreno_shipper.sender import SiteSender
 from tirreno_shipper.spool import Spool
@@ -86,6 +88,7 @@ class SiteRunner:
         self._lag = metrics.FILE_LAG.labels(site=site.name)
         # Exported at 0 from the start: an alert on increase() needs the series to exist.
         self._full = metrics.SPOOL_FULL.labels(site=site.name)
+        self._unparseable = _UnparseableLines(site.name)
 
     def _new_sender(self) -> SiteSender:
         return SiteSender(
@@ -272,6 +275,7 @@ class SiteRunner:
             self.spool.commit_chunk(self.name, events, chunk.checkpoint())
             self._pending[i] = None
             counts.publish(self.name)
+            self._unparseable.note(chunk.path, self.site.logs[i].format_label, counts)
             self._spooled.inc(len(events))
             if events:
                 self.sender.wake()
@@ -292,6 +296,46 @@ class SiteRunner:
         self.files = files
         self.unreadable = unreadable
         self._lag.set(lag)
+
+
+class _UnparseableLines:
+    """Says, as a warning, that lines could not be parsed: at once the first time, then
+    at most once a minute with the counts since. A wrong format would otherwise show
+    only as a metric, while nothing of the log is sent."""
+
+    EVERY = 60.0
+
+    def __init__(self, site: str) -> None:
+        self.site = site
+        self._said = -math.inf
+        self._since = time.monotonic()
+        self._lines = 0
+        self._bad: Counter[str] = Counter()
+        self._files: dict[str, str] = {}
+
+    def note(self, path: str, format_label: str, counts: Counts) -> None:
+        now = time.monotonic()
+        if not self._bad and now - self._since >= self.EVERY:
+            self._lines, self._since = 0, now
+        self._lines += counts.lines
+        if counts.unparseable:
+            self._bad.update(counts.unparseable)
+            self._files[path] = format_label
+        if self._bad and now - self._said >= self.EVERY:
+            log.warning(
+                "lines_unparseable",
+                site=self.site,
+                unparseable=dict(self._bad),
+                lines_read=self._lines,
+                files={p: f"read as {label}" for p, label in sorted(self._files.items())},
+                hint="these lines are counted (lines_unparseable_total) and never sent; if "
+                "most are, the format is not the log's: `tirreno-shipper detect-format FILE` "
+                "names the one that fits",
+            )
+            self._said = self._since = now
+            self._lines = 0
+            self._bad.clear()
+            self._files.clear()
 
 
 LOCK_FILE = "run.lock"

@@ -34,7 +34,8 @@ LINES_PARSED = Counter(
 )
 LINES_UNPARSEABLE = Counter(
     _P + "lines_unparseable",
-    "Lines skipped, by reason (no_match, too_long, invalid_bytes, bad_field)",
+    "Lines skipped, by reason (no_match, too_long, invalid_bytes, bad_time, bad_status, "
+    "bad_address)",
     ["site", "reason"],
     registry=REGISTRY,
 )

@@ -87,7 +87,10 @@ _DIGESTS: dict[str, Callable[[bytes], Any]] = {
     "sha1": hashlib.sha1,
 }
 
+# Warned about once per process: ignored result columns, and (under a name no
+# column can have) a result without a user name column.
 _reported_unknown: set[str] = set()
+_NO_NAME_COLUMN = "\x00no user_name column"
 
 
 def mask_ip(ip: str) -> str:
@@ -155,11 +158,13 @@ def map_row(row: Mapping[str, Any]) -> User | None:
     """Map a result row to a `User` by column name; ``None`` without a user name."""
     values: dict[str, str] = {}
     unknown: list[str] = []
+    named = False
     for column, raw in row.items():
-        field = _COLUMN_FIELDS.get(str(column).lower().replace("_", ""))
+        field = _column_field(column)
         if field is None:
             unknown.append(str(column))
             continue
+        named = named or field == "user_name"
         if field in values:  # the first non-empty column of several aliases wins
             continue
         value = _text(raw, field)
@@ -167,12 +172,30 @@ def map_row(row: Mapping[str, Any]) -> User | None:
             values[field] = value
     new = [c for c in unknown if c not in _reported_unknown]
     if new:
-        # Bounded by the query's column list, which the operator wrote.
+        # Once per column: bounded by the query's column list, which the operator wrote.
         _reported_unknown.update(new)
-        log.debug("resolver_columns_ignored", columns=new, known=sorted(set(_COLUMN_FIELDS)))
+        log.warning(
+            "resolver_columns_ignored",
+            columns=new,
+            known=sorted(set(_COLUMN_FIELDS.values())),
+            hint="a user's fields come from columns named as in `known`: alias yours AS one",
+        )
+    if not named and _NO_NAME_COLUMN not in _reported_unknown:
+        _reported_unknown.add(_NO_NAME_COLUMN)
+        log.warning(
+            "resolver_no_user_name_column",
+            columns=[str(c) for c in row],
+            hint="every matched session is treated as nobody's (anonymous or dropped, as "
+            "users.unresolved says): select the user's name AS user_name",
+        )
     if "user_name" not in values:
         return None
     return User(**values)
+
+
+def _column_field(column: object) -> str | None:
+    """The `User` field a result column feeds (``e_mail`` and ``EMAIL`` alike), if any."""
+    return _COLUMN_FIELDS.get(str(column).lower().replace("_", ""))
 
 
 def _sha256_hex(key: str) -> str:
@@ -545,6 +568,16 @@ class UserResolver:
             raise ResolverError(
                 f"user database {self._safe_url}: the query returns no user name column "
                 f"(got {', '.join(map(str, columns)) or 'none'}); select one AS user_name"
+            )
+        ignored = [str(c) for c in columns if _column_field(c) is None]
+        if ignored:
+            log.warning(
+                "resolver_columns_ignored",
+                site=self.site,
+                columns=ignored,
+                hint=f"columns ignored: {', '.join(ignored)} (a user's fields are taken from "
+                f"columns named {', '.join(sorted(set(_COLUMN_FIELDS.values())))}: alias them "
+                "AS one of these)",
             )
         if row is not None:
             log.warning(
