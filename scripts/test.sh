@@ -25,14 +25,18 @@ if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+        # Debian starts the packaged services on install; the tests run their own on
+        # 127.0.0.1. Only what this script just installed is stopped: a web server
+        # that was already running (perhaps the site itself) is left alone.
+        for svc in nginx apache2; do
+            if [[ " ${need[*]} " == *" $svc "* ]]; then
+                service "$svc" stop >/dev/null 2>&1 || true
+            fi
+        done
     else
         echo "missing: ${need[*]} (install them, e.g. sudo apt-get install ${need[*]})" >&2
         exit 1
     fi
-fi
-# Debian starts the packaged services on install; the tests run their own.
-if [ "$(id -u)" = 0 ]; then
-    (service nginx stop || true; service apache2 stop || true) >/dev/null 2>&1
 fi
 
 # The databases the resolver tests use; start them if they have stopped.

@@ -222,6 +222,11 @@ def test_empty_and_non_mapping_and_bad_yaml() -> None:
     assert "empty" in problems_of("")[0]
     assert "mapping" in problems_of("- a\n- b\n")[0]
     assert "not valid YAML at line" in problems_of("sites: [\n  {a: 1\n")[0]
+    assert "quoted" not in problems_of("sites: [\n  {a: 1\n")[0]
+    # An unquoted glob is a YAML alias: the message says to quote it.
+    for glob_value in ("*.log", "*access"):
+        [problem] = problems_of(f"sites:\n  - logs:\n      - path: {glob_value}\n")
+        assert problem.endswith("a value starting with '*' (a glob) must be quoted: path: '*.log'")
 
 
 def test_secrets_never_printed_even_when_the_error_is_about_them(

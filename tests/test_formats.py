@@ -110,6 +110,9 @@ def test_unknown_preset_suggests_the_closest() -> None:
     """A typo in a preset name gets a "did you mean"."""
     with pytest.raises(FormatError, match="did you mean 'apache_combined'"):
         compile_format("apache_combind")
+    # Both servers call it "combined": both presets are offered (difflib picked vhost_combined).
+    with pytest.raises(FormatError, match="did you mean 'nginx_combined' or 'apache_combined'"):
+        compile_format("combined")
 
 
 def test_json_preset_default_and_custom_keys() -> None:

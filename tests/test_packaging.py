@@ -106,10 +106,10 @@ def unit() -> dict[str, dict[str, list[str]]]:
 def _runnable_unit_copy(tmp_path: Path, text: str | None = None) -> Path:
     """The unit with ExecStart pointing at an executable that exists here."""
     text = UNIT.read_text(encoding="utf-8") if text is None else text
-    assert "ExecStart=/usr/local/bin/tirreno-shipper " in text
+    assert "ExecStart=/opt/tirreno-shipper/bin/tirreno-shipper " in text
     exe = str(Path(sys.executable).resolve())
     copy = tmp_path / "tirreno-shipper.service"
-    copy.write_text(text.replace("/usr/local/bin/tirreno-shipper", exe), encoding="utf-8")
+    copy.write_text(text.replace("/opt/tirreno-shipper/bin/tirreno-shipper", exe), encoding="utf-8")
     return copy
 
 

@@ -688,7 +688,15 @@ def parse_config(
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([f"{source}: not valid YAML{where}: {problem}"]) from None
+        lines = text.splitlines()
+        line = lines[mark.line] if mark is not None and mark.line < len(lines) else ""
+        # YAML reads a value starting with '*' as a reference to an anchor.
+        hint = (
+            "; a value starting with '*' (a glob) must be quoted: path: '*.log'"
+            if re.search(r"[:-]\s+\*", line)
+            else ""
+        )
+        raise ConfigError([f"{source}: not valid YAML{where}: {problem}{hint}"]) from None
     if raw is None:
         raise ConfigError([f"{source}: the file is empty; see config.example.yaml"])
     if not isinstance(raw, dict):

@@ -440,8 +440,11 @@ def compile_format(spec: object, cookie_name: str | None = None) -> CompiledForm
         if spec not in PRESETS:
             import difflib
 
-            close = difflib.get_close_matches(spec, PRESET_NAMES, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            # "combined" is both servers' name for one format: offer each server's.
+            close = [n for n in PRESET_NAMES if n.endswith("_" + spec)] or (
+                difflib.get_close_matches(spec, PRESET_NAMES, n=1)
+            )
+            hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
             raise FormatError(
                 f"unknown preset {spec!r}{hint} (presets: {', '.join(PRESET_NAMES)}; or write "
                 "{nginx: '<log_format>'} / {apache: '<LogFormat>'})"
