@@ -301,3 +301,33 @@ def test_detect_format_names_a_single_best_match_when_there_is_no_tie() -> None:
     assert r.returncode == 0, r.stderr
     [best] = [x for x in r.stdout.splitlines() if x.startswith("Best match")]
     assert best == "Best match: format: vhost_combined"
+
+
+@pytest.mark.parametrize(
+    ("extra", "advice"),
+    [
+        ({"cookie_PHPSESSID": "abc"}, "set users.key.cookie: PHPSESSID if it is your session"),
+        ({"http_cookie": "a=1; sid=abc"}, "the whole Cookie header (http_cookie)"),
+        ({}, 'add "cookie_sessionid":"$cookie_sessionid" to the log_format'),
+    ],
+)
+def test_detect_format_reads_the_cookie_name_out_of_json_lines(
+    tmp_path: Path, extra: dict[str, str], advice: str
+) -> None:
+    """JSON keys name their cookie: no "the log does not say it", no advice to add a cookie
+    the lines already carry."""
+    log = tmp_path / "access.json"
+    line = {
+        "time_iso8601": "2026-11-29T10:00:00+00:00",
+        "remote_addr": "203.0.113.1",
+        "request": "GET / HTTP/1.1",
+        "status": "200",
+        **extra,
+    }
+    log.write_text((json.dumps(line) + "\n") * 3)
+    r = run_cli("detect-format", str(log))
+    assert r.returncode == 0, r.stderr
+    assert "Best match: format: json" in r.stdout and advice in r.stdout
+    assert "does not say it" not in r.stdout and "*_cookie preset" not in r.stdout
+    if "cookie_PHPSESSID" in extra:
+        assert "fields: cookie" in r.stdout

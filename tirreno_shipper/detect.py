@@ -11,6 +11,7 @@ the log cannot say which server wrote it.
 from __future__ import annotations
 
 import ipaddress
+import json
 from dataclasses import dataclass
 from itertools import islice
 
@@ -56,11 +57,35 @@ def _is_ip(value: str | None) -> bool:
     return True
 
 
+def json_cookies(lines: list[bytes]) -> tuple[list[str], bool]:
+    """JSON lines name their cookies (nginx's ``$cookie_NAME`` under ``cookie_NAME``):
+    the names found with a value, and whether a whole Cookie header (``http_cookie``) is."""
+    names: dict[str, None] = {}
+    header = False
+    for raw in lines:
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            continue
+        if not isinstance(obj, dict):
+            continue
+        for key, value in obj.items():
+            if value in (None, "", "-"):
+                continue
+            if key.startswith("cookie_") and len(key) > len("cookie_"):
+                names[key.removeprefix("cookie_")] = None
+            elif key == "http_cookie":
+                header = True
+    return list(names), header
+
+
 def detect(lines: list[bytes]) -> list[Candidate]:
     out: list[Candidate] = []
+    named, _ = json_cookies(lines)
     for preset in (*PRESETS, "json"):
-        fmt = compile_format(preset, cookie_name=PLACEHOLDER_COOKIE)
-        parser = LineParser(fmt, PLACEHOLDER_COOKIE)
+        cookie = named[0] if preset == "json" and named else PLACEHOLDER_COOKIE
+        fmt = compile_format(preset, cookie_name=cookie)
+        parser = LineParser(fmt, cookie)
         parsed = 0
         seen: set[str] = set()
         for raw in lines:
@@ -157,7 +182,9 @@ def report(path: str, limit: int = 500) -> tuple[str, int]:
         )
     else:
         out.append(f"Best match: format: {best.preset}")
-    if "cookie" in best.fields:
+    if best.preset == "json":
+        out.append(_json_cookie_advice(lines))
+    elif "cookie" in best.fields:
         out.append(
             "The last field holds a cookie value: set users.key.cookie to the cookie's name "
             "(the log does not say it)."
@@ -167,3 +194,25 @@ def report(path: str, limit: int = 500) -> tuple[str, int]:
         apache = preset_source("apache_cookie", "sessionid")[1].replace('"', '\\"')
         out.append(COOKIE_ADVICE.format(nginx=nginx, apache=apache))
     return "\n".join(out), EX_OK
+
+
+def _json_cookie_advice(lines: list[bytes]) -> str:
+    named, header = json_cookies(lines)
+    if named:
+        first = named[0]
+        also = f" (also found: {', '.join(named[1:])})" if named[1:] else ""
+        return (
+            f"The lines carry the cookie {first!r} (key cookie_{first}){also}: set "
+            f"users.key.cookie: {first} if it is your session cookie."
+        )
+    if header:
+        return (
+            "The lines carry the whole Cookie header (http_cookie): set users.key.cookie to "
+            "your session cookie's name; it is read out of the header."
+        )
+    return (
+        "These lines carry no session cookie, so requests cannot be joined to your users: add "
+        '"cookie_sessionid":"$cookie_sessionid" to the log_format (with your framework\'s '
+        "cookie name: Django sessionid, PHP PHPSESSID, Laravel laravel_session) and set "
+        "users.key.cookie to that name."
+    )
