@@ -457,3 +457,21 @@ def test_example_config_copied_elsewhere_still_finds_its_files(tmp_path: Path) -
 def test_wrong_shapes_are_config_errors(text: str) -> None:
     """Scalars where lists or mappings belong are reported, never a TypeError."""
     assert problems_of(text)
+
+
+def test_indentation_slips_are_named_as_such() -> None:
+    """``sensor:`` left empty with its keys at the site's level, and ``sites:`` written as
+    one mapping: the messages say where the keys go, not pydantic's type names."""
+    problems = problems_of(
+        "sites:\n  - name: a\n    sensor:\n    url: http://127.0.0.1/sensor/\n    api_key: k\n"
+        "    logs: [{path: /tmp/a.log}]\n"
+    )
+    assert problems[0].startswith("sites[0].sensor: is empty: its keys (api_key, api_key_file,")
+    assert problems[0].endswith("go below it, indented")
+    assert problems[1].startswith(
+        "sites[0].url: unknown key; it is a key of 'sensor': indent it under it (known: "
+    )
+    assert not any("SensorConfig" in p for p in problems)
+    assert problems_of("sites:\n  name: a\n") == [
+        "sites: must be a list: start each site with '- name: ...'"
+    ]

@@ -437,6 +437,7 @@ def _loc_to_path(loc: tuple[int | str, ...]) -> str:
 
 
 def _model_for(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model holding the key at ``loc`` (``sites[0].sensor.x`` → `SensorConfig`)."""
     model: Any = Config
     for part in loc[:-1]:
         if isinstance(part, int):
@@ -444,17 +445,37 @@ def _model_for(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
         fld = model.model_fields.get(part) if hasattr(model, "model_fields") else None
         if fld is None:
             return None
-        ann = fld.annotation
-        candidates = [ann, *getattr(ann, "__args__", ())]
-        nxt = None
-        for cand in candidates:
-            for inner in [cand, *getattr(cand, "__args__", ())]:
-                if isinstance(inner, type) and issubclass(inner, BaseModel):
-                    nxt = inner
+        nxt = _field_model(fld.annotation)
         if nxt is None:
             return None
         model = nxt
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _field_model(ann: Any) -> type[BaseModel] | None:
+    """The model a field holds (itself, in a list, or optional), if it holds one."""
+    found = None
+    for cand in [ann, *getattr(ann, "__args__", ())]:
+        for inner in [cand, *getattr(cand, "__args__", ())]:
+            if isinstance(inner, type) and issubclass(inner, BaseModel):
+                found = inner
+    return found
+
+
+def _annotation_at(loc: tuple[int | str, ...]) -> Any:
+    """The annotation of the field at ``loc`` (``sites[0].sensor`` → `SensorConfig`)."""
+    model = _model_for(loc)
+    fld = model.model_fields.get(str(loc[-1])) if model and loc else None
+    return fld.annotation if fld is not None else None
+
+
+def _belongs_under(model: type[BaseModel], key: str) -> list[str]:
+    """The fields of ``model`` whose own model has ``key``: where a mis-indented key goes."""
+    return [
+        name
+        for name, fld in model.model_fields.items()
+        if (sub := _field_model(fld.annotation)) is not None and key in sub.model_fields
+    ]
 
 
 # The user info of any URL in a text (to the last "@" before a blank or a quote,
@@ -513,6 +534,10 @@ def _describe(err: Mapping[str, Any]) -> str:
         known = sorted(model.model_fields) if model else []
         close = difflib.get_close_matches(str(loc[-1]), known, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
+        homes = _belongs_under(model, str(loc[-1])) if model else []
+        if homes:
+            # ``sensor:`` with ``url:`` written at its own level: an indentation slip.
+            hint = f"; it is a key of {' or '.join(repr(h) for h in homes)}: indent it under it"
         return (
             f"{path}: unknown key{hint} (known: {', '.join(known)})"
             if known
@@ -520,6 +545,12 @@ def _describe(err: Mapping[str, Any]) -> str:
         )
     if kind == "missing":
         return f"{path}: required key is missing"
+    if kind in ("model_type", "dict_type") and err.get("input") is None:
+        model = _field_model(_annotation_at(loc))
+        keys = f" ({', '.join(sorted(model.model_fields))})" if model else ""
+        return f"{path}: is empty: its keys{keys} go below it, indented"
+    if kind == "list_type" and isinstance(err.get("input"), dict) and loc == ("sites",):
+        return f"{path}: must be a list: start each site with '- name: ...'"
     msg = str(err["msg"]).removeprefix("Value error, ")
     secret = any(str(p) in SECRET_KEYS for p in loc)
     if kind == "literal_error":
