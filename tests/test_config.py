@@ -475,3 +475,16 @@ def test_indentation_slips_are_named_as_such() -> None:
     assert problems_of("sites:\n  name: a\n") == [
         "sites: must be a list: start each site with '- name: ...'"
     ]
+
+
+def test_a_value_every_branch_of_a_union_refuses_is_one_problem() -> None:
+    """``status: 30x`` (a status, or a list of them): said once, by the status branch."""
+    problems = problems_of(
+        "sites:\n  - name: a\n    sensor: {url: 'http://127.0.0.1/sensor/', api_key: k}\n"
+        "    logs: [{path: /tmp/a.log}]\n"
+        "    events: {rules: [{path: '^/x', status: 30x, type: page_view}]}\n"
+    )
+    assert problems == [
+        "sites[0].events.rules[0].status: a status is a code like 404 or a class like "
+        "2xx, 3xx, 4xx, 5xx (got '30x')"
+    ]

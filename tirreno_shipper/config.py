@@ -745,9 +745,14 @@ def parse_config(
     except ValidationError as exc:
         # A key whose ${VAR} is missing was already reported; that the empty
         # text left in its place is invalid too would only repeat it.
+        # One problem per key, too: a value a union refuses (``status: 30x``, a
+        # status or a list of them) fails each branch, and the first says why.
         reported = {p.partition(": ")[0] for p in problems}
-        described = (_describe(e) for e in exc.errors())
-        problems.extend(d for d in described if d.partition(": ")[0] not in reported)
+        for described in map(_describe, exc.errors()):
+            key = described.partition(": ")[0]
+            if key not in reported:
+                reported.add(key)
+                problems.append(described)
         problems.extend(_semantic_checks(data))
         raise ConfigError(problems) from None
     problems.extend(_semantic_checks(data))
