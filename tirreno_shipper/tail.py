@@ -304,11 +304,12 @@ class Tailer:
         # file had before (its empty head, its content before a truncation) whose
         # checkpoint was not deleted yet: a stop under load comes before the idle
         # poll that retires it. Resuming from it would read the file again.
-        self._restored: dict[tuple[int, int], list[Checkpoint]] = {}
+        self._restored: dict[tuple[int, int], Checkpoint] = {}
         for cp in checkpoints:
-            key = (cp.file.dev, cp.file.ino)
-            self._retiring.extend(old.file for old in self._restored.get(key, ()))
-            self._restored[key] = [cp]
+            older = self._restored.get((cp.file.dev, cp.file.ino))
+            if older is not None:
+                self._retiring.append(older.file)
+            self._restored[(cp.file.dev, cp.file.ino)] = cp
         self._seen_paths = {cp.path for cp in checkpoints}
         # Heads of every file we hold a checkpoint for: a sibling starting with one
         # of them is a copy of a file read already, never a file to read from 0.
@@ -751,12 +752,11 @@ class Tailer:
         """The checkpoint of the file ``fid`` names: same inode and same head, or same
         inode and a checkpoint taken before the file had a complete line (offset 0: the
         file is read from its start either way, under the identity it has now)."""
-        cps = self._restored.get((fid.dev, fid.ino))
-        if cps and (
-            cps[0].file.fingerprint == fid.fingerprint
-            or (not cps[0].file.fingerprint and cps[0].offset == 0)
+        cp = self._restored.get((fid.dev, fid.ino))
+        if cp is not None and (
+            cp.file.fingerprint == fid.fingerprint or (not cp.file.fingerprint and cp.offset == 0)
         ):
-            return cps.pop()
+            return self._restored.pop((fid.dev, fid.ino))
         return None
 
     def _restore_rotated(self, now: float) -> None:
@@ -768,7 +768,7 @@ class Tailer:
         not it was found, the plain siblings written after it (files that were at
         the path and rotated away while we were down, never seen) are read whole.
         """
-        left = [cp for cps in self._restored.values() for cp in cps]
+        left = list(self._restored.values())
         self._restored.clear()
         if not left:
             return
