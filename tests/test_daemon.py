@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import Database
+from tests.conftest import Database, _database
 from tests.support.fake_sensor import FakeSensor
 from tests.support.servers import free_port
 from tests.support.shipper import (
@@ -211,6 +211,53 @@ def test_sighup_removing_a_site_with_spooled_events_warns_how_many_are_left(
         assert out.returncode == 0, out.stderr
         assert "site b (not in the configuration): 4 events spooled" in out.stdout
         assert shipper.stop() == 0
+
+
+@pytest.fixture
+def postgres(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    yield from _database("postgresql", request, tmp_path)
+
+
+@pytest.mark.slow
+def test_a_reload_while_the_tail_waits_on_slow_user_lookups_spools_nothing_twice(
+    tmp_path: Path, sensor: FakeSensor, postgres: Database
+) -> None:
+    """The replaced site's tail is inside a chunk's lookups (400 x 20 ms, longer than a stop
+    waits for it) when SIGHUP comes: it must not commit that chunk after its successor has
+    read the same checkpoint."""
+    users = postgres.create("users", "session_key VARCHAR(64) PRIMARY KEY, username VARCHAR(64)")
+    postgres.execute(
+        f"INSERT INTO {users} (session_key, username) VALUES (:k, :u)",
+        [{"k": f"s{i}", "u": f"user{i}"} for i in range(400)],
+    )
+    log = tmp_path / "a.log"
+    append(log, [nginx_line(f"/r/{i}", cookie=f"s{i}") for i in range(400)])
+    conf = site(
+        "a",
+        sensor.url,
+        log,
+        log={"format": "nginx_cookie"},
+        users={
+            "key": {"cookie": "sessionid"},
+            "database": postgres.url,
+            "query": f"SELECT username AS user_name FROM {users}, pg_sleep(0.02) "
+            "WHERE session_key = :key",
+        },
+    )
+    cfg = write_config(tmp_path / "c.yaml", [conf])
+    with running(cfg) as shipper:
+        shipper.wait_log("site_started")
+        time.sleep(1.0)  # well inside the chunk's 8 s of lookups
+        conf["sensor"]["timeout"] = 3  # any change restarts the site
+        write_config(cfg, [conf])
+        shipper.signal(signal.SIGHUP)
+        shipper.wait_log("reloaded")
+        assert shipper.logged("site_reconfigured", site="a")
+        assert sensor.wait_accepted(400, 40)
+        time.sleep(3.0)  # the replaced tail has long finished its lookups
+        assert shipper.stop() == 0
+    ids = Counter(sensor.accepted_ids())
+    assert len(ids) == 400 and max(ids.values()) == 1, ids.most_common(3)
 
 
 @pytest.mark.slow

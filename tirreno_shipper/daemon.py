@@ -38,7 +38,7 @@ from tirreno_shipper.errors import ConfigError, ResolverError, SpoolError
 from tirreno_shipper.notify import Notifier
 from tirreno_shipper.parse import LineParser
 from tirreno_shipper.pipeline import Counts, SitePipeline
-from tirreno_shipper.records import Checkpoint, Chunk
+from tirreno_shipper.records import Checkpoint, Chunk, Event
 from tirreno_shipper.sender import SiteSender
 from tirreno_shipper.spool import Spool
 from tirreno_shipper.tail import FileStatus, Tailer, Waker
@@ -74,6 +74,8 @@ class SiteRunner:
         self.unreadable: dict[str, str] = {}  # path -> why it cannot be opened
         self.restarts = 0
         self._stop = threading.Event()
+        # Held while the tail writes to the spool, and to set _stop: see stop_reading.
+        self._commit_lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._waker: Waker | None = None
@@ -154,7 +156,16 @@ class SiteRunner:
             self.sender.start()
 
     def stop_reading(self) -> None:
-        self._stop.set()
+        """From now on this runner's tail writes nothing to the spool.
+
+        Taken under the commit lock: a chunk being committed is committed first,
+        and a tail still inside its user lookups (a slow or hung database) finds
+        the flag when it gets to its commit, and drops the chunk. So a runner that
+        replaces this one (a reload) reads checkpoints that no longer move, and
+        reads those lines itself: they are never spooled twice.
+        """
+        with self._commit_lock:
+            self._stop.set()
         self._wake.set()
 
     def join_tail(self, timeout: float) -> None:
@@ -162,17 +173,25 @@ class SiteRunner:
             self._thread.join(timeout)
 
     def stop(self, grace: float) -> None:
+        """Stop reading (at once), give the sender ``grace`` s for requests in flight."""
         self.stop_reading()
-        self.join_tail(max(grace, 5.0))
+        # A tail caught in a user lookup cannot be interrupted, but it can no longer
+        # write either: it is not waited for past this moment (it closes its own
+        # files and connections when the lookup ends).
+        self.join_tail(min(grace, TAIL_JOIN))
         if self._waker is not None:
             self._waker.stop()
         self.sender.stop(grace)
+        if self._thread is None:
+            self._close_tail()
+        self._set_paused(None)
+        log.info("site_stopped", site=self.name)
+
+    def _close_tail(self) -> None:
         for tailer in self._tailers:
             tailer.close()
         if self._resolver is not None:
             self._resolver.close()
-        self._set_paused(None)
-        log.info("site_stopped", site=self.name)
 
     def alive(self) -> dict[str, bool]:
         return {
@@ -222,6 +241,8 @@ class SiteRunner:
                     self._wake.wait(self.poll_interval)
                     self._wake.clear()
             except ResolverError as exc:
+                if self._stop.is_set():
+                    break  # stopped while the lookup failed: the next run retries it
                 self.last_error = str(exc)
                 self._set_paused("resolver_down")
                 self._stop.wait(backoff)
@@ -236,11 +257,14 @@ class SiteRunner:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, RESOLVER_BACKOFF_MAX)
             except Exception as exc:  # a worker loop never dies
+                if self._stop.is_set():
+                    break  # stopped meanwhile (its files may be closing): nothing to say
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("tail_step_failed", site=self.name)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, RESOLVER_BACKOFF_MAX)
         self._snapshot()
+        self._close_tail()
 
     def _step(self) -> bool:
         """Process one chunk per log source; True if anything was read."""
@@ -255,24 +279,20 @@ class SiteRunner:
                 # the next line, or `status` shows a stale file meanwhile.
                 retired = tailer.retired()
                 if retired:
-                    self.spool.delete_checkpoints(self.name, retired)
+                    with self._commit_lock:
+                        if self._stop.is_set():
+                            break
+                        self.spool.delete_checkpoints(self.name, retired)
                 continue
             # Held until committed: if the resolver or the spool fails, the same
             # lines are processed again later; nothing is skipped.
             self._pending[i] = chunk
             events, counts = self._pipeline.process(chunk, self._parsers[i])
-            spool_cfg = self.site.spool
-            # Room for the whole chunk, so the cap holds exactly (a chunk larger
-            # than the cap itself waits for an empty spool).
-            room_events = max(1, spool_cfg.max_events - len(events))
-            room_bytes = max(1, spool_cfg.max_bytes - 400 * len(events))
-            if events and self.spool.is_full(self.name, room_events, room_bytes):
-                self._full.inc()
-                if spool_cfg.on_full == "pause":
-                    raise _SpoolFull
-                dropped = self.spool.drop_oldest(self.name, len(events))
-                self._dropped.inc(dropped)
-            self.spool.commit_chunk(self.name, events, chunk.checkpoint())
+            with self._commit_lock:
+                if self._stop.is_set():
+                    break  # stopped during the lookups: see stop_reading
+                self._make_room(events)
+                self.spool.commit_chunk(self.name, events, chunk.checkpoint())
             self._pending[i] = None
             counts.publish(self.name)
             self._unparseable.note(chunk.path, self.site.logs[i].format_label, counts)
@@ -281,9 +301,25 @@ class SiteRunner:
                 self.sender.wake()
             retired = tailer.retired()
             if retired:
-                self.spool.delete_checkpoints(self.name, retired)
+                with self._commit_lock:
+                    if self._stop.is_set():
+                        break
+                    self.spool.delete_checkpoints(self.name, retired)
             progressed = True
         return progressed
+
+    def _make_room(self, events: list[Event]) -> None:
+        """Room in the spool for the whole chunk, so the cap holds exactly (a chunk
+        larger than the cap itself waits for an empty spool); raises `_SpoolFull`."""
+        spool_cfg = self.site.spool
+        room_events = max(1, spool_cfg.max_events - len(events))
+        room_bytes = max(1, spool_cfg.max_bytes - 400 * len(events))
+        if events and self.spool.is_full(self.name, room_events, room_bytes):
+            self._full.inc()
+            if spool_cfg.on_full == "pause":
+                raise _SpoolFull
+            dropped = self.spool.drop_oldest(self.name, len(events))
+            self._dropped.inc(dropped)
 
     def _snapshot(self) -> None:
         files: list[FileStatus] = []
@@ -339,6 +375,9 @@ class _UnparseableLines:
 
 
 LOCK_FILE = "run.lock"
+# How long a stopping site waits for its tail thread to end: only for tidiness,
+# since a stopped tail writes nothing (see SiteRunner.stop_reading).
+TAIL_JOIN = 1.0
 
 
 def lock_state_dir(state_dir: Path) -> int | str:
@@ -723,11 +762,10 @@ class Daemon:
     def _shutdown(self) -> None:
         self.notifier.stopping()
         log.info("daemon_stopping", grace=self.config.shutdown_grace)
+        # Every tail stops writing at once (none waits for another); then the sites
+        # stop in parallel, sharing one grace window for requests in flight.
         for runner in self.runners.values():
             runner.stop_reading()
-        for runner in self.runners.values():
-            runner.join_tail(self.config.shutdown_grace)
-        # Senders share one grace window: stop them in parallel.
         threads = [
             threading.Thread(target=r.stop, args=(self.config.shutdown_grace,), name=f"stop-{n}")
             for n, r in self.runners.items()
