@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -213,6 +214,19 @@ def test_sighup_removing_a_site_with_spooled_events_warns_how_many_are_left(
         assert shipper.stop() == 0
 
 
+def cookie_site(
+    name: str, sensor_url: str, log: Path, database: str, query: str, **users: Any
+) -> dict[str, Any]:
+    """A site reading nginx_cookie lines whose users come from ``query`` on ``database``."""
+    return site(
+        name,
+        sensor_url,
+        log,
+        log={"format": "nginx_cookie"},
+        users={"key": {"cookie": "sessionid"}, "database": database, "query": query, **users},
+    )
+
+
 @pytest.fixture
 def postgres(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
     yield from _database("postgresql", request, tmp_path)
@@ -232,17 +246,12 @@ def test_a_reload_while_the_tail_waits_on_slow_user_lookups_spools_nothing_twice
     )
     log = tmp_path / "a.log"
     append(log, [nginx_line(f"/r/{i}", cookie=f"s{i}") for i in range(400)])
-    conf = site(
+    conf = cookie_site(
         "a",
         sensor.url,
         log,
-        log={"format": "nginx_cookie"},
-        users={
-            "key": {"cookie": "sessionid"},
-            "database": postgres.url,
-            "query": f"SELECT username AS user_name FROM {users}, pg_sleep(0.02) "
-            "WHERE session_key = :key",
-        },
+        postgres.url,
+        f"SELECT username AS user_name FROM {users}, pg_sleep(0.02) WHERE session_key = :key",
     )
     cfg = write_config(tmp_path / "c.yaml", [conf])
     with running(cfg) as shipper:
@@ -342,19 +351,15 @@ def test_a_database_outage_pauses_its_site_only_and_nothing_is_skipped(
     cfg = write_config(
         tmp_path / "c.yaml",
         [
-            site(
+            cookie_site(
                 "db",
                 sensor.url,
                 db_log,
-                log={"format": "nginx_cookie"},
-                users={
-                    "key": {"cookie": "sessionid"},
-                    "database": database.url,
-                    "query": f"SELECT username AS user_name FROM {users} WHERE session_key = :key",
-                    "cache_ttl": 0,
-                    "negative_ttl": 0,
-                    "timeout": 2,
-                },
+                database.url,
+                f"SELECT username AS user_name FROM {users} WHERE session_key = :key",
+                cache_ttl=0,
+                negative_ttl=0,
+                timeout=2,
             ),
             site("free", sensor.url, free_log),
         ],
