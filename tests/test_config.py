@@ -488,3 +488,14 @@ def test_a_value_every_branch_of_a_union_refuses_is_one_problem() -> None:
         "sites[0].events.rules[0].status: a status is a code like 404 or a class like "
         "2xx, 3xx, 4xx, 5xx (got '30x')"
     ]
+
+
+def test_a_lease_shorter_than_two_request_timeouts_is_refused() -> None:
+    """A request could outlast such a lease, and another worker send the event again."""
+    [problem] = problems_of(
+        "sites:\n  - name: a\n    sensor: {url: 'http://127.0.0.1/sensor/', api_key: k, "
+        "timeout: 10}\n    logs: [{path: /tmp/a.log}]\n    spool: {lease_timeout: 20}\n"
+    )
+    assert problem.startswith(
+        "sites[0]: spool.lease_timeout (20 s) must be more than twice sensor.timeout (10 s)"
+    )

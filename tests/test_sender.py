@@ -805,3 +805,20 @@ def test_kill_mid_flight_duplicates_only_requests_in_flight(tmp_path: Path) -> N
     # Only events the killed process had sent can have been sent twice.
     first_seen = {i: ids.index(i) for i, n in duplicates.items() if n > 1}
     assert all(index < accepted_before_kill for index in first_seen.values())
+
+
+def test_a_batch_that_would_outlast_its_lease_goes_back_instead_of_being_sent_twice(
+    spool: Spool,
+) -> None:
+    """A low rate limit (one request a second) and a 2.5 s lease: each worker's batch of 8
+    takes longer than its lease. The rest of a batch goes back before the lease ends, so no
+    other worker leases and sends the same events while the first still holds them."""
+    spool.commit_chunk("lease", make_events(12), None)
+    config = sensor_config("http://127.0.0.1:1/", rate_limit=1.0, burst=1, timeout=1.0)
+    with FakeSensor(api_key=KEY, bucket_capacity=0) as sensor:
+        config = config.model_copy(update={"url": sensor.url, "concurrency": 2})
+        with running(config, spool, site="lease", lease_seconds=2.5) as sender:
+            assert sender.wait_empty(60)
+        ids = Counter(r.request_id for r in sensor.accepted)
+    assert sorted(ids) == sorted(e.request_id for e in make_events(12))
+    assert max(ids.values()) == 1, ids.most_common(3)

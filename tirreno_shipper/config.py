@@ -356,6 +356,20 @@ class SiteConfig(_Model):
     events: EventsConfig = Field(default_factory=EventsConfig)
     spool: SpoolConfig = Field(default_factory=SpoolConfig)
 
+    @model_validator(mode="after")
+    def _lease_outlives_a_request(self) -> SiteConfig:
+        # A sender stops a batch when the next request could outlast the lease
+        # (a request: a connect and a response, each up to sensor.timeout). With a
+        # shorter lease it could never send, and an expired lease lets another
+        # worker send the same event.
+        if self.spool.lease_timeout <= 2 * self.sensor.timeout:
+            raise ValueError(
+                f"spool.lease_timeout ({self.spool.lease_timeout:g} s) must be more than "
+                f"twice sensor.timeout ({self.sensor.timeout:g} s): an event's lease must "
+                "outlive a request, or another worker sends it again"
+            )
+        return self
+
 
 class Config(_Model):
     state_dir: Path = Path("/var/lib/tirreno-shipper")

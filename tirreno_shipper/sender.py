@@ -232,6 +232,13 @@ class TokenBucket:
                 return False
         return False
 
+    def give_back(self) -> None:
+        """Return a token taken and not used (as if it had never been taken)."""
+        if self.rate <= 0:
+            return
+        with self._lock:
+            self._tokens = min(float(self.burst), self._tokens + 1.0)
+
     def empty(self) -> None:
         """Drop the saved-up tokens: from now on, the steady rate only."""
         with self._lock:
@@ -363,6 +370,12 @@ class _Worker:
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     pending: deque[LeasedEvent] = field(default_factory=deque)
+    # When the lease of ``pending`` ends (monotonic): past it, another worker may
+    # have leased them.
+    lease_until: float = 0.0
+    # A rate-limit token taken before leasing, for the batch's first request: the
+    # lease starts after the wait for it, so a batch can always send one event.
+    token: bool = False
     acks: list[int] = field(default_factory=list)
     first_ack: float = 0.0
     thread: threading.Thread | None = None
@@ -390,6 +403,9 @@ class SiteSender:
         self.spool = spool
         self.lease_seconds = lease_seconds
         self.bucket = TokenBucket(config.rate_limit, config.burst)
+        # The longest one request may take: a connect and a response, each up to
+        # the timeout (config requires the lease to be longer).
+        self._request_budget = 2 * config.timeout
         self._url = _safe_url(config.url)
         # Built here, not in start(): a bad CA bundle fails at construction, and
         # loading the CA store (tens of ms) is not paid while events wait.
@@ -505,8 +521,13 @@ class SiteSender:
                     break
                 probing = limit == 1
                 seen = self._work
+                if not self.bucket.acquire(self._stop):
+                    break
+                worker.token = True
+                leased_at = time.monotonic()
                 batch = self.spool.lease(self.site, limit, self.lease_seconds)
                 if not batch:
+                    self._give_back(worker)
                     if probing:
                         self._end_probe()
                         probing = False
@@ -516,6 +537,7 @@ class SiteSender:
                     continue
                 with worker.lock:
                     worker.pending.extend(batch)
+                    worker.lease_until = leased_at + self.lease_seconds
                 self._send_batch(worker, probing)
             except Exception:
                 log.exception("sender_worker_error", site=self.site, worker=n)
@@ -562,11 +584,27 @@ class SiteSender:
                         body = encode_form(event.fields)
                     except UnicodeEncodeError:
                         invalid = "a field is not valid Unicode (cannot be encoded as UTF-8)"
-                if invalid is None and not self.bucket.acquire(self._stop):
-                    break
+                if invalid is None:
+                    if worker.token:
+                        worker.token = False
+                    else:
+                        if worker.acks and self.bucket.rate > 0:
+                            # Accepted events are acked before waiting for a token:
+                            # the wait may outlast their lease, and an unacked event
+                            # whose lease ended is another worker's to send again.
+                            self._flush_acks(worker)
+                        if not self.bucket.acquire(self._stop):
+                            break
                 if not probing and self._state != "ok":
                     # The wait for a token can be long: a 429 or an outage seen by
                     # another worker meanwhile means this one must not post now.
+                    break
+                if time.monotonic() + self._request_budget >= worker.lease_until:
+                    # A slow sensor or a low rate limit: the next request could
+                    # outlast the batch's lease, and another worker send the same
+                    # events. The rest goes back while the lease still holds.
+                    if invalid is None:
+                        self.bucket.give_back()
                     break
                 with worker.lock:
                     if not worker.pending or worker.pending[0] is not event:
@@ -596,8 +634,14 @@ class SiteSender:
                     self._flush_acks(worker)
                     self._on_failure(event, verdict, started, probing)
         finally:
+            self._give_back(worker)
             self._flush_acks(worker)
             self._release_pending(worker)
+
+    def _give_back(self, worker: _Worker) -> None:
+        if worker.token:
+            worker.token = False
+            self.bucket.give_back()
 
     def _flush_acks(self, worker: _Worker) -> None:
         with worker.lock:
