@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -108,9 +112,11 @@ def test_status_json_shows_the_running_daemons_live_state(
     with running(cfg) as shipper:
         assert sensor.wait_accepted(1, 20)
 
-        def live() -> dict[str, object] | None:
-            report = json.loads(run_cli("status", "-c", str(cfg), "--json").stdout)
-            return report if report["daemon"]["running"] else None
+        def live() -> dict[str, Any] | None:
+            # Running as soon as it holds the lock; its live state once status.json is written.
+            report: dict[str, Any] = json.loads(run_cli("status", "-c", str(cfg), "--json").stdout)
+            known = report["sites"]["a"]["sensor_state"] != "unknown"
+            return report if report["daemon"]["running"] and known else None
 
         report = wait_until(live, 15, interval=0.3)
         assert report, "status never saw the daemon running"
@@ -331,3 +337,37 @@ def test_detect_format_reads_the_cookie_name_out_of_json_lines(
     assert "does not say it" not in r.stdout and "*_cookie preset" not in r.stdout
     if "cookie_PHPSESSID" in extra:
         assert "fields: cookie" in r.stdout
+
+
+def test_status_takes_the_daemon_from_its_lock_and_says_when_its_state_is_stale(
+    tmp_path: Path,
+) -> None:
+    """A daemon that cannot rewrite status.json (a full disk) still runs: status says so,
+    and that its live state is unknown; a pid in run.lock that is not a shipper is none."""
+    log = tmp_path / "a.log"
+    log.touch()
+    cfg = write_config(tmp_path / "c.yaml", [site("a", "http://127.0.0.1:9/sensor/", log)])
+    state = tmp_path / "state"
+    assert run_cli("run", "-c", str(cfg), "--once").returncode == 0  # creates the spool
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "tirreno-shipper"]
+    )
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        (state / "run.lock").write_text(f"{holder.pid}\n")
+        (state / "status.json").write_text(
+            json.dumps({"pid": holder.pid, "updated": time.time() - 120, "sites": {}})
+        )
+        report = json.loads(run_cli("status", "-c", str(cfg), "--json").stdout)
+        assert report["daemon"] == {"running": True, "pid": holder.pid}
+        assert "has not updated status.json for 120 s" in report["note"]
+        assert report["sites"]["a"]["sensor_state"] == "unknown"
+        (state / "run.lock").write_text(f"{other.pid}\n")
+        report = json.loads(run_cli("status", "-c", str(cfg), "--json").stdout)
+        assert report["daemon"] == {"running": False, "pid": None}
+        assert "note" not in report
+    finally:
+        holder.kill()
+        other.kill()
+        holder.wait()
+        other.wait()

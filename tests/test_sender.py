@@ -719,11 +719,13 @@ def test_after_a_backoff_the_sender_resumes_at_the_steady_rate_not_in_a_burst(
 
 
 class _FlakySpool:
-    """A real spool whose first leases fail, as a locked or full disk would make them."""
+    """A real spool whose first leases (or acks) fail, as a locked or full disk would
+    make them."""
 
-    def __init__(self, spool: Spool, failures: int) -> None:
+    def __init__(self, spool: Spool, failures: int, *, ack_failures: int = 0) -> None:
         self._spool = spool
         self.failures = failures
+        self.ack_failures = ack_failures
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._spool, name)
@@ -733,6 +735,12 @@ class _FlakySpool:
             self.failures -= 1
             raise SpoolError("database is locked")
         return self._spool.lease(site, limit, lease_seconds)
+
+    def ack(self, ids: Any) -> None:
+        if self.ack_failures > 0:
+            self.ack_failures -= 1
+            raise SpoolError("database or disk is full")
+        self._spool.ack(ids)
 
 
 def test_worker_loops_survive_errors(spool: Spool) -> None:
@@ -748,7 +756,29 @@ def test_worker_loops_survive_errors(spool: Spool) -> None:
             assert sender.wait_empty(10)
             assert sender.alive()
         assert len(set(sensor.accepted_ids())) == 10
-    assert sum(1 for e in logs if e["event"] == "sender_worker_error") == 2
+    # Said once, in one line (no traceback a second per worker).
+    [said] = [e for e in logs if e["event"] == "sender_spool_error"]
+    assert said["log_level"] == "error" and "exc_info" not in said
+    assert said["error"] == "database is locked"
+
+
+def test_events_accepted_while_their_ack_cannot_be_written_are_never_sent_again(
+    spool: Spool,
+) -> None:
+    """A full disk after the 204s: the acks fail for a while, the leases (1.5 s) end and
+    other workers lease the same events; they are acked, not posted again."""
+    events = make_events(10)
+    spool.commit_chunk("full", events, None)
+    flaky = _FlakySpool(spool, failures=0, ack_failures=4)
+    config = sensor_config("http://127.0.0.1:1/", timeout=0.5)
+    with FakeSensor(api_key=KEY) as sensor:
+        config = config.model_copy(update={"url": sensor.url})
+        with running(config, flaky, site="full", lease_seconds=1.5) as sender:  # type: ignore[arg-type]
+            assert wait_until(lambda: flaky.ack_failures == 0, 20)
+            assert sender.wait_empty(20)
+        ids = Counter(sensor.accepted_ids())
+    assert sorted(ids) == sorted(e.request_id for e in events)
+    assert max(ids.values()) == 1, ids.most_common(3)
 
 
 CHILD = textwrap.dedent(

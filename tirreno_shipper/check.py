@@ -87,19 +87,6 @@ def _state_dir_problem(state_dir: Path) -> str | None:
     return f"cannot create state_dir {directory}: {os.strerror(reason)}"
 
 
-def _daemon_holding(directory: Path) -> int | None:
-    """The pid written in ``run.lock`` if that process is alive (informational: the
-    lock itself is not touched, so a daemon starting right now is never disturbed)."""
-    from tirreno_shipper.daemon import LOCK_FILE
-
-    try:
-        pid = int((directory / LOCK_FILE).read_text(encoding="ascii").strip())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return None
-    return pid
-
-
 def _check_state_dir(config: Config, out: TextIO) -> bool:
     directory = config.state_dir
     problem = _state_dir_problem(directory)
@@ -107,7 +94,9 @@ def _check_state_dir(config: Config, out: TextIO) -> bool:
         print(f"  [FAIL] {problem} ({STATE_DIR_HINT})", file=out)
         return False
     if directory.is_dir():
-        holder = _daemon_holding(directory)
+        from tirreno_shipper.daemon import lock_holder
+
+        holder = lock_holder(directory)
         running = f"; a daemon runs on it (pid {holder})" if holder else ""
         print(f"  [ok]   state_dir {directory}: writable{running}", file=out)
     else:

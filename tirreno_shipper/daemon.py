@@ -399,6 +399,25 @@ def lock_state_dir(state_dir: Path) -> int | str:
     return fd
 
 
+def lock_holder(state_dir: Path) -> int | None:
+    """The pid of the daemon running on ``state_dir``, from ``run.lock``, or None.
+
+    Read only: the lock itself is not touched, so a daemon starting right now is
+    never disturbed. A pid written by a daemon that died and since reused by
+    another program is told apart by its command line, where /proc shows it.
+    """
+    try:
+        pid = int((state_dir / LOCK_FILE).read_text(encoding="ascii").strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return pid  # no /proc here: the live pid is all there is to go by
+    return pid if b"tirreno" in cmdline else None
+
+
 class Daemon:
     def __init__(self, config: Config, config_path: Path | None, *, once: bool = False) -> None:
         self.config = config

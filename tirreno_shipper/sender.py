@@ -44,7 +44,7 @@ import structlog
 from tirreno_shipper import metrics, tirreno
 from tirreno_shipper._version import __version__
 from tirreno_shipper.config import SensorConfig
-from tirreno_shipper.errors import ConfigError
+from tirreno_shipper.errors import ConfigError, SpoolError
 from tirreno_shipper.records import LeasedEvent
 
 if TYPE_CHECKING:
@@ -418,6 +418,11 @@ class SiteSender:
         self._work = 0
         self._cond = threading.Condition()
         self._workers: list[_Worker] = []
+        # Accepted by the sensor (204) but not yet deleted from the spool, because
+        # the ack failed (a full disk): never sent again, acked when the spool can
+        # be written. Guarded by _cond.
+        self._accepted: set[int] = set()
+        self._spool_error_said = -math.inf
         # Guarded by _cond:
         self._state = "ok"
         self._resume_at = 0.0
@@ -472,8 +477,22 @@ class SiteSender:
             # spool recovers them at the next start. Nothing is lost.
             log.warning("sender_stop_grace_expired", site=self.site, hung_workers=len(hung))
             for worker in self._workers:
-                self._flush_acks(worker)  # accepted before the hang: never send them again
+                try:
+                    self._flush_acks(worker)  # accepted before the hang: never send them again
+                except SpoolError as exc:
+                    log.error("sender_ack_failed", site=self.site, error=str(exc))
                 self._release_pending(worker)
+        try:
+            self._ack_accepted()
+        except SpoolError as exc:
+            log.error(
+                "sender_ack_failed",
+                site=self.site,
+                events=len(self._accepted),
+                error=str(exc),
+                hint="events the sensor accepted stay in the spool and are sent again at the "
+                "next start (same request ids)",
+            )
         self._poster.close()
         # Closing the pool fails requests that are between reads; one blocked in
         # recv() ends at its timeout. Either way its thread is a daemon: no wait.
@@ -516,6 +535,7 @@ class SiteSender:
         while not self._stop.is_set():
             probing = False
             try:
+                self._ack_accepted()
                 limit = self._admit()
                 if limit is None:
                     break
@@ -526,7 +546,16 @@ class SiteSender:
                 worker.token = True
                 leased_at = time.monotonic()
                 batch = self.spool.lease(self.site, limit, self.lease_seconds)
+                with self._cond:
+                    done = [e for e in batch if e.id in self._accepted]
+                if done:
+                    # Their lease ended while their ack could not be written: they
+                    # were delivered; acking is all that is left to do.
+                    with worker.lock:
+                        worker.acks.extend(e.id for e in done)
+                    batch = [e for e in batch if e.id not in {d.id for d in done}]
                 if not batch:
+                    self._flush_acks(worker)
                     self._give_back(worker)
                     if probing:
                         self._end_probe()
@@ -539,6 +568,20 @@ class SiteSender:
                     worker.pending.extend(batch)
                     worker.lease_until = leased_at + self.lease_seconds
                 self._send_batch(worker, probing)
+            except SpoolError as exc:
+                # The spool cannot be written (a full disk): one line every 30 s,
+                # not a traceback a second from each worker.
+                now = time.monotonic()
+                if now - self._spool_error_said >= 30.0:
+                    self._spool_error_said = now
+                    log.error(
+                        "sender_spool_error",
+                        site=self.site,
+                        error=str(exc),
+                        hint="sending waits until the spool can be written again; events "
+                        "the sensor accepted meanwhile are not sent again",
+                    )
+                self._stop.wait(1.0)
             except Exception:
                 log.exception("sender_worker_error", site=self.site, worker=n)
                 self._stop.wait(1.0)
@@ -635,8 +678,10 @@ class SiteSender:
                     self._on_failure(event, verdict, started, probing)
         finally:
             self._give_back(worker)
-            self._flush_acks(worker)
-            self._release_pending(worker)
+            try:
+                self._flush_acks(worker)
+            finally:
+                self._release_pending(worker)
 
     def _give_back(self, worker: _Worker) -> None:
         if worker.token:
@@ -646,8 +691,26 @@ class SiteSender:
     def _flush_acks(self, worker: _Worker) -> None:
         with worker.lock:
             ids, worker.acks = worker.acks, []
+        if not ids:
+            return
+        try:
+            self.spool.ack(ids)
+        except SpoolError:
+            with self._cond:
+                self._accepted.update(ids)
+            raise
+        if self._accepted:
+            with self._cond:
+                self._accepted.difference_update(ids)
+
+    def _ack_accepted(self) -> None:
+        """Ack the events accepted while the spool could not be written, if it can now."""
+        with self._cond:
+            ids = list(self._accepted)
         if ids:
             self.spool.ack(ids)
+            with self._cond:
+                self._accepted.difference_update(ids)
 
     def _release_pending(self, worker: _Worker) -> None:
         with worker.lock:
@@ -656,8 +719,12 @@ class SiteSender:
         if rest:
             try:
                 self.spool.release(rest, 0.0, count_attempt=False)
-            except Exception:
+            except SpoolError as exc:
                 # Still leased: the lease expires and the spool recovers them.
+                log.warning(
+                    "sender_release_failed", site=self.site, count=len(rest), error=str(exc)
+                )
+            except Exception:
                 log.exception("sender_release_failed", site=self.site, count=len(rest))
 
     def _dead_letter(self, event: LeasedEvent, reason: str, *, attempted: bool = True) -> None:

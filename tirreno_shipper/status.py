@@ -8,6 +8,7 @@ seconds, and file sizes from ``os.stat`` now.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -19,21 +20,23 @@ from tirreno_shipper.spool import SPOOL_FILE, Spool
 STALE_AFTER = 30.0
 
 
-def _daemon_status(config: Config) -> dict[str, Any] | None:
-    try:
-        data: dict[str, Any] = json.loads((config.state_dir / "status.json").read_text())
-    except (OSError, ValueError):
-        return None
-    pid = data.get("pid")
-    alive = False
-    if isinstance(pid, int):
-        try:
-            os.kill(pid, 0)
-            alive = True
-        except OSError:
-            alive = False
-    data["running"] = alive and time.time() - float(data.get("updated", 0)) < STALE_AFTER
-    return data
+def _daemon_status(config: Config) -> dict[str, Any]:
+    """Whether a daemon runs (its lock, not status.json, says so), and its live state
+    from status.json when that is fresh."""
+    from tirreno_shipper.daemon import lock_holder
+
+    pid = lock_holder(config.state_dir)
+    data: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        data = json.loads((config.state_dir / "status.json").read_text())
+    age = time.time() - float(data.get("updated", 0) or 0)
+    fresh = pid is not None and data.get("pid") == pid and age < STALE_AFTER
+    return {
+        "running": pid is not None,
+        "pid": pid,
+        "sites": data.get("sites", {}) if fresh else {},
+        "stale_seconds": round(age) if pid is not None and not fresh and data else None,
+    }
 
 
 def collect(config: Config) -> dict[str, Any]:
@@ -50,19 +53,19 @@ def collect(config: Config) -> dict[str, Any]:
     now = time.time()
     report: dict[str, Any] = {
         "state_dir": str(config.state_dir),
-        "daemon": {
-            "running": bool(live and live["running"]),
-            # status.json outlives the daemon: a dead one's pid would mislead.
-            "pid": live.get("pid") if live and live["running"] else None,
-        },
+        "daemon": {"running": live["running"], "pid": live["pid"]},
         "sites": {},
     }
+    if live["stale_seconds"] is not None:
+        report["note"] = (
+            f"the daemon runs but has not updated status.json for {live['stale_seconds']} s "
+            "(a full disk or an unwritable state folder?): sensor states and pauses below "
+            "are unknown; see its log"
+        )
     try:
         for site in config.sites:
             stats = spool.stats(site.name)
-            live_site = (
-                (live or {}).get("sites", {}).get(site.name, {}) if live and live["running"] else {}
-            )
+            live_site = live["sites"].get(site.name, {})
             files = []
             for cp in spool.get_checkpoints(site.name):
                 try:
@@ -91,7 +94,10 @@ def collect(config: Config) -> dict[str, Any]:
                 if stats.oldest_created
                 else None,
                 "dead_letters": stats.dead_letters,
-                "sensor_state": live_site.get("sensor_state", "unknown (daemon not running)"),
+                "sensor_state": live_site.get(
+                    "sensor_state",
+                    "unknown (daemon not running)" if not live["running"] else "unknown",
+                ),
                 "paused": live_site.get("paused"),
                 "last_error": live_site.get("last_error"),
                 "unreadable": live_site.get("unreadable") or {},
