@@ -7,6 +7,7 @@ import os
 import pty
 import select
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -442,6 +443,55 @@ def test_unparseable_lines_are_a_warning_naming_the_file_and_its_format(
     assert warning["unparseable"] == {"no_match": 3} and warning["lines_read"] == 5
     assert warning["files"] == {str(log): "read as nginx_combined"}
     assert "tirreno-shipper detect-format FILE" in warning["hint"]
+
+
+@pytest.mark.parametrize(
+    ("cap", "url_chars"),
+    [({"max_events": 5}, 10), ({"max_bytes": 3000}, 1000)],
+    ids=["events", "bytes"],
+)
+def test_drop_oldest_keeps_the_spool_at_its_cap_exactly(
+    tmp_path: Path, sensor: FakeSensor, cap: dict[str, int], url_chars: int
+) -> None:
+    """Sensor down, on_full: drop_oldest: the spool fills to its cap and stays there: not one
+    event under it (each chunk dropped one too many), nor over it by bytes (events of ~1 KB
+    were dropped by count against a byte cap, and the overshoot stayed)."""
+    sensor.set_mode("refuse")
+    log = tmp_path / "a.log"
+    log.touch()
+    conf = site("a", sensor.url, log, spool={**cap, "on_full": "drop_oldest"})
+    cfg = write_config(tmp_path / "c.yaml", [conf])
+    state = tmp_path / "state"
+
+    def query(sql: str) -> tuple[int, ...]:
+        with sqlite3.connect(f"file:{state / 'spool.sqlite'}?mode=ro", uri=True) as db:
+            return tuple(db.execute(sql).fetchone() or ())
+
+    def held() -> tuple[int, int]:
+        row = query("SELECT events, bytes FROM site_totals WHERE site = 'a'")
+        return (row[0], row[1]) if row else (0, 0)
+
+    def read_to_end() -> bool:
+        return query("SELECT max(byte_offset) FROM checkpoints WHERE site = 'a'") == (
+            log.stat().st_size,
+        )
+
+    with running(cfg) as shipper:
+        shipper.wait_log("site_started")
+        seen = []
+        for i in range(12):
+            append(log, [nginx_line(f"/d/{i}/" + "x" * url_chars)])  # a chunk of its own
+            assert wait_until(read_to_end, 10)
+            seen.append(held())
+        assert shipper.stop() == 0
+    depths = [d for d, _ in seen]
+    if "max_events" in cap:
+        assert max(depths) == 5 and depths[-1] == 5, seen
+    else:
+        assert all(b <= 3000 for _, b in seen), seen
+        assert seen[-1][1] > 3000 - 1200, seen  # full, within one event of the cap
+    ids = spooled_ids(state, "a")
+    assert len(ids) == depths[-1]
 
 
 def test_run_once_exits_1_with_a_clear_message_when_the_sensor_is_down(

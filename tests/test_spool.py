@@ -861,3 +861,21 @@ def test_second_process_reads_stats_while_the_first_writes(tmp_path: Path) -> No
     # Whole chunks only: a reader never sees half a transaction.
     assert all(d % size == 0 for d in depths)
     assert len(set(depths)) > 2
+
+
+def test_make_room_drops_the_oldest_until_both_caps_hold(spool: Spool) -> None:
+    """By count and by bytes, oldest first, never a leased event."""
+    spool.commit_chunk("shop", make_events(10), None)
+    per_event = spool.stats("shop").bytes // 10
+    leased = spool.lease("shop", 1, 60)  # the oldest: a sender holds it
+    assert spool.make_room("shop", 8, 10**9) == 2
+    assert spool.stats("shop").depth == 8
+    assert spool.make_room("shop", 100, 3 * per_event + per_event // 2) == 5
+    left = spool.lease("shop", 10, 60)
+    events = make_events(10)
+    assert [e.request_id for e in leased + left] == [
+        events[0].request_id,  # held by a sender, so kept
+        events[8].request_id,
+        events[9].request_id,
+    ]
+    assert spool.make_room("shop", 0, 0) == 0  # all three are leased now

@@ -748,28 +748,69 @@ class Spool:
 
     def is_full(self, site: str, max_events: int, max_bytes: int) -> bool:
         """Whether the site's queue has reached either cap."""
+        depth, size = self.totals(site)
+        return depth >= max_events or size >= max_bytes
+
+    def totals(self, site: str) -> tuple[int, int]:
+        """The site's queue: events and their bytes (leased ones included)."""
         with self._errors():
             row = (
                 self._conn()
                 .execute("SELECT events, bytes FROM site_totals WHERE site = ?", (site,))
                 .fetchone()
             )
-        return row is not None and (row[0] >= max_events or row[1] >= max_bytes)
+        return (int(row[0]), int(row[1])) if row is not None else (0, 0)
 
     def drop_oldest(self, site: str, count: int) -> int:
         """Delete the ``count`` oldest events not leased right now; how many went."""
         if count <= 0:
             return 0
         with self._write() as conn:
-            dropped = self._delete_events(
-                conn,
-                "id IN (SELECT id FROM events WHERE site = ? AND "
-                "(leased_until IS NULL OR leased_until <= ?) ORDER BY created, id LIMIT ?)",
-                (site, time.time(), count),
-            )
+            dropped = self._drop_oldest(conn, site, count)
         if dropped:
             log.warning("spool_dropped_oldest", site=site, count=dropped)
         return dropped
+
+    def make_room(self, site: str, keep_events: int, keep_bytes: int) -> int:
+        """Delete the oldest events not leased right now until the site holds at most
+        ``keep_events`` events and ``keep_bytes`` bytes (or none is left to delete);
+        how many went."""
+        now = time.time()
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT events, bytes FROM site_totals WHERE site = ?", (site,)
+            ).fetchone()
+            depth, size = row if row else (0, 0)
+            count = 0
+            rows = conn.execute(
+                "SELECT size FROM events WHERE site = ? AND "
+                "(leased_until IS NULL OR leased_until <= ?) ORDER BY created, id",
+                (site, now),
+            )
+            for (event_size,) in rows:
+                if depth <= keep_events and size <= keep_bytes:
+                    break
+                depth -= 1
+                size -= event_size
+                count += 1
+            rows.close()
+            dropped = self._drop_oldest(conn, site, count) if count else 0
+        if dropped:
+            log.warning("spool_dropped_oldest", site=site, count=dropped)
+        return dropped
+
+    def _drop_oldest(self, conn: sqlite3.Connection, site: str, count: int) -> int:
+        return self._delete_events(
+            conn,
+            "id IN (SELECT id FROM events WHERE site = ? AND "
+            "(leased_until IS NULL OR leased_until <= ?) ORDER BY created, id LIMIT ?)",
+            (site, time.time(), count),
+        )
+
+    @staticmethod
+    def encoded_size(events: Sequence[Event]) -> int:
+        """The bytes ``events`` take in the spool (their JSON text), as the caps count them."""
+        return sum(len(_encode_fields(e.fields)) for e in events)
 
     # -- dead letters --------------------------------------------------------
 
