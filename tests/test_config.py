@@ -499,3 +499,10 @@ def test_a_lease_shorter_than_two_request_timeouts_is_refused() -> None:
     assert problem.startswith(
         "sites[0]: spool.lease_timeout (20 s) must be more than twice sensor.timeout (10 s)"
     )
+    # Left unset, the lease follows a long timeout instead.
+    config = parse_config(
+        "sites:\n  - name: a\n    sensor: {url: 'http://127.0.0.1/sensor/', api_key: k, "
+        "timeout: 30}\n    logs: [{path: /tmp/a.log}]\n",
+        env={},
+    )
+    assert config.sites[0].spool.lease_timeout == 90

@@ -361,8 +361,14 @@ class SiteConfig(_Model):
         # A sender stops a batch when the next request could outlast the lease
         # (a request: a connect and a response, each up to sensor.timeout). With a
         # shorter lease it could never send, and an expired lease lets another
-        # worker send the same event.
-        if self.spool.lease_timeout <= 2 * self.sensor.timeout:
+        # worker send the same event. Left unset, the lease follows a long timeout.
+        floor = 2 * self.sensor.timeout
+        if "lease_timeout" not in self.spool.model_fields_set:
+            if self.spool.lease_timeout <= floor:
+                spool = self.spool.model_copy(update={"lease_timeout": 3 * self.sensor.timeout})
+                object.__setattr__(self, "spool", spool)  # frozen: set once, while validating
+            return self
+        if self.spool.lease_timeout <= floor:
             raise ValueError(
                 f"spool.lease_timeout ({self.spool.lease_timeout:g} s) must be more than "
                 f"twice sensor.timeout ({self.sensor.timeout:g} s): an event's lease must "
