@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
@@ -21,6 +22,7 @@ import yaml
 
 from tests.conftest import Database, _database
 from tests.support.fake_sensor import FakeSensor
+from tests.support.proxy import StallingProxy
 from tests.support.servers import free_port
 from tests.support.shipper import (
     ROOT,
@@ -268,6 +270,43 @@ def test_a_reload_while_the_tail_waits_on_slow_user_lookups_spools_nothing_twice
         assert shipper.stop() == 0
     ids = Counter(sensor.accepted_ids())
     assert len(ids) == 400 and max(ids.values()) == 1, ids.most_common(3)
+
+
+@pytest.mark.slow
+def test_a_user_query_hung_behind_a_stalled_proxy_shows_as_the_database_down(
+    tmp_path: Path, sensor: FakeSensor, postgres: Database
+) -> None:
+    """The database is reached through a proxy that stops passing bytes, connections open:
+    no server or TCP time-out fires. The site must say it waits on its database (status,
+    metric), not look healthy while shipping nothing; and go on when the proxy does."""
+    users = postgres.create("users", "session_key VARCHAR(64) PRIMARY KEY, username VARCHAR(64)")
+    postgres.execute(
+        f"INSERT INTO {users} (session_key, username) VALUES (:k, :u)",
+        [{"k": f"s{i}", "u": f"user{i}"} for i in range(3)],
+    )
+    url = postgres.engine.url
+    with contextlib.closing(StallingProxy((url.host or "127.0.0.1", url.port or 5432))) as proxy:
+        proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+        log = tmp_path / "a.log"
+        log.touch()
+        query = f"SELECT username AS user_name FROM {users} WHERE session_key = :key"
+        conf = cookie_site("shop", sensor.url, log, proxied, query, cache_ttl=0, timeout=1)
+        cfg = write_config(tmp_path / "c.yaml", [conf])
+        with running(cfg) as shipper:
+            append(log, [nginx_line("/h/0", cookie="s0")])
+            assert sensor.wait_accepted(1, 20)
+            proxy.stall()
+            append(log, [nginx_line("/h/1", cookie="s1")])
+            assert wait_until(lambda: shipper.site_status()["paused"] == "resolver_down", 30)
+            status = shipper.site_status()
+            assert "a user query has not answered for" in status["last_error"]
+            assert "the database or the network to it hangs" in status["last_error"]
+            proxy.resume()
+            assert sensor.wait_accepted(2, 30)
+            assert wait_until(lambda: shipper.site_status()["paused"] is None, 20)
+            assert shipper.stop() == 0
+    assert sorted(r.fields["url"] for r in sensor.accepted) == ["/h/0", "/h/1"]
+    assert {r.fields["userName"] for r in sensor.accepted} == {"user0", "user1"}
 
 
 @pytest.mark.slow

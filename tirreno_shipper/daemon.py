@@ -139,6 +139,22 @@ class SiteRunner:
         )
         self._thread.start()
 
+    def check_stuck(self) -> None:
+        """A user query that outlives every timeout (a proxy or firewall that keeps the
+        connection open and never answers) is shown as the database being down: the
+        tail waits inside it, and nothing else would say why the site ships nothing."""
+        resolver = self._resolver
+        started = resolver.query_started if resolver is not None else None
+        if resolver is None or started is None or self.site.users is None:
+            return
+        waited = time.monotonic() - started
+        if waited > 2 * self.site.users.timeout + STUCK_MARGIN and self.paused is None:
+            self.last_error = (
+                f"a user query has not answered for {waited:.0f} s (users.timeout is "
+                f"{self.site.users.timeout:g} s): the database or the network to it hangs"
+            )
+            self._set_paused("resolver_down")
+
     def restart_dead_stages(self) -> None:
         if self._thread is not None and not self._thread.is_alive() and not self._stop.is_set():
             self.restarts += 1
@@ -386,6 +402,8 @@ LOCK_FILE = "run.lock"
 # How long a stopping site waits for its tail thread to end: only for tidiness,
 # since a stopped tail writes nothing (see SiteRunner.stop_reading).
 TAIL_JOIN = 1.0
+# Past twice users.timeout and this, a user query in flight is taken for hung.
+STUCK_MARGIN = 5.0
 
 
 def lock_state_dir(state_dir: Path) -> int | str:
@@ -725,6 +743,7 @@ class Daemon:
                     self._reload()
                 for runner in self.runners.values():
                     runner.restart_dead_stages()
+                    runner.check_stuck()
                 if now - self._last_recover >= 10.0:
                     self._last_recover = now
                     try:

@@ -221,6 +221,15 @@ def _connect_args(url: URL, timeout: float) -> dict[str, Any]:
         # A query that hangs (locks, a runaway plan) is cut by the server. Behind
         # a pgbouncer that rejects startup options, set ?options= in the URL.
         args["options"] = f"-c statement_timeout={int(timeout * 1000)}"
+        # A host that is gone, or a network that drops packets, is only noticed by
+        # TCP itself: data unacknowledged for the timeout ends the connection, and
+        # an idle pooled one is probed. (A proxy that accepts and never answers is
+        # caught by the daemon instead: see SiteRunner.check_stuck.)
+        args["tcp_user_timeout"] = int(timeout * 1000)
+        args["keepalives"] = 1
+        args["keepalives_idle"] = whole
+        args["keepalives_interval"] = whole
+        args["keepalives_count"] = 3
     elif backend in {"mysql", "mariadb"} and driver in {"pymysql", "mysqldb", "mariadbconnector"}:
         args["connect_timeout"] = whole
         args["read_timeout"] = whole
@@ -372,6 +381,9 @@ class UserResolver:
         self._last_seen = _TtlLru(max(config.cache_size, LAST_SEEN_MIN_SIZE))
         self._lock = threading.Lock()
         self._failing = False
+        # When the query in flight began (monotonic), for the daemon to notice one
+        # that hangs past every timeout; None between queries.
+        self.query_started: float | None = None
         self._hit = RESOLVER_CACHE.labels(site=site, result="hit")
         self._miss = RESOLVER_CACHE.labels(site=site, result="miss")
         self._latency = RESOLVER_QUERY_LATENCY.labels(site=site)
@@ -487,6 +499,7 @@ class UserResolver:
 
     def _query(self, key: str) -> User | None:
         started = time.perf_counter()
+        self.query_started = time.monotonic()
         try:
             with self._connect() as conn:
                 row = conn.execute(self._stmt, {"key": key}).mappings().first()
@@ -505,6 +518,7 @@ class UserResolver:
         except (SQLAlchemyError, OSError) as exc:
             raise self._failure(exc, key) from None
         finally:
+            self.query_started = None
             self._latency.observe(time.perf_counter() - started)
         if self._failing:
             self._failing = False
