@@ -344,6 +344,38 @@ def test_copytruncate_lines_not_yet_read_come_from_the_copy(tmp_path: Path) -> N
     assert store.drain(t) == [b"two", b"three", b"four"]
 
 
+@pytest.mark.parametrize("late", [True, False], ids=["read-past-the-copy", "copy-exact"])
+def test_a_copy_read_whole_before_the_truncation_is_not_read_again_after_a_restart(
+    tmp_path: Path, late: bool
+) -> None:
+    """A rename rotation, then copytruncate of the new file after we had read to (or past)
+    the copy's end, then a restart while the renamed file is still followed: the copy is
+    the newest sibling, but every line of it was read; none is read again."""
+    p = tmp_path / "access.log"
+    append(p, "a1", "a2")
+    store = Store()
+    t = make(p, rotated_grace=3600)  # the renamed file stays followed
+    assert store.drain(t) == [b"a1", b"a2"]
+    os.rename(p, tmp_path / "access.log.1")
+    append(tmp_path / "access.log.1", "a3")  # the server still writes to the renamed file
+    append(p, "c1", "c2")
+    aged(tmp_path / "access.log.1", 60)
+    assert store.drain(t) == [b"a3", b"c1", b"c2"]
+    # copytruncate: shift the renamed file, copy the live one, a line more, truncate.
+    os.rename(tmp_path / "access.log.1", tmp_path / "access.log.2")
+    shutil.copyfile(p, tmp_path / "access.log.1")
+    if late:
+        append(p, "c3")
+        assert store.drain(t) == [b"c3"]  # read before the truncation: past the copy's end
+    os.truncate(p, 0)
+    append(p, "n1")
+    assert store.drain(t) == [b"n1"]
+    t.close()
+    append(p, "n2")
+    t2 = make(p, rotated_grace=3600, checkpoints=store.checkpoints())
+    assert store.drain(t2) == [b"n2"]
+
+
 def test_truncated_and_regrown_past_offset_while_running(tmp_path: Path) -> None:
     """A file rewritten past our offset between polls is recognised by its fingerprint."""
     p = tmp_path / "access.log"

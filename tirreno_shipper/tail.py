@@ -586,9 +586,13 @@ class Tailer:
         )
 
     def _find_copy(self, path: str, old: FileId, offset: int, now: float) -> _File | None:
-        """The copy copytruncate made: same head, another inode, at least ``offset`` long.
+        """The copy copytruncate made: same head, another inode.
 
-        The lines between our offset and the truncation are only in the copy.
+        The lines between our offset and the truncation are only in the copy. A copy
+        shorter than our offset (we read lines written after it was taken) holds
+        nothing new, but is followed all the same, at its end: its checkpoint says
+        it was read, or a restart would take it for a file rotated while we were
+        down and read it again.
         """
         if not old.fingerprint:
             return None
@@ -602,7 +606,6 @@ class Tailer:
             if (
                 (st.st_dev, st.st_ino) in self._by_inode
                 or (st.st_dev, st.st_ino) == (old.dev, old.ino)
-                or st.st_size < offset
                 or _fingerprint_fd(fd) != old.fingerprint
                 or (best is not None and best[0] >= st.st_mtime)
             ):
@@ -615,7 +618,7 @@ class Tailer:
             return None
         _, fd, st = best
         fid = FileId(st.st_dev, st.st_ino, old.fingerprint)
-        copy = _File(fd, fid, offset, dirty=False, now=now)
+        copy = _File(fd, fid, min(offset, st.st_size), dirty=st.st_size <= offset, now=now)
         self._by_inode[copy.key] = copy
         return copy
 
