@@ -272,6 +272,17 @@ def test_token_bucket_is_shared_safely_by_threads() -> None:
     assert max(stamps) - started >= 39 / 50 - 0.02
 
 
+def test_token_bucket_wait_gives_up_at_its_deadline() -> None:
+    """A wait bounded by ``until`` ends then without a token (and takes none later)."""
+    bucket = TokenBucket(rate=1.0, burst=1)
+    never = threading.Event()
+    assert bucket.acquire(never)
+    started = time.monotonic()
+    assert not bucket.acquire(never, until=started + 0.2)
+    assert 0.15 <= time.monotonic() - started < 0.6
+    assert bucket.acquire(never)  # the token it did not take is still there for others
+
+
 def test_token_bucket_wait_is_interrupted_by_stop() -> None:
     """A stop while waiting for a token returns False at once."""
     bucket, stop = TokenBucket(0.1, 1), threading.Event()
@@ -851,4 +862,18 @@ def test_a_batch_that_would_outlast_its_lease_goes_back_instead_of_being_sent_tw
             assert sender.wait_empty(60)
         ids = Counter(r.request_id for r in sensor.accepted)
     assert sorted(ids) == sorted(e.request_id for e in make_events(12))
+    assert max(ids.values()) == 1, ids.most_common(3)
+
+
+def test_workers_racing_for_scarce_tokens_never_send_an_event_twice(spool: Spool) -> None:
+    """Eight workers share two tokens a second; some wait longer than their batch's lease.
+    A wait is cut before the lease ends, so no worker sends events another has re-leased."""
+    spool.commit_chunk("race", make_events(80), None)
+    config = sensor_config("http://127.0.0.1:1/", rate_limit=2.0, burst=1, timeout=0.5)
+    with FakeSensor(api_key=KEY, bucket_capacity=0) as sensor:
+        config = config.model_copy(update={"url": sensor.url, "concurrency": 8})
+        with running(config, spool, site="race", lease_seconds=2.5) as sender:
+            assert sender.wait_empty(120)
+        ids = Counter(r.request_id for r in sensor.accepted)
+    assert sorted(ids) == sorted(e.request_id for e in make_events(80))
     assert max(ids.values()) == 1, ids.most_common(3)

@@ -574,10 +574,21 @@ class Daemon:
             runner.last_error = str(exc)
             log.exception("site_start_failed", site=site.name)
 
-    def _stop_site(self, name: str) -> None:
-        runner = self.runners.pop(name, None)
-        if runner is not None:
-            runner.stop(self.config.shutdown_grace)
+    def _stop_sites(self, names: list[str]) -> None:
+        """Stop these sites at once: every tail stops writing, then they share one
+        grace window for requests in flight (a reload of many sites, or a shutdown,
+        takes one grace, not one each: the watchdog and /healthz wait meanwhile)."""
+        runners = [r for name in names if (r := self.runners.pop(name, None)) is not None]
+        for runner in runners:
+            runner.stop_reading()
+        grace = self.config.shutdown_grace
+        threads = [
+            threading.Thread(target=r.stop, args=(grace,), name=f"stop-{r.name}") for r in runners
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(grace + 10)
 
     def _reload(self) -> None:
         if self.config_path is None:
@@ -593,8 +604,14 @@ class Daemon:
             log.warning("reload_state_dir_ignored", hint="a new state_dir takes effect at restart")
         old_sites = {s.name: s for s in self.config.sites}
         new_sites = {s.name: s for s in new.sites}
-        for name in old_sites.keys() - new_sites.keys():
-            self._stop_site(name)
+        removed = sorted(old_sites.keys() - new_sites.keys())
+        changed = [
+            name
+            for name, site in new_sites.items()
+            if name in old_sites and (site != old_sites[name] or name not in self.runners)
+        ]
+        self._stop_sites(removed + changed)
+        for name in removed:
             metrics.forget_site(name)
             left = self.spool.stats(name).depth if self.spool is not None else 0
             if left:
@@ -611,8 +628,7 @@ class Daemon:
             if name not in old_sites:
                 self._start_site(site)
                 log.info("site_added", site=name)
-            elif site != old_sites[name] or name not in self.runners:
-                self._stop_site(name)
+            elif name in changed:
                 self._start_site(site)
                 log.info("site_reconfigured", site=name)
         from tirreno_shipper.logs import setup_logging
@@ -808,18 +824,7 @@ class Daemon:
     def _shutdown(self) -> None:
         self.notifier.stopping()
         log.info("daemon_stopping", grace=self.config.shutdown_grace)
-        # Every tail stops writing at once (none waits for another); then the sites
-        # stop in parallel, sharing one grace window for requests in flight.
-        for runner in self.runners.values():
-            runner.stop_reading()
-        threads = [
-            threading.Thread(target=r.stop, args=(self.config.shutdown_grace,), name=f"stop-{n}")
-            for n, r in self.runners.items()
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(self.config.shutdown_grace + 10)
+        self._stop_sites(list(self.runners))
         self._write_status()
         self._stop_metrics()
         if self.spool is not None:

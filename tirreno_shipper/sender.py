@@ -215,8 +215,9 @@ class TokenBucket:
         self._stamp = time.monotonic()
         self._lock = threading.Lock()
 
-    def acquire(self, stop: threading.Event) -> bool:
-        """Take one token, waiting as needed; False if ``stop`` is set first."""
+    def acquire(self, stop: threading.Event, until: float = math.inf) -> bool:
+        """Take one token, waiting as needed; False if ``stop`` is set first, or if
+        no token comes before ``until`` (monotonic)."""
         if self.rate <= 0:
             return not stop.is_set()
         while not stop.is_set():
@@ -228,7 +229,7 @@ class TokenBucket:
                     self._tokens -= 1.0
                     return True
                 wait = (1.0 - self._tokens) / self.rate
-            if stop.wait(wait):
+            if now >= until or stop.wait(min(wait, until - now)):
                 return False
         return False
 
@@ -636,7 +637,12 @@ class SiteSender:
                             # the wait may outlast their lease, and an unacked event
                             # whose lease ended is another worker's to send again.
                             self._flush_acks(worker)
-                        if not self.bucket.acquire(self._stop):
+                        # Not past the point where a request could outlast the lease:
+                        # workers share the bucket and a waiting one may lose the race
+                        # for tokens to the others for as long as the lease lasts.
+                        if not self.bucket.acquire(
+                            self._stop, worker.lease_until - self._request_budget
+                        ):
                             break
                 if not probing and self._state != "ok":
                     # The wait for a token can be long: a 429 or an outage seen by
