@@ -848,32 +848,33 @@ def test_kill_mid_flight_duplicates_only_requests_in_flight(tmp_path: Path) -> N
     assert all(index < accepted_before_kill for index in first_seen.values())
 
 
+def rate_limited_delivery(
+    spool: Spool, events: int, *, rate: float, timeout: float, concurrency: int, lease: float
+) -> Counter[str]:
+    """Send ``events`` through a rate-limited sender with a short lease: ids accepted."""
+    spool.commit_chunk("lease", make_events(events), None)
+    config = sensor_config("http://127.0.0.1:1/", rate_limit=rate, burst=1, timeout=timeout)
+    with FakeSensor(api_key=KEY, bucket_capacity=0) as sensor:
+        config = config.model_copy(update={"url": sensor.url, "concurrency": concurrency})
+        with running(config, spool, site="lease", lease_seconds=lease) as sender:
+            assert sender.wait_empty(events * 1.5 / rate)
+        ids = Counter(r.request_id for r in sensor.accepted)
+    assert sorted(ids) == sorted(e.request_id for e in make_events(events))
+    return ids
+
+
 def test_a_batch_that_would_outlast_its_lease_goes_back_instead_of_being_sent_twice(
     spool: Spool,
 ) -> None:
     """A low rate limit (one request a second) and a 2.5 s lease: each worker's batch of 8
     takes longer than its lease. The rest of a batch goes back before the lease ends, so no
     other worker leases and sends the same events while the first still holds them."""
-    spool.commit_chunk("lease", make_events(12), None)
-    config = sensor_config("http://127.0.0.1:1/", rate_limit=1.0, burst=1, timeout=1.0)
-    with FakeSensor(api_key=KEY, bucket_capacity=0) as sensor:
-        config = config.model_copy(update={"url": sensor.url, "concurrency": 2})
-        with running(config, spool, site="lease", lease_seconds=2.5) as sender:
-            assert sender.wait_empty(60)
-        ids = Counter(r.request_id for r in sensor.accepted)
-    assert sorted(ids) == sorted(e.request_id for e in make_events(12))
+    ids = rate_limited_delivery(spool, 12, rate=1.0, timeout=1.0, concurrency=2, lease=2.5)
     assert max(ids.values()) == 1, ids.most_common(3)
 
 
 def test_workers_racing_for_scarce_tokens_never_send_an_event_twice(spool: Spool) -> None:
     """Eight workers share two tokens a second; some wait longer than their batch's lease.
     A wait is cut before the lease ends, so no worker sends events another has re-leased."""
-    spool.commit_chunk("race", make_events(80), None)
-    config = sensor_config("http://127.0.0.1:1/", rate_limit=2.0, burst=1, timeout=0.5)
-    with FakeSensor(api_key=KEY, bucket_capacity=0) as sensor:
-        config = config.model_copy(update={"url": sensor.url, "concurrency": 8})
-        with running(config, spool, site="race", lease_seconds=2.5) as sender:
-            assert sender.wait_empty(120)
-        ids = Counter(r.request_id for r in sensor.accepted)
-    assert sorted(ids) == sorted(e.request_id for e in make_events(80))
+    ids = rate_limited_delivery(spool, 80, rate=2.0, timeout=0.5, concurrency=8, lease=2.5)
     assert max(ids.values()) == 1, ids.most_common(3)
