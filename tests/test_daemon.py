@@ -522,6 +522,9 @@ def test_drop_oldest_keeps_the_spool_at_its_cap_exactly(
             append(log, [nginx_line(f"/d/{i}/" + "x" * url_chars)])  # a chunk of its own
             assert wait_until(read_to_end, 10)
             seen.append(held())
+        # Said once (at most once a minute), not at every chunk.
+        [said] = shipper.logged("spool_dropped_oldest")
+        assert said["level"] == "warning" and said["count"] >= 1
         assert shipper.stop() == 0
     depths = [d for d, _ in seen]
     if "max_events" in cap:

@@ -91,6 +91,8 @@ class SiteRunner:
         # Exported at 0 from the start: an alert on increase() needs the series to exist.
         self._full = metrics.SPOOL_FULL.labels(site=site.name)
         self._unparseable = _UnparseableLines(site.name)
+        self._dropped_since = 0
+        self._dropped_said = -math.inf
 
     def _new_sender(self) -> SiteSender:
         return SiteSender(
@@ -200,7 +202,10 @@ class SiteRunner:
         self.sender.stop(grace)
         if self._thread is None:
             self._close_tail()
-        self._set_paused(None)
+        # Not "resumed": it stopped. The gauges go back to 0, quietly.
+        for reason in PAUSE_REASONS:
+            metrics.SITE_PAUSED.labels(site=self.name, reason=reason).set(0)
+        self.paused = None
         log.info("site_stopped", site=self.name)
 
     def _close_tail(self) -> None:
@@ -220,7 +225,7 @@ class SiteRunner:
     def _set_paused(self, reason: str | None) -> None:
         if reason == self.paused:
             return
-        for r in ("resolver_down", "spool_full", "spool_error"):
+        for r in PAUSE_REASONS:
             metrics.SITE_PAUSED.labels(site=self.name, reason=r).set(1 if r == reason else 0)
         if reason is None:
             log.info("site_resumed", site=self.name, was=self.paused)
@@ -343,7 +348,20 @@ class SiteRunner:
         self._full.inc()
         if cfg.on_full == "pause":
             raise _SpoolFull
-        self._dropped.inc(self.spool.make_room(self.name, cfg.max_events - n, cfg.max_bytes - size))
+        dropped = self.spool.make_room(self.name, cfg.max_events - n, cfg.max_bytes - size)
+        self._dropped.inc(dropped)
+        self._dropped_since += dropped
+        now = time.monotonic()
+        if self._dropped_since and now - self._dropped_said >= DROPPED_EVERY:
+            log.warning(
+                "spool_dropped_oldest",
+                site=self.name,
+                count=self._dropped_since,
+                hint="the spool is full and spool.on_full is drop_oldest: the oldest events "
+                "are deleted unsent (counted in events_dropped_total; said at most once a "
+                "minute, with the count since)",
+            )
+            self._dropped_said, self._dropped_since = now, 0
 
     def _snapshot(self) -> None:
         files: list[FileStatus] = []
@@ -399,9 +417,12 @@ class _UnparseableLines:
 
 
 LOCK_FILE = "run.lock"
+PAUSE_REASONS = ("resolver_down", "spool_full", "spool_error")
 # How long a stopping site waits for its tail thread to end: only for tidiness,
 # since a stopped tail writes nothing (see SiteRunner.stop_reading).
 TAIL_JOIN = 1.0
+# Events dropped from a full spool are logged at most this often (with the count since).
+DROPPED_EVERY = 60.0
 # Past twice users.timeout and this, a user query in flight is taken for hung.
 STUCK_MARGIN = 5.0
 

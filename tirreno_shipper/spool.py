@@ -774,7 +774,7 @@ class Spool:
     def make_room(self, site: str, keep_events: int, keep_bytes: int) -> int:
         """Delete the oldest events not leased right now until the site holds at most
         ``keep_events`` events and ``keep_bytes`` bytes (or none is left to delete);
-        how many went."""
+        how many went (the caller says so: at every chunk, it would flood the log)."""
         now = time.time()
         with self._write() as conn:
             row = conn.execute(
@@ -794,10 +794,7 @@ class Spool:
                 size -= event_size
                 count += 1
             rows.close()
-            dropped = self._drop_oldest(conn, site, count) if count else 0
-        if dropped:
-            log.warning("spool_dropped_oldest", site=site, count=dropped)
-        return dropped
+            return self._drop_oldest(conn, site, count) if count else 0
 
     def _drop_oldest(self, conn: sqlite3.Connection, site: str, count: int) -> int:
         return self._delete_events(
