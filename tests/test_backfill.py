@@ -312,3 +312,14 @@ def test_backfill_waiting_for_room_in_a_full_spool_says_why(
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def test_backfill_needs_no_api_key_in_the_environment(tmp_path: Path, sensor: FakeSensor) -> None:
+    """backfill only spools: an operator's shell without the service's key can run it."""
+    live = tmp_path / "access.log"
+    live.touch()
+    cfg = write_config(tmp_path / "c.yaml", [site("a", sensor.url, live, key="${TIRRENO_API_KEY}")])
+    old = write_gz(tmp_path / "access.log.2.gz", lines("k", 3))
+    r = run_cli("backfill", "-c", str(cfg), "--site", "a", str(old), env={"TIRRENO_API_KEY": ""})
+    assert r.returncode == 0, r.stderr
+    assert summary(r.stderr)["events"] == 3

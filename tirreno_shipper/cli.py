@@ -112,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load(path: str, *, no_secrets: bool = False) -> Config:
+def _load(path: str, *, no_secrets: bool | frozenset[str] = False) -> Config:
     return load_config(path, no_secrets=no_secrets)
 
 
@@ -167,7 +167,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         return code
     # status and dead-letters read the spool only: they work without the
     # service's secrets in the environment (its env file is rarely sourced).
-    config = _load(args.config, no_secrets=args.command in ("status", "dead-letters"))
+    # backfill resolves users (it needs the database) but never sends (no API key).
+    unused: bool | frozenset[str] = (
+        True
+        if args.command in ("status", "dead-letters")
+        else frozenset({"api_key"})
+        if args.command == "backfill"
+        else False
+    )
+    config = _load(args.config, no_secrets=unused)
     if args.command in ("status", "dead-letters"):
         # Their output is data (JSON with --json): log lines go to stderr, and
         # only warnings, never the spool's own info events.

@@ -422,11 +422,15 @@ _SECRET_STAND_INS = {"api_key": "not-loaded", "database": "sqlite://", "password
 
 
 def _walk(
-    node: Any, path: str, env: Mapping[str, str], problems: list[str], no_secrets: bool = False
+    node: Any,
+    path: str,
+    env: Mapping[str, str],
+    problems: list[str],
+    no_secrets: frozenset[str] = frozenset(),
 ) -> Any:
     if isinstance(node, str):
         key = path.rpartition(".")[2]
-        if no_secrets and key in SECRET_KEYS:
+        if key in no_secrets:
             missing: list[str] = []
             value = _expand(node, path, env, missing)
             return _SECRET_STAND_INS[key] if missing else value
@@ -724,14 +728,16 @@ def parse_config(
     source: str = "<config>",
     base_dir: Path | None = None,
     *,
-    no_secrets: bool = False,
+    no_secrets: bool | frozenset[str] = False,
 ) -> Config:
     """Validate YAML text into a `Config`; raise `ConfigError` with every problem.
 
     ``no_secrets``: for commands that never use the secrets (``status``,
-    ``dead-letters``), a secret whose ``${VAR}`` is not set is no problem: an
+    ``dead-letters``: True), or some of them (``backfill`` never sends:
+    ``{"api_key"}``), a secret whose ``${VAR}`` is not set is no problem: an
     operator's shell rarely has the service's environment file loaded.
     """
+    unused = SECRET_KEYS if no_secrets is True else frozenset(no_secrets or ())
     env = os.environ if env is None else env
     try:
         raw = yaml.safe_load(text)
@@ -753,10 +759,10 @@ def parse_config(
     if not isinstance(raw, dict):
         raise ConfigError([f"{source}: the top level must be a mapping with state_dir, sites, ..."])
     problems: list[str] = []
-    data = _walk(raw, "", env, problems, no_secrets)
+    data = _walk(raw, "", env, problems, unused)
     if base_dir is not None:
         _relative_to(base_dir, data)
-    if no_secrets:
+    if "api_key" in unused:
         _skip_key_files(data)
     else:
         _read_key_files(data, problems)
@@ -782,7 +788,10 @@ def parse_config(
 
 
 def load_config(
-    path: str | Path, env: Mapping[str, str] | None = None, *, no_secrets: bool = False
+    path: str | Path,
+    env: Mapping[str, str] | None = None,
+    *,
+    no_secrets: bool | frozenset[str] = False,
 ) -> Config:
     """Read and validate a configuration file; raise `ConfigError`."""
     try:
