@@ -50,9 +50,36 @@ def setup_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None 
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
-    # Libraries (httpx, SQLAlchemy, watchdog) log through stdlib logging; only
-    # their warnings matter to an operator, and httpx's INFO lines would repeat
-    # every request.
-    logging.basicConfig(
-        level=logging.WARNING, stream=out, format="%(levelname)s %(name)s: %(message)s"
+    # Libraries (httpx, SQLAlchemy, watchdog) log through stdlib logging: rendered
+    # like our own lines (a plain text line in a JSON stream breaks every log
+    # shipper that parses it). Only their warnings matter to an operator; httpx's
+    # INFO lines would repeat every request.
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                _mask_secrets,
+                renderer,
+            ],
+        )
+    )
+    handler.addFilter(_drop_shutdown_noise)
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(logging.WARNING)
+
+
+def _drop_shutdown_noise(record: logging.LogRecord) -> bool:
+    # watchdog's inotify emitter logs this ERROR when its observer is stopped while
+    # it is between reads: a harmless race of every stop, not something to act on.
+    return not (
+        record.name.startswith("watchdog.")
+        and "called when the thread is inactive" in record.getMessage()
     )
