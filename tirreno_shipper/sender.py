@@ -542,9 +542,10 @@ class SiteSender:
                     break
                 probing = limit == 1
                 seen = self._work
-                if not self.bucket.acquire(self._stop):
-                    break
-                worker.token = True
+                if not worker.token:  # still held if the last lease failed
+                    if not self.bucket.acquire(self._stop):
+                        break
+                    worker.token = True
                 leased_at = time.monotonic()
                 batch = self.spool.lease(self.site, limit, self.lease_seconds)
                 with self._cond:
