@@ -219,7 +219,12 @@ def test_a_test_event_to_a_wrong_path_reports_the_real_status(
 def _users(tmp_path: Path, query: str) -> dict[str, Any]:
     db = tmp_path / "users.sqlite"
     db.touch()
-    return {"key": {"cookie": "sessionid"}, "database": f"sqlite:///{db}", "query": query}
+    return _users_at(f"sqlite:///{db}", query)
+
+
+def _users_at(database: str, query: str, **extra: Any) -> dict[str, Any]:
+    """A ``users`` section keyed on the sessionid cookie."""
+    return {"key": {"cookie": "sessionid"}, "database": database, "query": query, **extra}
 
 
 def test_a_failing_user_query_is_reported_once_without_log_lines(
@@ -330,11 +335,9 @@ def test_check_never_prints_a_database_password(
                 "a",
                 sensor.url,
                 log,
-                users={
-                    "key": {"cookie": "sessionid"},
-                    "database": f"mysql+pymysql://reader:p@ss-Zz9Leak@127.0.0.1:{unused_tcp_port}/test",
-                    "query": query,
-                },
+                users=_users_at(
+                    f"mysql+pymysql://reader:p@ss-Zz9Leak@127.0.0.1:{unused_tcp_port}/test", query
+                ),
             )
         ],
     )
@@ -352,13 +355,11 @@ def test_check_never_prints_a_database_password(
                     "a",
                     sensor.url,
                     log,
-                    users={
-                        "key": {"cookie": "sessionid"},
-                        "database": f"{scheme}://reader@127.0.0.1:{unused_tcp_port}/test"
-                        "?password=QueryPwLeak",
-                        "query": query,
-                        "timeout": 2,
-                    },
+                    users=_users_at(
+                        f"{scheme}://reader@127.0.0.1:{unused_tcp_port}/test?password=QueryPwLeak",
+                        query,
+                        timeout=2,
+                    ),
                 )
             ],
             log={"level": "debug", "format": "json"},

@@ -25,6 +25,7 @@ from tests.support.shipper import Shipper
 from tests.support.writer import (
     LogWriter,
     all_delivered,
+    daemon,
     delivery_report,
     make_config,
     metric,
@@ -194,11 +195,7 @@ def test_read_only_state_dir_exits_73_and_loses_no_line(tmp_path: Path) -> None:
     with FakeSensor(bucket_capacity=0) as sensor:
         # start_at end: the lines written while the state_dir is broken are only
         # shipped if the checkpoint of the last good run is honoured.
-        shipper = Shipper(
-            make_config(tmp_path, sensor.url, log, state_dir=state, start_at="end"),
-            log_path=tmp_path / "daemon.log",
-            start=False,
-        )
+        shipper = daemon(tmp_path, sensor.url, log, state_dir=state, start_at="end")
         try:
             shipper.start()
             wait_for(lambda: bool(shipper.logged("file_opened")), 60, "the daemon to open the log")
@@ -231,11 +228,7 @@ def test_uncreatable_state_dir_exits_73_and_loses_no_line(tmp_path: Path) -> Non
     writer = LogWriter(log)
     writer.write(25)
     with FakeSensor(bucket_capacity=0) as sensor:
-        shipper = Shipper(
-            make_config(tmp_path, sensor.url, log, state_dir=state),
-            log_path=tmp_path / "daemon.log",
-            start=False,
-        )
+        shipper = daemon(tmp_path, sensor.url, log, state_dir=state)
         try:
             _assert_exits_73(shipper, state, "cannot create state_dir")
             writer.write(25)

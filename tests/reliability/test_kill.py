@@ -15,8 +15,10 @@ from tests.support.shipper import Shipper
 from tests.support.writer import (
     LogWriter,
     checkpoints,
+    daemon,
     delivery_report,
     make_config,
+    start_and_ship,
     wait_for,
 )
 from tirreno_shipper.sender import BATCH
@@ -143,16 +145,9 @@ def test_two_rotations_while_down(tmp_path: Path) -> None:
     log.touch()
     writer = LogWriter(log)
     with FakeSensor(bucket_capacity=0) as sensor:
-        shipper = Shipper(
-            make_config(tmp_path, sensor.url, log, start_at="end"),
-            log_path=tmp_path / "daemon.log",
-            start=False,
-        )
+        shipper = daemon(tmp_path, sensor.url, log, start_at="end")
         try:
-            shipper.start()
-            wait_for(lambda: bool(shipper.logged("file_opened")), 60, "the daemon to open the log")
-            writer.write(10)
-            wait_for(lambda: sensor.wait_accepted(10, 0), 30, "the first lines")
+            start_and_ship(shipper, writer, sensor)
             shipper.kill()
             writer.write(10)  # left in the checkpointed file: found among the siblings
             writer.rotate()
@@ -178,16 +173,9 @@ def test_rotation_while_down_after_checkpoint_of_empty_file(tmp_path: Path) -> N
     state = tmp_path / "state"
     writer = LogWriter(log)
     with FakeSensor(bucket_capacity=0) as sensor:
-        shipper = Shipper(
-            make_config(tmp_path, sensor.url, log, start_at="end"),
-            log_path=tmp_path / "daemon.log",
-            start=False,
-        )
+        shipper = daemon(tmp_path, sensor.url, log, start_at="end")
         try:
-            shipper.start()
-            wait_for(lambda: bool(shipper.logged("file_opened")), 60, "the daemon to open the log")
-            writer.write(10)
-            wait_for(lambda: sensor.wait_accepted(10, 0), 30, "the first lines")
+            start_and_ship(shipper, writer, sensor)
             writer.rotate()  # logrotate: rename, then create an empty file at the path
             new = os.stat(log).st_ino
             wait_for(

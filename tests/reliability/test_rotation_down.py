@@ -23,8 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.fake_sensor import FakeSensor
-from tests.support.shipper import Shipper
-from tests.support.writer import LogWriter, delivery_report, make_config, seq_of, wait_for
+from tests.support.writer import LogWriter, daemon, delivery_report, seq_of, start_and_ship
 from tirreno_shipper.events import request_ids
 from tirreno_shipper.records import FileId
 from tirreno_shipper.tail import fingerprint
@@ -85,14 +84,6 @@ def real_logrotate(log: Path, tmp: Path) -> Callable[[], None]:
     return rotate
 
 
-def reopened(writer: LogWriter) -> LogWriter:
-    """nginx reopening its log (USR1): a writer on the new file, numbering on."""
-    new = LogWriter(writer.path)
-    new.seq = writer.seq
-    writer.close()
-    return new
-
-
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("how", ["emulated", "logrotate"])
 def test_two_delaycompress_rotations_while_stopped(tmp_path: Path, how: str) -> None:
@@ -105,25 +96,18 @@ def test_two_delaycompress_rotations_while_stopped(tmp_path: Path, how: str) -> 
     rotate = emulated(log) if how == "emulated" else real_logrotate(log, tmp_path)
     writer = LogWriter(log)
     with FakeSensor(bucket_capacity=0) as sensor:
-        shipper = Shipper(
-            make_config(tmp_path, sensor.url, log, start_at="end"),
-            log_path=tmp_path / "daemon.log",
-            start=False,
-        )
+        shipper = daemon(tmp_path, sensor.url, log, start_at="end")
         try:
-            shipper.start()
-            wait_for(lambda: bool(shipper.logged("file_opened")), 60, "the daemon to open the log")
-            writer.write(10)
-            wait_for(lambda: sensor.wait_accepted(10, 0), 30, "the first lines")
+            start_and_ship(shipper, writer, sensor)
             assert shipper.stop() == 0
             st = log.stat()
             writer.write(30)  # after the checkpoint, in the checkpointed file
             text = log.read_bytes()
             rotate()
-            writer = reopened(writer)
+            writer.reopen()  # nginx USR1 after logrotate
             writer.write(30)  # a file the daemon never sees live
             rotate()
-            writer = reopened(writer)
+            writer.reopen()  # nginx USR1 after logrotate
             writer.write(30)  # the file at the path now
             writer.close()
             assert sorted(os.listdir(logs)) == ["access.log", "access.log.1", "access.log.2.gz"]
@@ -174,11 +158,7 @@ def test_glob_does_not_follow_compressed_rotated_files(tmp_path: Path) -> None:
     writer.write(10)
     writer.close()
     with FakeSensor(bucket_capacity=0) as sensor:
-        shipper = Shipper(
-            make_config(tmp_path, sensor.url, logs / "access.log*"),
-            log_path=tmp_path / "daemon.log",
-            start=False,
-        )
+        shipper = daemon(tmp_path, sensor.url, logs / "access.log*")
         try:
             result = shipper.run_once(timeout=60)
             assert result.returncode == 0, result.stderr[-2000:]

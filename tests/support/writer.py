@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.fake_sensor import FakeSensor
+from tests.support.shipper import Shipper
 
 ITEM = re.compile(r"^/item/(\d+)$")
 USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) reliability-test"
@@ -98,11 +99,15 @@ class LogWriter:
             self._fh = open(self.path, "ab", buffering=0)  # noqa: SIM115
 
     def reopen(self) -> None:
-        """The server reopens its log (nginx USR1): later lines go to the new file."""
+        """The server reopens its log (nginx USR1): later lines go to the new file, whether
+        `rotate` or another program (logrotate) moved the old one away."""
         with self._lock:
             if self._old is not None:
                 self._old.close()
                 self._old = None
+            else:
+                self._fh.close()
+                self._fh = open(self.path, "ab", buffering=0)  # noqa: SIM115
 
     def start(
         self,
@@ -207,6 +212,24 @@ def make_config(
     path = tmp / "config.yaml"
     path.write_text(json.dumps(config, indent=2))
     return path
+
+
+def daemon(tmp: Path, sensor_url: str, log_path: Path, **config: Any) -> Shipper:
+    """A daemon on `make_config`'s configuration, not started, logging to tmp/daemon.log."""
+    return Shipper(
+        make_config(tmp, sensor_url, log_path, **config),
+        log_path=tmp / "daemon.log",
+        start=False,
+    )
+
+
+def start_and_ship(shipper: Shipper, writer: LogWriter, sensor: FakeSensor, n: int = 10) -> None:
+    """Start ``shipper``, write ``n`` lines and wait until the sensor has them: a running
+    daemon with a checkpoint past them."""
+    shipper.start()
+    wait_for(lambda: bool(shipper.logged("file_opened")), 60, "the daemon to open the log")
+    writer.write(n)
+    wait_for(lambda: sensor.wait_accepted(n, 0), 30, "the first lines")
 
 
 def anonymous_users(tmp: Path) -> dict[str, Any]:
