@@ -19,7 +19,6 @@ from __future__ import annotations
 import fcntl
 import fnmatch
 import json
-import math
 import os
 import signal
 import threading
@@ -35,6 +34,7 @@ from tirreno_shipper import metrics
 from tirreno_shipper.cli import EX_CANTCREAT, EX_FAILURE, EX_INTERRUPTED, EX_OK, EX_TEMPFAIL
 from tirreno_shipper.config import Config, SiteConfig, load_config
 from tirreno_shipper.errors import ConfigError, ResolverError, SpoolError
+from tirreno_shipper.logs import Throttle
 from tirreno_shipper.notify import Notifier
 from tirreno_shipper.parse import LineParser
 from tirreno_shipper.pipeline import Counts, SitePipeline
@@ -92,7 +92,7 @@ class SiteRunner:
         self._full = metrics.SPOOL_FULL.labels(site=site.name)
         self._unparseable = _UnparseableLines(site.name)
         self._dropped_since = 0
-        self._dropped_said = -math.inf
+        self._drop_warning = Throttle(DROPPED_EVERY)
 
     def _new_sender(self) -> SiteSender:
         return SiteSender(
@@ -145,15 +145,14 @@ class SiteRunner:
         """A user query that outlives every timeout (a proxy or firewall that keeps the
         connection open and never answers) is shown as the database being down: the
         tail waits inside it, and nothing else would say why the site ships nothing."""
-        resolver = self._resolver
-        started = resolver.query_started if resolver is not None else None
-        if resolver is None or started is None or self.site.users is None:
+        resolver, users = self._resolver, self.site.users
+        if resolver is None or users is None or (started := resolver.query_started) is None:
             return
         waited = time.monotonic() - started
-        if waited > 2 * self.site.users.timeout + STUCK_MARGIN and self.paused is None:
+        if waited > 2 * users.timeout + STUCK_MARGIN and self.paused is None:
             self.last_error = (
                 f"a user query has not answered for {waited:.0f} s (users.timeout is "
-                f"{self.site.users.timeout:g} s): the database or the network to it hangs"
+                f"{users.timeout:g} s): the database or the network to it hangs"
             )
             self._set_paused("resolver_down")
 
@@ -298,12 +297,8 @@ class SiteRunner:
                 # A quiet poll is when the tailer releases identities it no longer
                 # needs (a copytruncated file's empty head): drop them now, not at
                 # the next line, or `status` shows a stale file meanwhile.
-                retired = tailer.retired()
-                if retired:
-                    with self._commit_lock:
-                        if self._stop.is_set():
-                            break
-                        self.spool.delete_checkpoints(self.name, retired)
+                if not self._retire(tailer):
+                    break
                 continue
             # Held until committed: if the resolver or the spool fails, the same
             # lines are processed again later; nothing is skipped.
@@ -320,14 +315,20 @@ class SiteRunner:
             self._spooled.inc(len(events))
             if events:
                 self.sender.wake()
-            retired = tailer.retired()
-            if retired:
-                with self._commit_lock:
-                    if self._stop.is_set():
-                        break
-                    self.spool.delete_checkpoints(self.name, retired)
+            if not self._retire(tailer):
+                break
             progressed = True
         return progressed
+
+    def _retire(self, tailer: Tailer) -> bool:
+        """Delete the checkpoints ``tailer`` no longer needs; False once stopped."""
+        retired = tailer.retired()
+        if retired:
+            with self._commit_lock:
+                if self._stop.is_set():
+                    return False
+                self.spool.delete_checkpoints(self.name, retired)
+        return True
 
     def _make_room(self, events: list[Event]) -> None:
         """Room in the spool for the whole chunk, so the caps hold (a chunk larger than
@@ -351,8 +352,7 @@ class SiteRunner:
         dropped = self.spool.make_room(self.name, cfg.max_events - n, cfg.max_bytes - size)
         self._dropped.inc(dropped)
         self._dropped_since += dropped
-        now = time.monotonic()
-        if self._dropped_since and now - self._dropped_said >= DROPPED_EVERY:
+        if self._dropped_since and self._drop_warning.due():
             log.warning(
                 "spool_dropped_oldest",
                 site=self.name,
@@ -361,7 +361,7 @@ class SiteRunner:
                 "are deleted unsent (counted in events_dropped_total; said at most once a "
                 "minute, with the count since)",
             )
-            self._dropped_said, self._dropped_since = now, 0
+            self._dropped_since = 0
 
     def _snapshot(self) -> None:
         files: list[FileStatus] = []
@@ -385,7 +385,7 @@ class _UnparseableLines:
 
     def __init__(self, site: str) -> None:
         self.site = site
-        self._said = -math.inf
+        self._said = Throttle(self.EVERY)
         self._since = time.monotonic()
         self._lines = 0
         self._bad: Counter[str] = Counter()
@@ -399,7 +399,7 @@ class _UnparseableLines:
         if counts.unparseable:
             self._bad.update(counts.unparseable)
             self._files[path] = format_label
-        if self._bad and now - self._said >= self.EVERY:
+        if self._bad and self._said.due():
             log.warning(
                 "lines_unparseable",
                 site=self.site,
@@ -410,7 +410,7 @@ class _UnparseableLines:
                 "most are, the format is not the log's: `tirreno-shipper detect-format FILE` "
                 "names the one that fits",
             )
-            self._said = self._since = now
+            self._since = now
             self._lines = 0
             self._bad.clear()
             self._files.clear()

@@ -7,7 +7,9 @@ under the rule that no code logs a cookie, session key or API key at all.
 from __future__ import annotations
 
 import logging
+import math
 import sys
+import time
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
@@ -83,3 +85,20 @@ def _drop_shutdown_noise(record: logging.LogRecord) -> bool:
         record.name.startswith("watchdog.")
         and "called when the thread is inactive" in record.getMessage()
     )
+
+
+class Throttle:
+    """For a warning said at most once per ``every`` seconds (the first time at once):
+    a condition that lasts (a full disk, a full spool) must not flood the log."""
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self._said = -math.inf
+
+    def due(self) -> bool:
+        """True, and the clock restarts, when the warning may be said now."""
+        now = time.monotonic()
+        if now - self._said < self.every:
+            return False
+        self._said = now
+        return True

@@ -45,6 +45,7 @@ from tirreno_shipper import metrics, tirreno
 from tirreno_shipper._version import __version__
 from tirreno_shipper.config import SensorConfig
 from tirreno_shipper.errors import ConfigError, SpoolError
+from tirreno_shipper.logs import Throttle
 from tirreno_shipper.records import LeasedEvent
 
 if TYPE_CHECKING:
@@ -423,7 +424,7 @@ class SiteSender:
         # the ack failed (a full disk): never sent again, acked when the spool can
         # be written. Guarded by _cond.
         self._accepted: set[int] = set()
-        self._spool_error_said = -math.inf
+        self._spool_error = Throttle(30.0)
         # Guarded by _cond:
         self._state = "ok"
         self._resume_at = 0.0
@@ -549,13 +550,13 @@ class SiteSender:
                 leased_at = time.monotonic()
                 batch = self.spool.lease(self.site, limit, self.lease_seconds)
                 with self._cond:
-                    done = [e for e in batch if e.id in self._accepted]
+                    done = self._accepted.intersection(e.id for e in batch)
                 if done:
                     # Their lease ended while their ack could not be written: they
                     # were delivered; acking is all that is left to do.
                     with worker.lock:
-                        worker.acks.extend(e.id for e in done)
-                    batch = [e for e in batch if e.id not in {d.id for d in done}]
+                        worker.acks.extend(done)
+                    batch = [e for e in batch if e.id not in done]
                 if not batch:
                     self._flush_acks(worker)
                     self._give_back(worker)
@@ -573,9 +574,7 @@ class SiteSender:
             except SpoolError as exc:
                 # The spool cannot be written (a full disk): one line every 30 s,
                 # not a traceback a second from each worker.
-                now = time.monotonic()
-                if now - self._spool_error_said >= 30.0:
-                    self._spool_error_said = now
+                if self._spool_error.due():
                     log.error(
                         "sender_spool_error",
                         site=self.site,
@@ -700,6 +699,17 @@ class SiteSender:
             ids, worker.acks = worker.acks, []
         if not ids:
             return
+        self._ack(ids)
+
+    def _ack_accepted(self) -> None:
+        """Ack the events accepted while the spool could not be written, if it can now."""
+        with self._cond:
+            ids = list(self._accepted)
+        if ids:
+            self._ack(ids)
+
+    def _ack(self, ids: list[int]) -> None:
+        """Delete delivered events; while that fails they are kept in _accepted."""
         try:
             self.spool.ack(ids)
         except SpoolError:
@@ -707,15 +717,6 @@ class SiteSender:
                 self._accepted.update(ids)
             raise
         if self._accepted:
-            with self._cond:
-                self._accepted.difference_update(ids)
-
-    def _ack_accepted(self) -> None:
-        """Ack the events accepted while the spool could not be written, if it can now."""
-        with self._cond:
-            ids = list(self._accepted)
-        if ids:
-            self.spool.ack(ids)
             with self._cond:
                 self._accepted.difference_update(ids)
 
