@@ -14,29 +14,19 @@ compressed or not.
 
 from __future__ import annotations
 
-import bz2
 import glob
-import gzip
-import lzma
 import os
-from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO
+from collections.abc import Iterator
+from typing import BinaryIO
 
 import structlog
 
 from tirreno_shipper.records import Chunk, FileId
-from tirreno_shipper.tail import compression, fingerprint, glob_matches, skipped_hint
+from tirreno_shipper.tail import OPENERS, compression, fingerprint, glob_matches, skipped_hint
 
 log = structlog.get_logger(__name__)
 
 _READ = 1 << 20
-
-
-_OPENERS: dict[str, Callable[[str, str], Any]] = {
-    "gzip": gzip.open,
-    "bz2": bz2.open,
-    "xz": lzma.open,
-}
 
 
 def _open(path: str) -> BinaryIO:
@@ -44,7 +34,7 @@ def _open(path: str) -> BinaryIO:
         kind = compression(probe.read(6))
     if kind is None:
         return open(path, "rb")
-    stream: BinaryIO = _OPENERS[kind](path, "rb")
+    stream: BinaryIO = OPENERS[kind](path, "rb")
     return stream
 
 

@@ -40,7 +40,7 @@ import stat
 import threading
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -60,6 +60,12 @@ FINGERPRINT_MAX = 256
 # (recognised by their magic bytes, not the suffix) can be read, by _Decompressed.
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".z", ".zip")
 _MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"))
+# A decompressing reader of each, from a path or a binary file object.
+OPENERS: dict[str, Callable[[Any, str], Any]] = {
+    "gzip": gzip.open,
+    "bz2": bz2.open,
+    "xz": lzma.open,
+}
 # What a damaged or truncated compressed file raises while being decompressed.
 DECOMPRESS_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)
 # The end of a compressed file not yet read to its end (its length is unknown).
@@ -132,16 +138,12 @@ class _Decompressed:
         self.raw = os.fdopen(fd, "rb", buffering=0, closefd=False)
         self.stream: io.BufferedIOBase
         self.size_hint = -1
+        self.stream = OPENERS[kind](self.raw, "rb")
         if kind == "gzip":
-            self.stream = gzip.GzipFile(fileobj=self.raw, mode="rb")
             size = os.fstat(fd).st_size
             if size >= 18:
                 # ISIZE: the text's length modulo 2**32 (for status and lag only).
                 self.size_hint = int.from_bytes(os.pread(fd, 4, size - 4), "little")
-        elif kind == "bz2":
-            self.stream = bz2.BZ2File(self.raw, "rb")
-        else:
-            self.stream = lzma.LZMAFile(self.raw, "rb")  # noqa: SIM115 - closed by close()
         self.buf = b""
         self.buf_off = 0  # text offset of buf[0]; the stream is at buf_off + len(buf)
         self.eof_at = -1  # the text's length, once the end was reached
