@@ -79,11 +79,11 @@ def json_cookies(lines: list[bytes]) -> tuple[list[str], bool]:
     return list(names), header
 
 
-def detect(lines: list[bytes]) -> list[Candidate]:
+def detect(lines: list[bytes], json_cookie: str | None = None) -> list[Candidate]:
+    """``json_cookie``: the cookie JSON lines name (see `json_cookies`), if any."""
     out: list[Candidate] = []
-    named, _ = json_cookies(lines)
     for preset in (*PRESETS, "json"):
-        cookie = named[0] if preset == "json" and named else PLACEHOLDER_COOKIE
+        cookie = json_cookie if preset == "json" and json_cookie else PLACEHOLDER_COOKIE
         fmt = compile_format(preset, cookie_name=cookie)
         parser = LineParser(fmt, cookie)
         parsed = 0
@@ -160,7 +160,8 @@ def report(path: str, limit: int = 500) -> tuple[str, int]:
         raise ShipperError(f"cannot read {path}: {exc}") from exc
     if not lines:
         return f"{path}: no complete lines to look at", EX_FAILURE
-    found = detect(lines)
+    named, header = json_cookies(lines)
+    found = detect(lines, named[0] if named else None)
     out = [f"{path}: {len(lines)} lines examined"]
     if not found:
         out.append("No preset parses these lines. Copy your server's format into the config:")
@@ -183,7 +184,7 @@ def report(path: str, limit: int = 500) -> tuple[str, int]:
     else:
         out.append(f"Best match: format: {best.preset}")
     if best.preset == "json":
-        out.append(_json_cookie_advice(lines))
+        out.append(_json_cookie_advice(named, header))
     elif "cookie" in best.fields:
         out.append(
             "The last field holds a cookie value: set users.key.cookie to the cookie's name "
@@ -196,8 +197,7 @@ def report(path: str, limit: int = 500) -> tuple[str, int]:
     return "\n".join(out), EX_OK
 
 
-def _json_cookie_advice(lines: list[bytes]) -> str:
-    named, header = json_cookies(lines)
+def _json_cookie_advice(named: list[str], header: bool) -> str:
     if named:
         first = named[0]
         also = f" (also found: {', '.join(named[1:])})" if named[1:] else ""

@@ -754,11 +754,13 @@ class Spool:
     def totals(self, site: str) -> tuple[int, int]:
         """The site's queue: events and their bytes (leased ones included)."""
         with self._errors():
-            row = (
-                self._conn()
-                .execute("SELECT events, bytes FROM site_totals WHERE site = ?", (site,))
-                .fetchone()
-            )
+            return self._totals(self._conn(), site)
+
+    @staticmethod
+    def _totals(conn: sqlite3.Connection, site: str) -> tuple[int, int]:
+        row = conn.execute(
+            "SELECT events, bytes FROM site_totals WHERE site = ?", (site,)
+        ).fetchone()
         return (int(row[0]), int(row[1])) if row is not None else (0, 0)
 
     def drop_oldest(self, site: str, count: int) -> int:
@@ -777,10 +779,7 @@ class Spool:
         how many went (the caller says so: at every chunk, it would flood the log)."""
         now = time.time()
         with self._write() as conn:
-            row = conn.execute(
-                "SELECT events, bytes FROM site_totals WHERE site = ?", (site,)
-            ).fetchone()
-            depth, size = row if row else (0, 0)
+            depth, size = self._totals(conn, site)
             count = 0
             rows = conn.execute(
                 "SELECT size FROM events WHERE site = ? AND "
