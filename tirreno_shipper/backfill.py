@@ -144,7 +144,7 @@ def backfill(
     spool: Spool,
     progress: Callable[[int, int, int], None] | None = None,
     *,
-    log_index: int | None = None,
+    sources: list[int] | None = None,
     from_start: bool = False,
 ) -> Counts:
     """Ship historical files (plain or compressed) into the spool;
@@ -153,7 +153,8 @@ def backfill(
     read before is shipped), after merging what was done into ``counts`` (the caller's
     summary): the totals so far are on the exception's ``counts``."""
     site = config.site(site_name)
-    sources = [pick_source(site, path, log_index) for path in files]
+    if sources is None:  # which logs entry each file is an old file of (see pick_source)
+        sources = [pick_source(site, path, None) for path in files]
     resolver = make_resolver(site)
     pipeline = SitePipeline(site, resolver)
     total = Counts()

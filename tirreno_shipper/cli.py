@@ -238,8 +238,7 @@ def _backfill(
         print(f"tirreno-shipper: not a readable file: {', '.join(missing)}", file=sys.stderr)
         return EX_FAILURE
     try:
-        for f in files:
-            pick_source(config.site(site), f, log_index)
+        sources = [pick_source(config.site(site), f, log_index) for f in files]
     except BackfillError as exc:
         print(f"tirreno-shipper: {exc}", file=sys.stderr)
         return EX_USAGE
@@ -266,7 +265,7 @@ def _backfill(
     failed: BackfillError | None = None
     try:
         counts = backfill(
-            config, site, files, spool, progress, log_index=log_index, from_start=from_start
+            config, site, files, spool, progress, sources=sources, from_start=from_start
         )
     except BackfillError as exc:
         failed = exc
