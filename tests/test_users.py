@@ -831,7 +831,7 @@ def test_map_row_warns_once_of_ignored_columns_and_of_no_user_name_column(
 ) -> None:
     """A misspelt alias (``AS mail``) or a query without a user name column would silently
     drop fields or every user: each is a warning, once per process, naming the columns."""
-    from tirreno_shipper import users
+    from tirreno_shipper.users import rows as users
 
     monkeypatch.setattr(users, "_reported_unknown", set())
     with capture_logs() as logs:
