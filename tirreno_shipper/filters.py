@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from tirreno_shipper import regex
 from tirreno_shipper.config import ExcludeConfig, Rule
 from tirreno_shipper.records import Request
 
@@ -37,10 +38,10 @@ def _scoped(pattern: str) -> str:
     return f"(?:{pattern})"
 
 
-def _union(patterns: Sequence[str]) -> re.Pattern[str] | None:
+def _union(patterns: Sequence[str]) -> regex.Pattern | None:
     if not patterns:
         return None
-    return re.compile("|".join(_scoped(p) for p in patterns))
+    return regex.compile("|".join(_scoped(p) for p in patterns))
 
 
 def _status_test(spec: str) -> tuple[int, int]:
@@ -113,7 +114,7 @@ class _CompiledRule:
     def __init__(self, rule: Rule) -> None:
         self.event_type: str = rule.type
         self.methods = rule.methods()
-        self.path = re.compile(rule.path).search if rule.path else None
+        self.path = regex.compile(rule.path).search if rule.path else None
         self.query = rule.query
         specs = rule.statuses()
         self.statuses = tuple(_status_test(s) for s in specs) if specs else None
