@@ -206,3 +206,15 @@ def test_records_concurrent_requests_without_losing_any(sensor: FakeSensor) -> N
     assert len(sensor.accepted) == 160
     assert len(set(sensor.accepted_ids())) == 160
     assert sensor.wait_accepted(160, 0.1)
+
+
+def test_the_package_sink_listens_where_asked_and_reports_each_event() -> None:
+    """The package sink (behind `tirreno-shipper sink`) binds host/port and calls on_accept."""
+    from tirreno_shipper.sink import Received, Sink
+
+    seen: list[Received] = []
+    with Sink(api_key="k1", host="::1", on_accept=seen.append) as sink:
+        assert sink.url == f"http://[::1]:{sink.port}/sensor/"
+        response = post(sink)
+    assert response.status_code == 204
+    assert [r.fields for r in seen] == [GOOD]
