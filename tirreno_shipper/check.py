@@ -32,7 +32,7 @@ from tirreno_shipper.parse import EXCLUDED_PATH, LineParser
 from tirreno_shipper.pipeline import SitePipeline
 from tirreno_shipper.reader import followed_files
 from tirreno_shipper.sender import FORM_CONTENT_TYPE, Outcome, send_one, tls_verify, user_agent
-from tirreno_shipper.spool import SPOOL_FILE
+from tirreno_shipper.state import SPOOL_FILE, lock_holder
 from tirreno_shipper.users import UserResolver
 
 # Statuses that, answering the POST events are sent with, mean nothing takes
@@ -42,7 +42,7 @@ SENSOR_PATH_HINT = (
     "the path is wrong: sensor.url must be tirreno's sensor endpoint, "
     "https://<tirreno host>/sensor/"
 )
-# `run` exits 73 (cli.EX_CANTCREAT) when the spool cannot be opened in state_dir.
+# `run` exits 73 (errors.EX_CANTCREAT) when the spool cannot be opened in state_dir.
 STATE_DIR_HINT = (
     "`run` exits 73 on this: create it writable by the service user, or change state_dir"
 )
@@ -94,8 +94,6 @@ def _check_state_dir(config: Config, out: TextIO) -> bool:
         print(f"  [FAIL] {problem} ({STATE_DIR_HINT})", file=out)
         return False
     if directory.is_dir():
-        from tirreno_shipper.daemon import lock_holder
-
         holder = lock_holder(directory)
         running = f"; a daemon runs on it (pid {holder})" if holder else ""
         print(f"  [ok]   state_dir {directory}: writable{running}", file=out)

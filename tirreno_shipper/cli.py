@@ -4,7 +4,7 @@ Exit codes: 0 clean stop; 78 (EX_CONFIG) bad configuration; 73 (EX_CANTCREAT)
 the state folder cannot be created or written; 75 (EX_TEMPFAIL) another
 ``run`` holds the state folder; 1 unexpected failure (or ``run --once`` that
 could not empty the spool in time or read every log); 130 interrupted in the
-foreground. They are defined here once; the daemon uses these names.
+foreground. They are defined in `tirreno_shipper.errors`, with the errors.
 """
 
 from __future__ import annotations
@@ -21,15 +21,16 @@ from typing import Any
 
 from tirreno_shipper._version import __version__
 from tirreno_shipper.config import Config, load_config
-from tirreno_shipper.errors import ConfigError, ResolverError, ShipperError
-
-EX_OK = 0
-EX_FAILURE = 1
-EX_USAGE = 2  # a bad argument (argparse itself exits 2 on one it can tell)
-EX_CONFIG = 78
-EX_CANTCREAT = 73  # state_dir missing or not writable (sysexits.h)
-EX_TEMPFAIL = 75  # state_dir in use by another `run`; systemd retries, as it should
-EX_INTERRUPTED = 130
+from tirreno_shipper.errors import (
+    EX_CONFIG,
+    EX_FAILURE,
+    EX_INTERRUPTED,
+    EX_OK,
+    EX_USAGE,
+    ConfigError,
+    ResolverError,
+    ShipperError,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -304,7 +305,8 @@ def _status(config: Config, as_json: bool) -> int:
 def _dead_letters(
     config: Config, action: str, site: str | None, ids: list[int] | None, as_json: bool
 ) -> int:
-    from tirreno_shipper.spool import SPOOL_FILE, Spool
+    from tirreno_shipper.spool import Spool
+    from tirreno_shipper.state import SPOOL_FILE
 
     if site is not None and site not in {s.name for s in config.sites}:
         # Not an error: a site taken out of the config may still have dead letters.

@@ -32,6 +32,7 @@ from pydantic import (
 
 from tirreno_shipper import regex
 from tirreno_shipper.errors import ConfigError, FormatError
+from tirreno_shipper.formats import compile_format
 
 EventType = Literal[
     "page_view",
@@ -613,9 +614,6 @@ def _read_key_files(data: Any, problems: list[str]) -> None:
 def _semantic_checks(data: Any) -> list[str]:
     """Checks beyond the models' types, run on the raw data so that they are
     reported together with the type errors of other keys, not after they are fixed."""
-    # Imported here: formats imports nothing from config, but keeps this module light.
-    from tirreno_shipper.formats import compile_format
-
     problems: list[str] = []
     seen: dict[str, int] = {}
     sites = data.get("sites") if isinstance(data, dict) else None

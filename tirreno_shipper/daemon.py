@@ -16,7 +16,6 @@ and handles signals:
 
 from __future__ import annotations
 
-import fcntl
 import fnmatch
 import json
 import os
@@ -26,14 +25,21 @@ import time
 from collections import Counter
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 import structlog
 
 from tirreno_shipper import metrics
-from tirreno_shipper.cli import EX_CANTCREAT, EX_FAILURE, EX_INTERRUPTED, EX_OK, EX_TEMPFAIL
 from tirreno_shipper.config import Config, SiteConfig, load_config
-from tirreno_shipper.errors import ConfigError, ResolverError, SpoolError
+from tirreno_shipper.errors import (
+    EX_CANTCREAT,
+    EX_FAILURE,
+    EX_INTERRUPTED,
+    EX_OK,
+    EX_TEMPFAIL,
+    ConfigError,
+    ResolverError,
+    SpoolError,
+)
 from tirreno_shipper.logs import Throttle
 from tirreno_shipper.notify import Notifier
 from tirreno_shipper.parse import LineParser
@@ -41,13 +47,13 @@ from tirreno_shipper.pipeline import Counts, SitePipeline
 from tirreno_shipper.records import Checkpoint, Chunk, Event
 from tirreno_shipper.sender import SiteSender
 from tirreno_shipper.spool import Spool
+from tirreno_shipper.state import DaemonState, FileState, SiteState, lock_state_dir, write_status
 from tirreno_shipper.tail import FileStatus, Tailer, Waker
 from tirreno_shipper.users import UserResolver
 
 log = structlog.get_logger(__name__)
 
 RESOLVER_BACKOFF_MAX = 30.0
-STATUS_FILE = "status.json"
 
 
 class _SpoolFull(Exception):
@@ -416,7 +422,6 @@ class _UnparseableLines:
             self._files.clear()
 
 
-LOCK_FILE = "run.lock"
 PAUSE_REASONS = ("resolver_down", "spool_full", "spool_error")
 # How long a stopping site waits for its tail thread to end: only for tidiness,
 # since a stopped tail writes nothing (see SiteRunner.stop_reading).
@@ -425,44 +430,6 @@ TAIL_JOIN = 1.0
 DROPPED_EVERY = 60.0
 # Past twice users.timeout and this, a user query in flight is taken for hung.
 STUCK_MARGIN = 5.0
-
-
-def lock_state_dir(state_dir: Path) -> int | str:
-    """Take ``state_dir`` for this process: the locked descriptor, or who holds it.
-
-    Two daemons on one spool would each read every log and send every line
-    twice. The lock is an flock on ``run.lock``: the kernel drops it when the
-    process dies, however it dies, so a crash never leaves a stale lock.
-    """
-    fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-        os.close(fd)
-        return holder or "unknown"
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
-
-
-def lock_holder(state_dir: Path) -> int | None:
-    """The pid of the daemon running on ``state_dir``, from ``run.lock``, or None.
-
-    Read only: the lock itself is not touched, so a daemon starting right now is
-    never disturbed. A pid written by a daemon that died and since reused by
-    another program is told apart by its command line, where /proc shows it.
-    """
-    try:
-        pid = int((state_dir / LOCK_FILE).read_text(encoding="ascii").strip())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return None
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return pid  # no /proc here: the live pid is all there is to go by
-    return pid if b"tirreno" in cmdline else None
 
 
 class Daemon:
@@ -528,36 +495,32 @@ class Daemon:
                 problems[name] = {"dead": dead}
         return not problems, ({"problems": problems} if problems else {})
 
-    def _status_payload(self) -> dict[str, Any]:
-        sites: dict[str, Any] = {}
-        for name, runner in self.runners.items():
-            sites[name] = {
-                "sensor_state": runner.sender.state,
-                "paused": runner.paused,
-                "last_error": runner.last_error,
-                "unreadable": runner.unreadable,
-                "stages": runner.alive(),
-                "files": [
-                    {
-                        "path": f.path,
-                        "identity": f.file.key(),
-                        "offset": f.offset,
-                        "size": f.size,
-                        "lag_bytes": max(0, f.size - f.offset),
-                    }
+    def _status(self) -> DaemonState:
+        sites = {
+            name: SiteState(
+                sensor_state=runner.sender.state,
+                paused=runner.paused,
+                last_error=runner.last_error,
+                unreadable=runner.unreadable,
+                stages=runner.alive(),
+                files=tuple(
+                    FileState(
+                        path=f.path,
+                        identity=f.file.key(),
+                        offset=f.offset,
+                        size=f.size,
+                        lag_bytes=max(0, f.size - f.offset),
+                    )
                     for f in runner.files
-                ],
-            }
-        return {"pid": os.getpid(), "updated": time.time(), "sites": sites}
+                ),
+            )
+            for name, runner in self.runners.items()
+        }
+        return DaemonState(pid=os.getpid(), updated=time.time(), sites=sites)
 
     def _write_status(self) -> None:
-        path = self.config.state_dir / STATUS_FILE
-        tmp = path.with_suffix(".tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                json.dump(self._status_payload(), fh)
-            os.replace(tmp, path)
+            write_status(self.config.state_dir, self._status())
         except OSError as exc:
             log.warning("status_write_failed", error=str(exc))
 

@@ -15,8 +15,7 @@ import json
 from dataclasses import dataclass
 from itertools import islice
 
-from tirreno_shipper.cli import EX_FAILURE, EX_OK, EX_USAGE
-from tirreno_shipper.errors import ShipperError
+from tirreno_shipper.errors import EX_FAILURE, EX_OK, EX_USAGE, ShipperError
 from tirreno_shipper.formats import PRESETS, compile_format, preset_source
 from tirreno_shipper.parse import LineParser
 from tirreno_shipper.reader import file_chunks

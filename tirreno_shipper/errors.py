@@ -10,9 +10,23 @@ Third-party exceptions are translated at one boundary each
     │   └── SpoolCorruptError  the spool file is damaged (it is moved aside)
     ├── ResolverError          the user database cannot answer right now (retryable)
     └── SendError              a request to the sensor failed before an answer
+
+The process's exit codes live here too, beside the errors that lead to them:
+the CLI, the daemon and ``detect-format`` all return these names.
 """
 
 from __future__ import annotations
+
+from typing import Final
+
+# Exit codes (sysexits.h where one fits).
+EX_OK: Final = 0
+EX_FAILURE: Final = 1  # unexpected failure, or `run --once` that could not finish its work
+EX_USAGE: Final = 2  # a bad argument (argparse itself exits 2 on one it can tell)
+EX_CANTCREAT: Final = 73  # state_dir missing or not writable
+EX_TEMPFAIL: Final = 75  # state_dir in use by another `run`; systemd retries, as it should
+EX_CONFIG: Final = 78  # bad configuration
+EX_INTERRUPTED: Final = 130  # interrupted in the foreground
 
 
 class ShipperError(Exception):

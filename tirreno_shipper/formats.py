@@ -32,8 +32,31 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 from tirreno_shipper.errors import FormatError
+
+
+# The shapes of a config ``format`` value that is not a preset name. config.py's
+# models have these attributes; naming them here keeps this module below config
+# (config validates formats by compiling them, so formats may not import config).
+@runtime_checkable
+class NginxSpec(Protocol):
+    @property
+    def nginx(self) -> str: ...
+
+
+@runtime_checkable
+class ApacheSpec(Protocol):
+    @property
+    def apache(self) -> str: ...
+
+
+@runtime_checkable
+class JsonSpec(Protocol):
+    @property
+    def json_(self) -> Mapping[str, str]: ...
+
 
 # name -> (nginx log_format, Apache LogFormat); "{cookie}" is the session cookie name.
 PRESETS: dict[str, tuple[str | None, str | None]] = {
@@ -334,7 +357,9 @@ _PLAIN = {
 }
 
 
-def _header_var(header: str) -> str:
+def header_variable(header: str) -> str:
+    """The variable a request header is logged as, as nginx names it (``X-User`` ->
+    ``http_x_user``); Apache's ``%{X-User}i`` is given the same name."""
     return "http_" + header.strip().lower().replace("-", "_")
 
 
@@ -374,7 +399,7 @@ def compile_apache(text: str) -> CompiledFormat:
         if param is None:
             name = _PLAIN.get(d, f"apache_{d}")
         elif d == "i":
-            name = _header_var(param)
+            name = header_variable(param)
         elif d == "C":
             name = "cookie_" + param.strip()
         elif d == "a" and param == "c":
@@ -432,8 +457,6 @@ def preset_source(name: str, cookie_name: str | None) -> tuple[str, str]:
 def compile_format(spec: object, cookie_name: str | None = None) -> CompiledFormat:
     """Compile a config ``format`` value: a preset name, ``{nginx: ...}``,
     ``{apache: ...}``, ``json`` or ``{json: {var: key}}``."""
-    from tirreno_shipper.config import ApacheFormat, JsonFormat, NginxFormat
-
     if isinstance(spec, str):
         if spec == "json":
             return CompiledFormat(kind="json", source="json", regex=None, groups=())
@@ -451,11 +474,11 @@ def compile_format(spec: object, cookie_name: str | None = None) -> CompiledForm
             )
         kind, text = preset_source(spec, cookie_name)
         return compile_nginx(text) if kind == "nginx" else compile_apache(text)
-    if isinstance(spec, NginxFormat):
+    if isinstance(spec, NginxSpec):
         return compile_nginx(spec.nginx)
-    if isinstance(spec, ApacheFormat):
+    if isinstance(spec, ApacheSpec):
         return compile_apache(spec.apache)
-    if isinstance(spec, JsonFormat):
+    if isinstance(spec, JsonSpec):
         return CompiledFormat(
             kind="json", source="json", regex=None, groups=(), json_keys=dict(spec.json_)
         )

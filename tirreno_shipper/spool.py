@@ -43,12 +43,12 @@ import structlog
 
 from tirreno_shipper.errors import SpoolCorruptError, SpoolError
 from tirreno_shipper.records import Checkpoint, Event, FileId, LeasedEvent
+from tirreno_shipper.state import SPOOL_FILE
 
 __all__ = ["SCHEMA_VERSION", "DeadLetter", "Spool", "SpoolStats"]
 
 log = structlog.get_logger(__name__)
 
-SPOOL_FILE: Final = "spool.sqlite"
 BUSY_TIMEOUT: Final = 10.0
 
 # Step N brings user_version N-1 to N. Never edit a released step: append one.

@@ -8,14 +8,13 @@ seconds, and file sizes from ``os.stat`` now.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import time
 from typing import Any
 
 from tirreno_shipper.config import Config
-from tirreno_shipper.spool import SPOOL_FILE, Spool
+from tirreno_shipper.spool import Spool
+from tirreno_shipper.state import SPOOL_FILE, SiteState, lock_holder, read_status
 
 STALE_AFTER = 30.0
 
@@ -23,19 +22,15 @@ STALE_AFTER = 30.0
 def _daemon_status(config: Config) -> dict[str, Any]:
     """Whether a daemon runs (its lock, not status.json, says so), and its live state
     from status.json when that is fresh."""
-    from tirreno_shipper.daemon import lock_holder
-
     pid = lock_holder(config.state_dir)
-    data: dict[str, Any] = {}
-    with contextlib.suppress(OSError, ValueError):
-        data = json.loads((config.state_dir / "status.json").read_text())
-    age = time.time() - float(data.get("updated", 0) or 0)
-    fresh = pid is not None and data.get("pid") == pid and age < STALE_AFTER
+    state = read_status(config.state_dir)
+    age = time.time() - (state.updated if state is not None else 0.0)
+    fresh = pid is not None and state is not None and state.pid == pid and age < STALE_AFTER
     return {
         "running": pid is not None,
         "pid": pid,
-        "sites": data.get("sites", {}) if fresh else {},
-        "stale_seconds": round(age) if pid is not None and not fresh and data else None,
+        "sites": state.sites if fresh and state is not None else {},
+        "stale_seconds": round(age) if pid is not None and not fresh and state else None,
     }
 
 
@@ -65,7 +60,7 @@ def collect(config: Config) -> dict[str, Any]:
     try:
         for site in config.sites:
             stats = spool.stats(site.name)
-            live_site = live["sites"].get(site.name, {})
+            live_site: SiteState | None = live["sites"].get(site.name)
             files = []
             for cp in spool.get_checkpoints(site.name):
                 try:
@@ -94,13 +89,14 @@ def collect(config: Config) -> dict[str, Any]:
                 if stats.oldest_created
                 else None,
                 "dead_letters": stats.dead_letters,
-                "sensor_state": live_site.get(
-                    "sensor_state",
-                    "unknown (daemon not running)" if not live["running"] else "unknown",
-                ),
-                "paused": live_site.get("paused"),
-                "last_error": live_site.get("last_error"),
-                "unreadable": live_site.get("unreadable") or {},
+                "sensor_state": live_site.sensor_state
+                if live_site is not None
+                else "unknown (daemon not running)"
+                if not live["running"]
+                else "unknown",
+                "paused": live_site.paused if live_site is not None else None,
+                "last_error": live_site.last_error if live_site is not None else None,
+                "unreadable": live_site.unreadable if live_site is not None else {},
                 "files": files,
             }
         configured = {site.name for site in config.sites}

@@ -1,0 +1,122 @@
+"""The package's import graph has no cycle, and every module imports on its own.
+
+A cycle works until someone moves one import to module level, then fails at
+start-up with a half-initialised module; and it says the layering is wrong
+(a lower module reaching up). The graph is read from the source (every
+``import`` statement, those inside functions and ``if TYPE_CHECKING:`` too),
+so a lazy import cannot hide a cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import tirreno_shipper
+
+PACKAGE = Path(tirreno_shipper.__file__).parent
+NAME = "tirreno_shipper"
+
+
+def _modules() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        found[".".join(parts)] = path
+    return found
+
+
+MODULES = _modules()
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """The package's modules that ``name`` imports anywhere in its source."""
+    is_package = path.name == "__init__.py"
+    here = name if is_package else name.rpartition(".")[0]
+    targets: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = here.rsplit(".", node.level - 1)[0] if node.level > 1 else here
+                base = f"{anchor}.{base}" if base else anchor
+            for alias in node.names:
+                # `from pkg import mod` imports the module pkg.mod when there is one.
+                sub = f"{base}.{alias.name}"
+                targets.add(sub if sub in MODULES else base)
+    found: set[str] = set()
+    for imported in targets:
+        # `import a.b.c` of a name inside a module: the deepest module it names.
+        target = imported
+        while target and target not in MODULES:
+            target = target.rpartition(".")[0]
+        # A parent package is imported before its modules by Python itself: that edge
+        # is not the module's doing, and counting it would make every module a cycle.
+        if target and target != name and not name.startswith(target + "."):
+            found.add(target)
+    return found
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of ``graph`` as a path (first node repeated at the end), or None."""
+    done: set[str] = set()
+    for start in sorted(graph):
+        stack: list[tuple[str, list[str]]] = [(start, sorted(graph[start]))]
+        on_path = {start}
+        while stack:
+            node, todo = stack[-1]
+            if not todo:
+                stack.pop()
+                on_path.discard(node)
+                done.add(node)
+                continue
+            nxt = todo.pop()
+            if nxt in on_path:
+                path = [n for n, _ in stack]
+                return [*path[path.index(nxt) :], nxt]
+            if nxt not in done:
+                stack.append((nxt, sorted(graph.get(nxt, ()))))
+                on_path.add(nxt)
+    return None
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    """The check below would pass on any graph if this did not find one."""
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+
+
+def test_the_graph_sees_imports_inside_functions() -> None:
+    """daemon imports logs inside a function: the graph has that edge."""
+    assert f"{NAME}.logs" in _imports(f"{NAME}.daemon", MODULES[f"{NAME}.daemon"])
+
+
+def test_the_package_has_no_import_cycle() -> None:
+    graph = {name: _imports(name, path) for name, path in MODULES.items()}
+    cycle = _cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or ())
+
+
+def test_each_module_imports_alone() -> None:
+    """Each in a fresh interpreter, with nothing imported before it (a few at a time)."""
+    # __main__ runs the command line when imported: that is its job.
+    modules = [m for m in sorted(MODULES) if not m.endswith(".__main__")]
+    failed: dict[str, str] = {}
+    for i in range(0, len(modules), 4):
+        running = {
+            m: subprocess.Popen(
+                [sys.executable, "-c", f"import {m}"], stderr=subprocess.PIPE, text=True
+            )
+            for m in modules[i : i + 4]
+        }
+        for m, proc in running.items():
+            _, err = proc.communicate(timeout=120)
+            if proc.returncode != 0:
+                failed[m] = err
+    assert not failed, failed
