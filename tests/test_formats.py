@@ -16,7 +16,7 @@ from tirreno_shipper.formats import (
     compile_nginx,
     preset_source,
 )
-from tirreno_shipper.parse import LineParser
+from tirreno_shipper.parse import line_parser
 from tirreno_shipper.records import Request
 
 COMBINED_GROUPS = (
@@ -34,7 +34,7 @@ COMBINED_GROUPS = (
 def parse(
     spec: object, line: bytes, cookie: str | None = None, extra: tuple[str, ...] = ()
 ) -> Request:
-    req = LineParser(compile_format(spec, cookie), cookie, extra).parse(line)
+    req = line_parser(compile_format(spec, cookie), cookie, extra).parse(line)
     assert isinstance(req, Request), req
     return req
 

@@ -22,6 +22,7 @@ from tirreno_shipper.parse import (
     NO_MATCH,
     LineParser,
     decode_field,
+    line_parser,
     split_request,
     time_local_to_utc,
 )
@@ -37,7 +38,7 @@ COMBINED = (
 
 
 def parser(spec: object, cookie: str | None = None, extra: tuple[str, ...] = ()) -> LineParser:
-    return LineParser(compile_format(spec, cookie), cookie, extra)
+    return line_parser(compile_format(spec, cookie), cookie, extra)
 
 
 def ok(p: LineParser, line: bytes) -> Request:
@@ -479,7 +480,7 @@ def test_time_local_conversion() -> None:
 
 def test_excluded_path_short_circuits() -> None:
     """The site's path exclusion runs inside the parser."""
-    p = LineParser(compile_format("nginx_combined"), exclude_path=lambda path: path == "/search")
+    p = line_parser(compile_format("nginx_combined"), exclude_path=lambda path: path == "/search")
     assert p.parse(COMBINED) == EXCLUDED_PATH
 
 
@@ -490,7 +491,7 @@ def test_a_request_line_excluded_before_is_excluded_without_the_full_match() -> 
     static = b'"GET /static/app.js HTTP/1.1"'
     excluded = {"/static/app.js"}
     for preset in ("nginx_combined", "apache_combined"):
-        p = LineParser(compile_format(preset), exclude_path=lambda path: path in excluded)
+        p = line_parser(compile_format(preset), exclude_path=lambda path: path in excluded)
         line = COMBINED.replace(b'"GET /search?q=1 HTTP/1.1"', static)
         assert p.parse(line) == EXCLUDED_PATH  # the full match learns it
         # The shortcut: no full match, so a malformed later field goes unnoticed (the
@@ -514,8 +515,8 @@ def test_the_shortcut_changes_no_event_of_the_sample_logs() -> None:
     def excluded(path: str) -> bool:
         return path.endswith((".png", ".css", ".js", ".gif", ".jpg", ".ico"))
 
-    fast = LineParser(fmt, exclude_path=excluded)
-    plain = LineParser(replace(fmt, request_quoted_first=False), exclude_path=excluded)
+    fast = line_parser(fmt, exclude_path=excluded)
+    plain = line_parser(replace(fmt, request_quoted_first=False), exclude_path=excluded)
     lines = (DATA / "elastic_apache_logs").read_bytes().splitlines()
     outcomes = [fast.parse(raw) for raw in lines]
     assert outcomes == [plain.parse(raw) for raw in lines]

@@ -16,14 +16,14 @@ from tirreno_shipper.errors import ConfigError
 from tirreno_shipper.events import EventMapper, request_id
 from tirreno_shipper.filters import RequestFilter, RuleSet
 from tirreno_shipper.formats import PRESETS, compile_apache, compile_format
-from tirreno_shipper.parse import LineParser, normalise_target
+from tirreno_shipper.parse import line_parser, normalise_target
 from tirreno_shipper.records import Request, User
 from tirreno_shipper.tirreno import validate_fields
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 PARSERS = [
-    LineParser(compile_format(name, "sid"), "sid", ("http_x_forwarded_for",))
+    line_parser(compile_format(name, "sid"), "sid", ("http_x_forwarded_for",))
     for name in (*PRESETS, "json")
 ]
 VALID_LINE = (
@@ -198,7 +198,7 @@ def test_agrees_with_apachelogs_on_generated_formats(case: tuple[str, list[str]]
     """Whatever apachelogs accepts, we accept with the same field values."""
     fmt, lines = case
     ref = apachelogs.LogParser(fmt, encoding="bytes")
-    ours = LineParser(compile_apache(fmt), "X")
+    ours = line_parser(compile_apache(fmt), "X")
     for line in lines:
         try:
             entry = ref.parse(line)

@@ -77,7 +77,7 @@ CRAFTED = [
 SCRIPT = """
 import json, sys
 from tirreno_shipper.formats import compile_apache, compile_format, compile_nginx
-from tirreno_shipper.parse import LineParser
+from tirreno_shipper.parse import line_parser
 
 job = json.load(sys.stdin)
 out = []
@@ -86,7 +86,7 @@ for kind, text in job["formats"]:
         fmt = compile_format(text, "sid")
     else:
         fmt = (compile_nginx if kind == "nginx" else compile_apache)(text)
-    parser = LineParser(fmt, "sid")
+    parser = line_parser(fmt, "sid")
     fullmatch = fmt.regex.fullmatch
     results = []
     for line in job["lines"]:

@@ -17,7 +17,7 @@ from itertools import islice
 
 from tirreno_shipper.errors import EX_FAILURE, EX_OK, EX_USAGE, ShipperError
 from tirreno_shipper.formats import PRESETS, compile_format, preset_source
-from tirreno_shipper.parse import LineParser
+from tirreno_shipper.parse import line_parser
 from tirreno_shipper.reader import file_chunks
 
 # Stand-in cookie name: the log does not say what the cookie is called.
@@ -84,7 +84,7 @@ def detect(lines: list[bytes], json_cookie: str | None = None) -> list[Candidate
     for preset in (*PRESETS, "json"):
         cookie = json_cookie if preset == "json" and json_cookie else PLACEHOLDER_COOKIE
         fmt = compile_format(preset, cookie_name=cookie)
-        parser = LineParser(fmt, cookie)
+        parser = line_parser(fmt, cookie)
         parsed = 0
         seen: set[str] = set()
         for raw in lines:

@@ -19,10 +19,13 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Collection, Mapping
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from tirreno_shipper.formats import CompiledFormat
+from tirreno_shipper.memo import Memo
 from tirreno_shipper.records import EMPTY, Request
 
 # Reasons a line is skipped; each is a metric label.
@@ -182,24 +185,22 @@ def epoch_to_utc(value: str, scale: float, millis: bool) -> str | None:
 
 
 class _TimeCache:
-    """Memoises a timestamp conversion; cleared when large so memory stays bounded."""
+    """Memoises a timestamp conversion, within the memo budgets (a JSON log's
+    ``time_iso8601`` is whatever text the line holds)."""
 
-    __slots__ = ("_cache", "_convert")
+    __slots__ = ("_convert", "_get", "_memo")
 
-    def __init__(self, convert: object) -> None:
-        self._cache: dict[str, str | None] = {}
+    def __init__(self, convert: Callable[[str], str | None]) -> None:
+        self._memo: Memo[str, str | None] = Memo()
+        self._get = self._memo.get
         self._convert = convert
 
     def __call__(self, value: str) -> str | None:
-        try:
-            return self._cache[value]
-        except KeyError:
-            pass
-        if len(self._cache) > 16384:
-            self._cache.clear()
-        out: str | None = self._convert(value)  # type: ignore[operator]
-        self._cache[value] = out
-        return out
+        out = self._get(value, _MISSING)
+        if out is _MISSING:
+            out = self._convert(value)
+            self._memo.put(value, out, len(value))
+        return out  # type: ignore[return-value]
 
 
 _METHOD_OK: dict[str, bool] = {}
@@ -210,7 +211,7 @@ def _method_ok(method: str) -> bool:
     ok = _METHOD_OK.get(method)
     if ok is None:
         ok = _METHOD_RE.fullmatch(method) is not None
-        if len(_METHOD_OK) < 256:
+        if ok and len(_METHOD_OK) < 256:  # a refused one may be any size
             _METHOD_OK[method] = ok
     return ok
 
@@ -257,12 +258,32 @@ def _absent(value: str | None) -> str | None:
     return value
 
 
-class LineParser:
+def _text(value: str | None) -> str | None:
+    """A text-format field as the event wants it: None for ``-``/empty, else decoded."""
+    if value is None or value in _ABSENT:
+        return None
+    if value.isascii() and "\\" not in value:
+        return value
+    out = decode_field(value)
+    return None if out in _ABSENT else out
+
+
+_ABSENT = frozenset(("-", ""))
+_MISSING = object()
+
+# What a request line decides, memoised per request line as logged:
+# (method, uri, path, excluded by the site's path rules).
+_RequestDecision = tuple[str | None, str | None, str | None, bool]
+_Groups = tuple[str | None, ...]
+
+
+class LineParser(ABC):
     """Parse lines of one compiled format into `Request` records.
 
     ``parse`` returns the record, or a reason string (one of `REASONS`) for a
     line it skips: no exceptions on the hot path. ``extra`` names variables to
     keep in ``Request.extra`` (a header used as the user key, X-Forwarded-For).
+    Made by `line_parser`, which picks the text or the JSON parser for the format.
     """
 
     def __init__(
@@ -273,8 +294,8 @@ class LineParser:
         exclude_path: Callable[[str], bool] | None = None,
     ) -> None:
         self.fmt = fmt
-        self._exclude_path = exclude_path
         self.cookie_name = cookie_name
+        self._exclude_path = exclude_path
         self._cookie_var = f"cookie_{cookie_name}" if cookie_name else None
         if self._cookie_var and fmt.kind == "nginx":
             # compile_nginx lowercases variable names, as nginx itself does ($cookie_PHPSESSID).
@@ -283,43 +304,19 @@ class LineParser:
         self._extra = tuple(dict.fromkeys(extra))
         self._local = _TimeCache(time_local_to_utc)
         self._iso = _TimeCache(iso8601_to_utc)
-        if fmt.kind != "json":
-            assert fmt.regex is not None
-            self._fullmatch = fmt.regex.fullmatch
-            idx = {name: i for i, name in reversed(list(enumerate(fmt.groups)))}
-            self._idx = idx
-            self._time_kind, self._i_time = self._pick_time(idx)
-            self._i_addr = idx.get("remote_addr", -1)
-            self._i_user = idx.get("remote_user", -1)
-            self._i_request = idx.get("request", -1)
-            self._i_method = idx.get("request_method", -1)
-            self._i_uri = idx.get("request_uri", -1)
-            self._i_path = idx.get("uri", -1)
-            self._i_query = idx.get("query_string", idx.get("args", -1))
-            self._i_status = idx.get("status", -1)
-            self._i_referer = idx.get("http_referer", -1)
-            self._i_agent = idx.get("http_user_agent", -1)
-            self._i_lang = idx.get("http_accept_language", -1)
-            self._i_cookie = idx.get(self._cookie_var, -1) if self._cookie_var else -1
-            self._i_cookie_header = idx.get("http_cookie", -1) if cookie_name else -1
-            self._i_extra = tuple((name, idx[name]) for name in self._extra if name in idx)
-        self.fast: Callable[[bytes], Request | str] = self._build_parser()
+        self.fast: Callable[[bytes], Request | str] = self._build()
 
-    @staticmethod
-    def _pick_time(idx: Mapping[str, int]) -> tuple[str, int]:
-        # Prefer the most precise timestamp the format logs.
-        for kind in (
-            "msec",
-            "time_msec",
-            "time_usec",
-            "time_iso8601",
-            "time_local",
-            "time_sec",
-            "time_strftime",
-        ):
-            if kind in idx:
-                return kind, idx[kind]
-        return "", -1
+    @abstractmethod
+    def _build(self) -> Callable[[bytes], Request | str]:
+        """The per-line function (``fast``), specialised to ``fmt``."""
+
+    def parse(self, raw: bytes) -> Request | str:
+        """The `Request` of one line (without its newline), or why it was skipped.
+
+        Hot loops call ``parser.fast`` (the same function without this method's
+        extra call frame).
+        """
+        return self.fast(raw)
 
     def _time(self, kind: str, value: str) -> str | None:
         if kind == "time_local":
@@ -342,108 +339,202 @@ class LineParser:
                 return None
         return None
 
-    def parse(self, raw: bytes) -> Request | str:
-        """The `Request` of one line (without its newline), or why it was skipped.
-
-        Hot loops call ``parser.fast`` (the same function without this method's
-        extra call frame).
-        """
-        return self.fast(raw)
-
     def _time_converter(self, kind: str) -> Callable[[str], str | None]:
+        if kind == "time_local":
+            return self._local
+        if kind == "time_iso8601":
+            return self._iso
         return lambda value: self._time(kind, value)
 
-    def _build_parser(self) -> Callable[[bytes], Request | str]:
-        """A closure specialised to this format.
+    def _session_in_header(self, header: str | None) -> str | None:
+        """The session cookie's value in a logged ``Cookie:`` header."""
+        if not header or self._cookie_in_header is None:
+            return None
+        cm = self._cookie_in_header.search(header)
+        return _absent(cm.group(1).strip()) if cm else None
 
-        Everything that depends only on the format (group indexes, which
-        converter, which fields exist) is decided here once, so the per-line
-        code is straight-line local-variable work: on a 200-byte line this
-        halves the cost of the generic version.
-        """
-        if self.fmt.kind == "json":
-            return self._parse_json
-        fullmatch = self._fullmatch
-        none = len(self.fmt.groups)  # index of the constant None appended below
+
+def line_parser(
+    fmt: CompiledFormat,
+    cookie_name: str | None = None,
+    extra: Collection[str] = (),
+    exclude_path: Callable[[str], bool] | None = None,
+) -> LineParser:
+    """The parser for ``fmt``: `JsonLineParser` for JSON lines, else `TextLineParser`.
+
+    ``exclude_path`` is the site's path exclusion (`RequestFilter.path_excluded`):
+    an excluded line is answered `EXCLUDED_PATH` as early as the parser can tell.
+    """
+    kind = JsonLineParser if fmt.kind == "json" else TextLineParser
+    return kind(fmt, cookie_name, extra, exclude_path)
+
+
+# Prefer the most precise timestamp the format logs.
+_TIME_KINDS = (
+    "msec",
+    "time_msec",
+    "time_usec",
+    "time_iso8601",
+    "time_local",
+    "time_sec",
+    "time_strftime",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """Where each field sits in a text format's match groups.
+
+    A field the format does not log points at ``none``: the index of a constant
+    None appended to the groups, so the per-line code needs no test for it.
+    """
+
+    none: int
+    time_kind: str
+    time: int
+    status: int
+    addr: int
+    user: int
+    request: int
+    method: int
+    uri: int
+    path: int
+    query: int
+    referer: int
+    agent: int
+    lang: int
+    cookie: int
+    cookie_header: int
+    extra: tuple[tuple[str, int], ...]
+
+    @classmethod
+    def of(cls, groups: Sequence[str], cookie_var: str | None, extra: Sequence[str]) -> _Layout:
+        none = len(groups)
+        first = {name: i for i, name in reversed(list(enumerate(groups)))}
+
+        def at(name: str | None) -> int:
+            return first.get(name, none) if name else none
+
+        time_kind = next((k for k in _TIME_KINDS if k in first), "")
+        return cls(
+            none=none,
+            time_kind=time_kind,
+            time=at(time_kind),
+            status=at("status"),
+            addr=at("remote_addr"),
+            user=at("remote_user"),
+            request=at("request"),
+            method=at("request_method"),
+            uri=at("request_uri"),
+            path=at("uri"),
+            query=first.get("query_string", first.get("args", none)),
+            referer=at("http_referer"),
+            agent=at("http_user_agent"),
+            lang=at("http_accept_language"),
+            cookie=at(cookie_var),
+            cookie_header=at("http_cookie") if cookie_var else none,
+            extra=tuple((name, first[name]) for name in extra if name in first),
+        )
+
+
+def _target_of(layout: _Layout) -> Callable[[_Groups], tuple[str | None, str | None]]:
+    """Method and target of a format that logs them apart ($request_method, $uri, $args)."""
+    i_method, i_uri, i_path, i_query, none = (
+        layout.method,
+        layout.uri,
+        layout.path,
+        layout.query,
+        layout.none,
+    )
+
+    def target_of(g: _Groups) -> tuple[str | None, str | None]:
+        method = _text(g[i_method])
+        target = _text(g[i_uri]) or _text(g[i_path])
+        if target is not None and i_uri == none and i_query != none:
+            q = _text(g[i_query])
+            if q:
+                target += q if q.startswith("?") else "?" + q
+        return method, target
+
+    return target_of
+
+
+def _request_decider(
+    layout: _Layout, exclude_path: Callable[[str], bool] | None
+) -> Callable[[_Groups], _RequestDecision]:
+    """Method, URI, path and the exclusion verdict of a line's request."""
+    i_request = layout.request
+    target_of = None if i_request != layout.none else _target_of(layout)
+
+    def request_of(g: _Groups) -> _RequestDecision:
+        if target_of is None:
+            method, target = split_request(_text(g[i_request]))
+        else:
+            method, target = target_of(g)
+        if target is None:
+            uri = path = None
+        elif target[0] == "/":
+            uri = target
+            path = target.partition("?")[0]
+        else:
+            uri = normalise_target(target)
+            path = uri.partition("?")[0] if uri else None
+        excluded = exclude_path is not None and path is not None and exclude_path(path)
+        return method, uri, path, excluded
+
+    return request_of
+
+
+class TextLineParser(LineParser):
+    """Lines of an nginx or Apache text format, matched by one precompiled expression.
+
+    The per-line function is a closure specialised to the format: everything that
+    depends only on the format (group indexes, which converter, which fields
+    exist) is decided once when it is built, so the per-line code is straight-line
+    local-variable work; on a 200-byte line this halves the cost of the generic
+    version.
+    """
+
+    def _build(self) -> Callable[[bytes], Request | str]:
+        assert self.fmt.regex is not None
+        layout = _Layout.of(self.fmt.groups, self._cookie_var, self._extra)
+        # The request line as logged -> its decision: request lines repeat all
+        # day, and this is most of the per-line work.
+        requests: Memo[str | None, _RequestDecision] = Memo()
+        # Request lines (bytes) known to be excluded: most lines of a site are
+        # its static assets, and those are let go without the full match.
+        excluded: Memo[bytes, bool] = Memo()
+        parse = self._line_function(layout, requests, excluded)
+        if self.fmt.request_quoted_first and layout.request != layout.none and self._exclude_path:
+            return _skip_known_excluded(parse, excluded)
+        return parse
+
+    def _line_function(
+        self,
+        layout: _Layout,
+        requests: Memo[str | None, _RequestDecision],
+        excluded_raw: Memo[bytes, bool],
+    ) -> Callable[[bytes], Request | str]:
+        assert self.fmt.regex is not None
+        fullmatch = self.fmt.regex.fullmatch
         nones = (None,)
-
-        def at(name: str) -> int:
-            return self._idx.get(name, none)
-
-        i_time = self._i_time if self._i_time >= 0 else none
-        conv_time: Callable[[str], str | None] = (
-            self._local
-            if self._time_kind == "time_local"
-            else self._iso
-            if self._time_kind == "time_iso8601"
-            else self._time_converter(self._time_kind)
-        )
-        has_time = self._i_time >= 0
-        i_status, has_status = at("status"), self._i_status >= 0
-        i_addr, i_user = at("remote_addr"), at("remote_user")
-        i_request, has_request = at("request"), self._i_request >= 0
-        i_method, i_uri, i_path, i_query = (
-            at("request_method"),
-            at("request_uri"),
-            at("uri"),
-            self._i_query,
-        )
-        i_referer, i_agent, i_lang = (
-            at("http_referer"),
-            at("http_user_agent"),
-            at("http_accept_language"),
-        )
-        i_cookie = self._i_cookie if self._i_cookie >= 0 else none
-        has_cookie = self._i_cookie >= 0
-        i_cookie_header = self._i_cookie_header
-        cookie_in_header = self._cookie_in_header
-        i_extra = self._i_extra
-        dec = decode_field
-        absent = frozenset(("-", ""))
-
-        def text(v: str | None) -> str | None:
-            if v is None or v in absent:
-                return None
-            if v.isascii() and "\\" not in v:
-                return v
-            out = dec(v)
-            return None if out in absent else out
-
-        def target_of(g: tuple[str | None, ...]) -> tuple[str | None, str | None]:
-            method = text(g[i_method])
-            target = text(g[i_uri]) or text(g[i_path])
-            if target is not None and i_uri == none and i_query >= 0:
-                q = text(g[i_query])
-                if q:
-                    target += q if q.startswith("?") else "?" + q
-            return method, target
-
-        exclude_path = self._exclude_path
-        # The request line as logged -> (method, uri, path, excluded): request
-        # lines repeat all day, and this is most of the per-line work.
-        requests: dict[str | None, tuple[str | None, str | None, str | None, bool]] = {}
-
-        def request_of(
-            g: tuple[str | None, ...],
-        ) -> tuple[str | None, str | None, str | None, bool]:
-            if has_request:
-                method, target = split_request(text(g[i_request]))
-            else:
-                method, target = target_of(g)
-            if target is None:
-                uri = path = None
-            elif target[0] == "/":
-                uri = target
-                path = target.partition("?")[0]
-            else:
-                uri = normalise_target(target)
-                path = uri.partition("?")[0] if uri else None
-            excluded = exclude_path is not None and path is not None and exclude_path(path)
-            return method, uri, path, excluded
-
-        # Request lines (as logged, bytes) known to be excluded: most lines of a site
-        # are its static assets, and those are let go without the full match.
-        excluded_raw: set[bytes] = set()
+        none = layout.none
+        i_time, has_time = layout.time, layout.time != none
+        conv_time = self._time_converter(layout.time_kind)
+        i_status, has_status = layout.status, layout.status != none
+        i_request, has_request = layout.request, layout.request != none
+        i_addr, i_user = layout.addr, layout.user
+        i_referer, i_agent, i_lang = layout.referer, layout.agent, layout.lang
+        i_cookie, has_cookie = layout.cookie, layout.cookie != none
+        i_cookie_header = layout.cookie_header if self._cookie_in_header is not None else none
+        i_extra = layout.extra
+        text = _text
+        absent = _ABSENT
+        session_in_header = self._session_in_header
+        request_of = _request_decider(layout, self._exclude_path)
+        known_request = requests.get
+        remember_request = requests.put
+        remember_excluded = excluded_raw.put
 
         def parse(raw: bytes) -> Request | str:
             if b"\x00" in raw:
@@ -454,15 +545,13 @@ class LineParser:
             g = m.groups() + nones
             if has_request:
                 key = g[i_request]
-                hit = requests.get(key)
+                hit = known_request(key)
                 if hit is None:
                     hit = request_of(g)
-                    if len(requests) >= 16384:
-                        requests.clear()
-                        excluded_raw.clear()
-                    requests[key] = hit
+                    # The decision holds the URI and path: about three times the line's text.
+                    remember_request(key, hit, 3 * len(key) if key else 1)
                     if hit[3] and key is not None:
-                        excluded_raw.add(key.encode("latin-1"))
+                        remember_excluded(key.encode("latin-1"), True, len(key))
                 method, uri, path, excluded = hit
             else:
                 method, uri, path, excluded = request_of(g)
@@ -482,10 +571,8 @@ class LineParser:
                     status = int(s)
             if has_cookie:
                 session = text(g[i_cookie])
-            elif i_cookie_header >= 0 and cookie_in_header is not None:
-                header = text(g[i_cookie_header])
-                cm = cookie_in_header.search(header) if header else None
-                session = _absent(cm.group(1).strip()) if cm else None
+            elif i_cookie_header != none:
+                session = session_in_header(text(g[i_cookie_header]))
             else:
                 session = None
             extra = EMPTY
@@ -507,22 +594,35 @@ class LineParser:
                 extra,
             )
 
-        if not (self.fmt.request_quoted_first and has_request and exclude_path is not None):
-            return parse
-        full = parse
+        return parse
 
-        def parse_or_skip(raw: bytes) -> Request | str:
-            # A line whose request line was excluded before is excluded again
-            # without the full match (it would be counted as filtered even if a
-            # later field were malformed: it is never sent either way). The text
-            # before the first quote must hold no backslash: then that quote is
-            # no escaped '"' inside an earlier field, and opens the request line.
-            parts = raw.split(b'"', 2)
-            if len(parts) == 3 and parts[1] in excluded_raw and b"\\" not in parts[0]:
-                return INVALID_BYTES if b"\x00" in raw else EXCLUDED_PATH
-            return full(raw)
 
-        return parse_or_skip
+def _skip_known_excluded(
+    full: Callable[[bytes], Request | str], excluded_raw: Memo[bytes, bool]
+) -> Callable[[bytes], Request | str]:
+    """``full``, after a shortcut for the lines whose request line was excluded before.
+
+    Such a line is excluded again without the full match (it would be counted as
+    filtered even if a later field were malformed: it is never sent either way).
+    The text before the first quote must hold no backslash: then that quote is no
+    escaped '"' inside an earlier field, and opens the request line. Only for
+    formats whose first quoted field is the request line.
+    """
+
+    def parse_or_skip(raw: bytes) -> Request | str:
+        parts = raw.split(b'"', 2)
+        if len(parts) == 3 and parts[1] in excluded_raw and b"\\" not in parts[0]:
+            return INVALID_BYTES if b"\x00" in raw else EXCLUDED_PATH
+        return full(raw)
+
+    return parse_or_skip
+
+
+class JsonLineParser(LineParser):
+    """Lines of nginx ``escape=json`` formats: one JSON object per line."""
+
+    def _build(self) -> Callable[[bytes], Request | str]:
+        return self._parse_json
 
     def _parse_json(self, raw: bytes) -> Request | str:
         escaped = False
@@ -582,10 +682,8 @@ class LineParser:
         session: str | None = None
         if self._cookie_var:
             session = get(self._cookie_var)
-            if session is None and self._cookie_in_header is not None:
-                header = get("http_cookie")
-                cm = self._cookie_in_header.search(header) if header else None
-                session = _absent(cm.group(1).strip()) if cm else None
+            if session is None:
+                session = self._session_in_header(get("http_cookie"))
         extra = {name: v for name in self._extra if (v := get(name)) is not None}
         return Request(
             get("remote_addr"),

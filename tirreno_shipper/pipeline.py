@@ -16,7 +16,7 @@ from tirreno_shipper.config import LogSource, SiteConfig
 from tirreno_shipper.events import EventMapper, request_ids
 from tirreno_shipper.filters import PATH, RequestFilter, RuleSet
 from tirreno_shipper.formats import compile_format
-from tirreno_shipper.parse import EXCLUDED_PATH, TOO_LONG, LineParser
+from tirreno_shipper.parse import EXCLUDED_PATH, TOO_LONG, LineParser, line_parser
 from tirreno_shipper.records import Chunk, Event, Request, User
 from tirreno_shipper.users import UserResolver, anonymous_user
 
@@ -107,7 +107,7 @@ class SitePipeline:
     def parser(self, source: LogSource) -> LineParser:
         """A parser for one ``logs`` entry, with this site's path exclusions built in."""
         fmt = compile_format(source.format, cookie_name=self._cookie)
-        return LineParser(fmt, self._cookie, self._extra, exclude_path=self.filter.path_excluded)
+        return line_parser(fmt, self._cookie, self._extra, exclude_path=self.filter.path_excluded)
 
     def _anonymous_user(self, ip: str) -> User:
         user = self._anonymous.get(ip)
