@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import structlog
@@ -45,3 +47,36 @@ def test_library_lines_are_json_lines_too_and_watchdogs_stop_race_is_dropped(
     ]
     assert "ValueError: boom" in records[1]["exception"]
     assert all(r["timestamp"].endswith("Z") for r in records)
+
+
+def test_under_journald_each_line_starts_with_its_syslog_priority(
+    restored: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """journalctl -p warning must find warnings: the <N> prefix of sd-daemon(3), ours and
+    the libraries' alike, only on the stream JOURNAL_STREAM names."""
+    path = tmp_path / "journal"
+    with open(path, "w") as out:
+        st = os.fstat(out.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+        setup_logging("debug", "json", stream=out)
+        log = structlog.get_logger()
+        log.debug("d")
+        log.info("i")
+        log.warning("reload_rejected")
+        log.error("e")
+        logging.getLogger("sqlalchemy.pool").warning("pool overflow")
+    lines = path.read_text().splitlines()
+    assert [line[:3] for line in lines] == ["<7>", "<6>", "<4>", "<3>", "<4>"]
+    assert json.loads(lines[2][3:])["event"] == "reload_rejected"
+
+
+def test_a_stream_journald_did_not_connect_gets_no_prefix(
+    restored: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command run from the service's shell inherits JOURNAL_STREAM, not the stream."""
+    monkeypatch.setenv("JOURNAL_STREAM", "1:2")
+    path = tmp_path / "plain"
+    with open(path, "w") as out:
+        setup_logging("info", "json", stream=out)
+        structlog.get_logger().warning("w")
+    assert json.loads(path.read_text())["event"] == "w"

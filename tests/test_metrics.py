@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from tests.support.shipper import (
     wait_until,
     write_config,
 )
+from tirreno_shipper._version import __version__
 from tirreno_shipper.config import load_config
 from tirreno_shipper.daemon import Daemon
 
@@ -57,6 +59,7 @@ def test_metrics_count_a_known_log_and_healthz_is_ok(tmp_path: Path, sensor: Fak
         [site("shop", sensor.url, log, log={"max_line_bytes": 256})],
         metrics={"listen": f"127.0.0.1:{port}"},
     )
+    started = time.time()
     with running(cfg) as shipper:
         assert sensor.wait_accepted(6, 20)
 
@@ -77,7 +80,14 @@ def test_metrics_count_a_known_log_and_healthz_is_ok(tmp_path: Path, sensor: Fak
             for line in body.splitlines()
             if line and not line.startswith("#")
         }
-        assert names and all(n.startswith("tirreno_shipper_") for n in names), names
+        ours = {n for n in names if n.startswith("tirreno_shipper_")}
+        process = {n for n in names if n.startswith(("process_", "python_"))}
+        assert ours and ours | process == names, names - ours - process
+        assert {"process_cpu_seconds_total", "process_resident_memory_bytes"} <= process
+        assert not [n for n in names if n.endswith("_created")], "no _created series"
+        build = [k for k in m if k[0] == "tirreno_shipper_build_info"]
+        assert len(build) == 1 and dict(build[0][1])["version"] == __version__
+        assert m[build[0]] == 1
 
         def v(name: str, **labels: str) -> float | None:
             return metric(m, "tirreno_shipper_" + name, site="shop", **labels)
@@ -98,6 +108,8 @@ def test_metrics_count_a_known_log_and_healthz_is_ok(tmp_path: Path, sensor: Fak
         assert v("spool_oldest_age_seconds") == 0
         assert v("file_lag_bytes") == 0
         assert v("sensor_state", state="ok") == 1
+        last = v("last_sent_timestamp_seconds")
+        assert last is not None and started <= last <= time.time()
         assert v("sensor_state", state="rejecting") == 0
         for reason in ("resolver_down", "spool_full", "spool_error"):
             assert v("site_paused", reason=reason) in (None, 0)
@@ -105,6 +117,7 @@ def test_metrics_count_a_known_log_and_healthz_is_ok(tmp_path: Path, sensor: Fak
         status, ctype, body = scrape(port, "/healthz")
         assert (status, ctype) == (200, "application/json")
         assert json.loads(body) == {"status": "ok"}
+        assert scrape(port, "/readyz")[:2] == (200, "application/json")
         assert scrape(port, "/nope")[0] == 404
         assert shipper.stop() == 0
 
@@ -234,7 +247,17 @@ def test_forget_site_removes_every_series_of_that_site_only() -> None:
 
     registered = {family.name for family in metrics.REGISTRY.collect()}
     listed = {family.name for m in metrics.SITE_METRICS for family in m.describe()}
-    assert registered <= listed, registered - listed
+    # The rest have no site label: the build, and the process's own.
+    assert registered - listed == {
+        "tirreno_shipper_build_info",
+        "process_cpu_seconds",
+        "process_virtual_memory_bytes",
+        "process_resident_memory_bytes",
+        "process_start_time_seconds",
+        "process_open_fds",
+        "process_max_fds",
+        "python_info",
+    }, registered - listed
     metrics.EVENTS_SENT.labels(site="gone").inc()
     metrics.EVENTS_RETRIED.labels(site="gone", reason="429").inc()
     metrics.set_sensor_state("gone", "ok")
@@ -250,3 +273,18 @@ def test_forget_site_removes_every_series_of_that_site_only() -> None:
     assert {"gone", "kept"} <= sites()
     metrics.forget_site("gone")
     assert "gone" not in sites() and "kept" in sites()
+
+
+def test_readyz_waits_for_the_spool_and_every_site(tmp_path: Path, sensor: FakeSensor) -> None:
+    """/readyz is 503 (naming what is missing) until the spool is open and the sites run."""
+    log = tmp_path / "a.log"
+    log.touch()
+    cfg = write_config(tmp_path / "c.yaml", [site("shop", sensor.url, log)])
+    daemon = Daemon(load_config(cfg), cfg)
+    assert daemon.ready() == (False, {"spool_open": False, "sites_not_started": ["shop"]})
+    assert daemon.start() is None
+    try:
+        assert daemon.ready() == (True, {})
+    finally:
+        daemon.request_stop()
+        daemon.run()

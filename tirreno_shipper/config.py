@@ -132,6 +132,9 @@ class _Model(BaseModel):
 class LogConfig(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "console", "json"] = "auto"
+    # Seconds between the daemon's `stats` lines (per site: lines, events, sent,
+    # rejected since the last one; backlog and lag now); 0 = none.
+    stats_interval: float = Field(default=60.0, ge=0)
 
 
 class MetricsConfig(_Model):

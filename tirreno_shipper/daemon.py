@@ -48,6 +48,7 @@ from tirreno_shipper.records import Checkpoint, Chunk, Event
 from tirreno_shipper.sender import SiteSender
 from tirreno_shipper.spool import Spool
 from tirreno_shipper.state import DaemonState, FileState, SiteState, lock_state_dir, write_status
+from tirreno_shipper.stats import StatsLine
 from tirreno_shipper.tail import FileStatus, Tailer, Waker
 from tirreno_shipper.users import UserResolver
 
@@ -448,6 +449,7 @@ class Daemon:
         self._heartbeat = time.monotonic()
         self._last_recover = 0.0
         self._lock_fd: int | None = None
+        self._stats = StatsLine(config.log.stats_interval)
 
     # -- signals ----------------------------------------------------------------
 
@@ -494,6 +496,13 @@ class Daemon:
             if dead:
                 problems[name] = {"dead": dead}
         return not problems, ({"problems": problems} if problems else {})
+
+    def ready(self) -> tuple[bool, dict[str, object]]:
+        """/readyz: the configuration is loaded, the spool open and every site started."""
+        waiting = sorted({s.name for s in self.config.sites} - set(self.runners))
+        if self.spool is None or waiting:
+            return False, {"spool_open": self.spool is not None, "sites_not_started": waiting}
+        return True, {}
 
     def _status(self) -> DaemonState:
         sites = {
@@ -618,6 +627,7 @@ class Daemon:
         from tirreno_shipper.logs import setup_logging
 
         setup_logging(new.log.level, new.log.format)
+        self._stats.every = new.log.stats_interval
         # The spool stays where it was opened: keep its state_dir (status.json goes there).
         new = new.model_copy(update={"state_dir": self.config.state_dir})
         metrics_changed = new.metrics != self.config.metrics
@@ -636,7 +646,7 @@ class Daemon:
             return True
         m = self.config.metrics
         try:
-            self.metrics_server = metrics.MetricsServer(m.host, m.port, self.health)
+            self.metrics_server = metrics.MetricsServer(m.host, m.port, self.health, self.ready)
             self.metrics_server.start()
             log.info("metrics_listening", listen=m.listen)
             return True
@@ -753,6 +763,7 @@ class Daemon:
                     except SpoolError as exc:
                         log.warning("lease_recovery_failed", error=str(exc))
                 self._publish_gauges()
+                self._stats.tick(self.runners)
                 if now - last_status >= 2.0:
                     self._write_status()
                     last_status = now

@@ -2,12 +2,17 @@
 
 A last processor masks any value logged under a credential-like key, as a net
 under the rule that no code logs a cookie, session key or API key at all.
+
+Under systemd (stderr is the stream named by ``JOURNAL_STREAM``) each line starts
+with its syslog priority, ``<4>`` for a warning (sd-daemon(3)): journald strips the
+prefix and files the line at that priority, so ``journalctl -p warning`` finds it.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import MutableMapping
@@ -29,6 +34,40 @@ def _mask_secrets(
     return event
 
 
+# syslog(3) priorities by structlog's level names.
+_PRIORITY = {
+    "debug": 7,
+    "info": 6,
+    "warning": 4,
+    "warn": 4,
+    "error": 3,
+    "exception": 3,
+    "critical": 2,
+}
+
+
+def writes_to_journal(out: TextIO) -> bool:
+    """True when ``out`` is the journald stream systemd connected: ``JOURNAL_STREAM``
+    is ``DEVICE:INODE`` of it. A shell started from the service (or a pipe to a
+    file) inherits the variable but not the stream, hence the comparison."""
+    named = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat(out.fileno())
+    except (OSError, ValueError, AttributeError):  # io.StringIO has no fileno
+        return False
+    return named == f"{st.st_dev}:{st.st_ino}"
+
+
+def _with_priority(renderer: Any) -> Any:
+    """The renderer, each of whose lines starts with ``<N>`` (sd-daemon(3))."""
+
+    def render(logger: Any, name: str, event: MutableMapping[str, Any]) -> str:
+        priority = _PRIORITY.get(str(event.get("level", name)).lower(), 6)
+        return f"<{priority}>{renderer(logger, name, event)}"
+
+    return render
+
+
 def setup_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     out = stream if stream is not None else sys.stderr
     console = fmt == "console" or (fmt == "auto" and out.isatty())
@@ -37,6 +76,8 @@ def setup_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None 
         if console
         else structlog.processors.JSONRenderer()
     )
+    if writes_to_journal(out):
+        renderer = _with_priority(renderer)
     numeric = logging.getLevelName(level.upper())
     structlog.configure(
         processors=[

@@ -1,4 +1,4 @@
-"""Prometheus metrics and the ``/healthz`` endpoint.
+"""Prometheus metrics and the ``/healthz`` and ``/readyz`` endpoints.
 
 Every metric is labelled by ``site`` only (and a bounded ``reason``/``state``
 where it says so): never by path fragments, user agents or anything else a
@@ -9,6 +9,7 @@ into a label.
 from __future__ import annotations
 
 import json
+import platform
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,11 +20,24 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.metrics import MetricWrapperBase
 
+from tirreno_shipper._version import __version__
+
+# A `_created` series beside every counter and histogram doubles the output and
+# says only when the process started (process_start_time_seconds says that once).
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
 REGISTRY = CollectorRegistry(auto_describe=True)
+# process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...
+# (read from /proc; nothing on a system without it) and python_info.
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
 
 _P = "tirreno_shipper_"
 
@@ -142,6 +156,12 @@ SITE_PAUSED = Gauge(
     ["site", "reason"],
     registry=REGISTRY,
 )
+LAST_SENT = Gauge(
+    _P + "last_sent_timestamp_seconds",
+    "Unix time of the last event the sensor accepted (204); alert on time() minus this",
+    ["site"],
+    registry=REGISTRY,
+)
 STAGE_RESTARTS = Counter(
     _P + "stage_restarts",
     "Worker threads restarted after dying",
@@ -154,6 +174,27 @@ SENSOR_STATES = ("ok", "backing_off", "rejecting")
 # Every metric above (all are labelled by site), found rather than listed: a metric
 # added later cannot be left out of forget_site.
 SITE_METRICS = tuple(v for v in list(globals().values()) if isinstance(v, MetricWrapperBase))
+
+# Defined after SITE_METRICS: it has no site label. Constant 1; the labels say what runs.
+BUILD_INFO = Gauge(
+    _P + "build_info",
+    "Always 1: the version of tirreno-shipper and of Python that run",
+    ["version", "python"],
+    registry=REGISTRY,
+)
+BUILD_INFO.labels(version=__version__, python=platform.python_version()).set(1)
+
+
+def site_totals(site: str) -> dict[str, float]:
+    """Every sample of ``site`` by sample name (``..._total``), summed over the other
+    labels (reasons, states); a metric the site has no sample of yet is absent."""
+    totals: dict[str, float] = {}
+    for metric in SITE_METRICS:
+        for family in metric.collect():
+            for sample in family.samples:
+                if sample.labels.get("site") == site:
+                    totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    return totals
 
 
 def forget_site(site: str) -> None:
@@ -184,11 +225,15 @@ class _Handler(BaseHTTPRequestHandler):
             body = generate_latest(REGISTRY)
             self._send(200, body, CONTENT_TYPE_LATEST)
         elif path in ("/healthz", "/health"):
-            ok, details = self.server.health()
-            payload = {"status": "ok" if ok else "unhealthy", **details}
-            self._send(200 if ok else 503, json.dumps(payload).encode(), "application/json")
+            self._answer(*self.server.health())
+        elif path == "/readyz":
+            self._answer(*self.server.ready())
         else:
-            self._send(404, b"not found: try /metrics or /healthz\n", "text/plain")
+            self._send(404, b"not found: try /metrics, /healthz or /readyz\n", "text/plain")
+
+    def _answer(self, ok: bool, details: dict[str, object]) -> None:
+        payload = {"status": "ok" if ok else "unhealthy", **details}
+        self._send(200 if ok else 503, json.dumps(payload).encode(), "application/json")
 
     def _send(self, code: int, body: bytes, ctype: str) -> None:
         self.send_response(code)
@@ -201,13 +246,21 @@ class _Handler(BaseHTTPRequestHandler):
         return  # scrapes every few seconds would drown the daemon's own log
 
 
+def _always_ready() -> tuple[bool, dict[str, object]]:
+    return True, {}
+
+
 class MetricsServer(ThreadingHTTPServer):
-    """``/metrics`` (Prometheus text format) and ``/healthz`` (200 or 503 + JSON)."""
+    """``/metrics`` (Prometheus text format), ``/healthz`` (every stage alive) and
+    ``/readyz`` (configuration loaded, spool open, sites started): 200 or 503 + JSON."""
 
     daemon_threads = True
 
-    def __init__(self, host: str, port: int, health: HealthCheck) -> None:
+    def __init__(
+        self, host: str, port: int, health: HealthCheck, ready: HealthCheck = _always_ready
+    ) -> None:
         self.health = health
+        self.ready = ready
         super().__init__((host, port), _Handler)
         self._thread = threading.Thread(target=self.serve_forever, name="metrics-http", daemon=True)
 

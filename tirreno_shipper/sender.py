@@ -434,6 +434,7 @@ class SiteSender:
         self._probe_delay = self.PROBE_MIN
         self._prober = False
         self._sent = metrics.EVENTS_SENT.labels(site=site)
+        self._last_sent = metrics.LAST_SENT.labels(site=site)
         self._rejected = metrics.EVENTS_REJECTED.labels(site=site)
         self._dead = metrics.EVENTS_DEAD_LETTERED.labels(site=site)
         self._latency = metrics.SEND_LATENCY.labels(site=site)
@@ -671,6 +672,7 @@ class SiteSender:
                             worker.first_ack = started
                         worker.acks.append(event.id)
                     self._sent.inc()
+                    self._last_sent.set_to_current_time()
                     self._on_success()
                     # Against a fast sensor one ack per batch saves write
                     # transactions; against a slow one, an unacked 204 is a
