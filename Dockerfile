@@ -3,7 +3,8 @@
 # tirreno-shipper container image.
 #
 #   docker build -t tirreno-shipper .
-#   docker run -d --name tirreno-shipper \
+#   docker run -d --name tirreno-shipper --group-add adm -p 127.0.0.1:9108:9108 \
+#     --add-host host.docker.internal:host-gateway \
 #     -v /etc/tirreno-shipper/config.yaml:/etc/tirreno-shipper/config.yaml:ro \
 #     -v /var/log/nginx:/var/log/nginx:ro \
 #     -v tirreno-spool:/var/lib/tirreno-shipper \
@@ -13,7 +14,8 @@
 # The configuration is read from /etc/tirreno-shipper/config.yaml (mount it; no
 # config is baked into the image). It must set `state_dir: /var/lib/tirreno-shipper`
 # (the default) and `metrics: {listen: "0.0.0.0:9108"}`: the HEALTHCHECK below and
-# Kubernetes probes ask /healthz on port 9108.
+# Kubernetes probes ask /healthz on port 9108. README.md, "Run it in a container",
+# says how to reach services on the host and who must own the spool volume (10001).
 #
 # The project's tests check this file statically (tests/test_packaging.py): the
 # machines its CI runs on have a Docker client but no Docker engine, so

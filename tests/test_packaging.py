@@ -167,7 +167,7 @@ REQUIRED_SERVICE_SETTINGS = {
     "Type": "notify",
     "NotifyAccess": "main",
     "Restart": "on-failure",
-    "RestartPreventExitStatus": "78",
+    "RestartPreventExitStatus": "78 73",
     "ExecReload": "/bin/kill -HUP $MAINPID",
     "DynamicUser": "yes",
     "StateDirectory": "tirreno-shipper",
@@ -249,8 +249,87 @@ def test_bad_config_exit_code_is_the_one_systemd_does_not_restart(
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         check=False,
     )
-    assert result.returncode == int(unit["Service"]["RestartPreventExitStatus"][0]), result.stderr
+    assert str(result.returncode) in unit["Service"]["RestartPreventExitStatus"][0].split()
+    assert result.returncode == 78, result.stderr
     assert "missing.yaml" in result.stderr
+
+
+def test_a_state_dir_that_cannot_be_written_is_not_restarted_forever(
+    unit: dict[str, dict[str, list[str]]], tmp_path: Path
+) -> None:
+    """A config copied with `state_dir: ./state` under ProtectSystem=strict exits 73: a
+    restart cannot fix it, so the unit does not restart on it (nor on 78)."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "state_dir": str(blocker / "state"),
+                "sites": [
+                    {
+                        "name": "s",
+                        "sensor": {"url": "http://127.0.0.1:9/sensor/", "api_key": "k"},
+                        "logs": [{"path": str(tmp_path / "a.log")}],
+                    }
+                ],
+            }
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "tirreno_shipper", "run", "-c", str(cfg), "--once"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+    assert result.returncode == 73, result.stderr
+    assert unit["Service"]["RestartPreventExitStatus"][0].split() == ["78", "73"]
+
+
+def test_unit_comments_name_only_what_the_daemon_does() -> None:
+    """The unit says the process metrics need /proc/stat and that log lines carry their
+    priority: both are true of the daemon."""
+    from tirreno_shipper import metrics
+
+    text = UNIT.read_text(encoding="utf-8")
+    assert "the process metrics read the boot time from /proc/stat" in text
+    names = {family.name for family in metrics.REGISTRY.collect()}
+    assert "process_start_time_seconds" in names
+    from tirreno_shipper.logs import _PRIORITY
+
+    assert _PRIORITY["warning"] == 4 and "<4> for a warning" in text
+
+
+# --- LICENSE and the /etc example --------------------------------------------
+
+# md5 of the GNU AGPL v3 as the FSF publishes it (agpl-3.0.txt, 661 lines).
+AGPL_MD5 = "eb1e647870add0502f8f010b19de32af"
+
+
+def test_license_is_the_complete_agpl_3_text() -> None:
+    """pyproject.toml says AGPL-3.0-or-later; LICENSE is that licence's official text."""
+    import hashlib
+
+    text = (ROOT / "LICENSE").read_bytes()
+    assert hashlib.md5(text).hexdigest() == AGPL_MD5
+    assert text.count(b"\n") == 661
+    assert text.lstrip().startswith(b"GNU AFFERO GENERAL PUBLIC LICENSE")
+    assert b"END OF TERMS AND CONDITIONS" in text
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert data["project"]["license"] == "AGPL-3.0-or-later"
+
+
+def test_the_etc_example_config_fits_the_unit(unit: dict[str, dict[str, list[str]]]) -> None:
+    """deploy/config.yaml is valid, writes only where the unit lets it (StateDirectory) and
+    holds no secret (only ${VARS})."""
+    text = (ROOT / "deploy" / "config.yaml").read_text(encoding="utf-8")
+    config = parse_config(text, env={"TIRRENO_API_KEY": "k", "USERS_DB_PASSWORD": "p"})
+    assert str(config.state_dir) == "/var/lib/" + unit["Service"]["StateDirectory"][0]
+    assert "state_dir: /var/lib/tirreno-shipper" in text
+    assert "api_key: ${TIRRENO_API_KEY}" in text and "${USERS_DB_PASSWORD}" in text
 
 
 def test_unit_state_directory_is_the_default_state_dir(
@@ -588,16 +667,17 @@ def test_shipper_container_is_locked_down(manifests: dict[str, dict[str, Any]]) 
 def test_shipper_probes_hit_healthz_on_the_metrics_port(
     manifests: dict[str, dict[str, Any]],
 ) -> None:
-    """Liveness and readiness ask /healthz on 9108, where the config makes the daemon listen."""
+    """Liveness asks /healthz and readiness /readyz on 9108, where the config makes the
+    daemon listen."""
     shipper = _shipper(manifests)
     ports = {p["name"]: p["containerPort"] for p in shipper["ports"]}
     config = _shipper_config(manifests)
     assert config.metrics is not None
     # The kubelet connects to the pod's address, not to the loopback.
     assert config.metrics.host in {"0.0.0.0", "::"}
-    for probe in ("livenessProbe", "readinessProbe"):
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
         get = shipper[probe]["httpGet"]
-        assert get["path"] == "/healthz"
+        assert get["path"] == path
         port = ports[get["port"]] if isinstance(get["port"], str) else get["port"]
         assert port == config.metrics.port == 9108
 

@@ -73,3 +73,74 @@ def test_every_preset_is_documented_with_its_server_line() -> None:
         row = re.search(rf"^\| `{preset}` \|(.+)$", README, re.M)
         assert row, preset
         assert "log_format" in row.group(1) or "LogFormat" in row.group(1) or preset == "json"
+
+
+def _section(title: str) -> str:
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## )", README, re.M | re.S)
+    assert match, title
+    return match.group(1)
+
+
+def test_security_section_says_what_the_log_holds_and_where_secrets_go() -> None:
+    """Session ids in the access log, its mode and retention, a read-only database user,
+    and where the secrets go."""
+    text = _section("Security")
+    for needed in (
+        "session ids",
+        "`0640`",
+        "rotate",
+        "setfacl",
+        "default_transaction_read_only",
+        "GRANT SELECT",
+        "/etc/tirreno-shipper/env",
+        "LoadCredential=",
+        "never go in `config.yaml`",
+    ):
+        assert needed in text, needed
+
+
+def test_container_section_is_complete() -> None:
+    """Port, spool volume owner, reaching the host's services, reading root:adm logs."""
+    text = _section("Run it in a container")
+    for needed in (
+        "-p 127.0.0.1:9108:9108",
+        "--group-add adm",
+        "uid 10001",
+        "-o 10001 -g 10001",
+        "host.docker.internal:host-gateway",
+        "--network host",
+        "docker stop -t 20",
+    ):
+        assert needed in text, needed
+
+
+def test_install_works_on_debian_and_rhel_as_written() -> None:
+    """A virtualenv under /opt/tirreno-shipper (where the unit runs it) on both families,
+    with a Python of at least 3.11 on RHEL 9 (its python3 is 3.9)."""
+    text = _section("Install")
+    assert "apt-get install -y python3-venv" in text
+    assert "dnf install -y python3.11\npython3.11 -m venv /opt/tirreno-shipper" in text
+    assert "/opt/tirreno-shipper/bin/pip install '.[postgres]'" in text
+    assert "install -m 0644 deploy/config.yaml /etc/tirreno-shipper/config.yaml" in text
+    assert "pip install ." not in text.replace("bin/pip install '.", "")
+
+
+def test_snippets_say_where_they_go_and_what_they_replace() -> None:
+    """Debian and RHEL layouts for nginx and Apache, and the override that bites."""
+    nginx = README[README.index("### nginx\n") : README.index("### Apache\n")]
+    for needed in (
+        "/etc/nginx/nginx.conf",
+        "replace the\nline `access_log /var/log/nginx/access.log;`",
+        "log_format main",
+        "`server` block",
+    ):
+        assert needed in nginx, needed
+    apache = README[README.index("### Apache\n") : README.index("Both servers' escaping")]
+    for needed in (
+        "000-default.conf",
+        "a2enconf tirreno",
+        "/etc/httpd/conf.d/tirreno.conf",
+        'CustomLog "logs/access_log" tirreno',
+        "replaces the server-wide one",
+    ):
+        assert needed in apache, needed
