@@ -234,13 +234,9 @@ def test_unit_runs_the_console_script_with_the_config(
     assert argv[1:] == ["run", "-c", CONFIG_PATH]
 
 
-def test_bad_config_exit_code_is_the_one_systemd_does_not_restart(
-    unit: dict[str, dict[str, list[str]]], tmp_path: Path
-) -> None:
-    """The unit's command with an unreadable config exits with RestartPreventExitStatus."""
-    argv = shlex.split(unit["Service"]["ExecStart"][0])[1:]
-    argv[argv.index("-c") + 1] = str(tmp_path / "missing.yaml")
-    result = subprocess.run(
+def _shipper_cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    """``python -m tirreno_shipper ARGV`` from this checkout."""
+    return subprocess.run(
         [sys.executable, "-m", "tirreno_shipper", *argv],
         capture_output=True,
         text=True,
@@ -249,6 +245,15 @@ def test_bad_config_exit_code_is_the_one_systemd_does_not_restart(
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         check=False,
     )
+
+
+def test_bad_config_exit_code_is_the_one_systemd_does_not_restart(
+    unit: dict[str, dict[str, list[str]]], tmp_path: Path
+) -> None:
+    """The unit's command with an unreadable config exits with RestartPreventExitStatus."""
+    argv = shlex.split(unit["Service"]["ExecStart"][0])[1:]
+    argv[argv.index("-c") + 1] = str(tmp_path / "missing.yaml")
+    result = _shipper_cli(*argv)
     assert str(result.returncode) in unit["Service"]["RestartPreventExitStatus"][0].split()
     assert result.returncode == 78, result.stderr
     assert "missing.yaml" in result.stderr
@@ -276,15 +281,7 @@ def test_a_state_dir_that_cannot_be_written_is_not_restarted_forever(
             }
         )
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "tirreno_shipper", "run", "-c", str(cfg), "--once"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        check=False,
-    )
+    result = _shipper_cli("run", "-c", str(cfg), "--once")
     assert result.returncode == 73, result.stderr
     assert unit["Service"]["RestartPreventExitStatus"][0].split() == ["78", "73"]
 
