@@ -323,7 +323,7 @@ def test_cache_is_a_bounded_lru(django: Django, make_resolver: MakeResolver) -> 
     resolver = make_resolver(django.db.url, django.query, site=site, cache_size=2)
     for key in ("k-alice", "k-zoe", "k-alice", "k-yamada"):  # k-zoe is now the oldest
         resolver.resolve(key)
-    assert resolver.cached == 2
+    assert len(resolver._cache) == 2
     assert (cache_count(site, "miss"), cache_count(site, "hit")) == (3, 1)
     resolver.resolve("k-alice")
     assert cache_count(site, "hit") == 2
@@ -473,7 +473,7 @@ def test_database_down_raises_and_is_not_cached(
         assert "k-secret-cookie" not in message
         assert f"127.0.0.1:{unused_tcp_port}" in message
     assert error_count(site) == 2
-    assert resolver.cached == 0
+    assert len(resolver._cache) == 0
     with pytest.raises(ResolverError, match="user database"):
         resolver.check()
 
@@ -503,7 +503,8 @@ def test_the_sqlite_users_database_is_opened_read_only(
     conn.close()
     resolver = make_resolver(f"sqlite:///{path}", "SELECT n AS user_name FROM users WHERE k = :key")
     assert resolver.resolve("s1") == User(user_name="alice")
-    with pytest.raises(Exception, match="readonly"), resolver._engine.connect() as conn:
+    assert resolver._db is not None
+    with pytest.raises(Exception, match="readonly"), resolver._db.engine.connect() as conn:
         conn.exec_driver_sql("INSERT INTO users VALUES ('s2', 'mallory')")
 
 

@@ -53,7 +53,7 @@ EventType = Literal[
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 
 # Keys whose values are credentials: never shown in an error message.
-SECRET_KEYS = frozenset({"api_key", "database", "password"})
+SECRET_KEYS = frozenset({"api_key", "database", "password", "secret"})
 # Query parameters of a database URL whose values are credentials (compared
 # case-insensitively): masked wherever the URL is shown.
 CREDENTIAL_QUERY_KEYS = frozenset({"password", "passwd", "pwd", "sslpassword", "secret", "token"})
@@ -257,24 +257,157 @@ class LogSource(_Model):
         return value
 
 
+Digest = Literal["sha256", "md5", "sha1"]
+# nginx's $cookie_NAME takes the name's characters from this set only.
+NGINX_COOKIE_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+FRAMEWORKS = ("django", "laravel", "rails", "express", "flask", "php", "wordpress", "spring")
+Framework = Literal["django", "laravel", "rails", "express", "flask", "php", "wordpress", "spring"]
+UnsealScheme = Literal["django", "itsdangerous", "laravel", "rails", "express"]
+
+
+class StripPrefix(_Model):
+    strip_prefix: str = Field(min_length=1)
+
+
+class Split(_Model):
+    split: str = Field(min_length=1)
+    index: int = 0
+
+
+class RegexStep(_Model):
+    regex: Regex
+
+    @field_validator("regex")
+    @classmethod
+    def _one_group(cls, value: str) -> str:
+        if regex.compile(value).groups != 1:  # type: ignore[attr-defined]
+            raise ValueError("a key regex has exactly one capture group: the key")
+        return value
+
+
+class Unseal(_Model):
+    """``{unseal: SCHEME, ...options}``: the framework's signed or encrypted cookie."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    unseal: UnsealScheme
+
+    def options(self) -> dict[str, str]:
+        return {k: str(v) for k, v in (self.model_extra or {}).items()}
+
+
+Transform = (
+    Literal["url_decode", "base64_decode", "sha256", "md5", "sha1"]
+    | StripPrefix
+    | Split
+    | RegexStep
+    | Unseal
+)
+
+
 class KeySpec(_Model):
-    cookie: str | None = None
+    cookie: str | None = Field(default=None, pattern=r"^[^\s;,=]+$")
     field: str | None = None
     header: str | None = None
-    transform: Literal["none", "sha256", "md5", "sha1"] = "none"
+    transform: Literal["none", "sha256", "md5", "sha1"] = "none"  # the same as a last step
+    transforms: list[Transform] = Field(default_factory=list)
+    # The response's new session cookie (a login issues one): used when the request
+    # has none (fallback), always when present (prefer), or never (off).
+    response: Literal["off", "fallback", "prefer"] = "fallback"
 
     @model_validator(mode="after")
     def _exactly_one(self) -> KeySpec:
         given = [k for k in ("cookie", "field", "header") if getattr(self, k)]
         if len(given) != 1:
             raise ValueError("set exactly one of cookie, field or header")
+        if self.cookie and "*" in self.cookie.rstrip("*"):
+            raise ValueError(
+                "a cookie name pattern has one '*', at its end (wordpress_logged_in_*)"
+            )
         return self
+
+    def steps(self) -> list[Transform]:
+        """The transforms in order, ``transform`` (the older spelling) last."""
+        return [*self.transforms, *([self.transform] if self.transform != "none" else [])]
+
+
+class RedisStore(_Model):
+    url: str = "redis://127.0.0.1:6379/0"
+    key: str = "{key}"
+    field: str | None = None  # HGET this field; GET when unset
+
+    @field_validator("key")
+    @classmethod
+    def _has_key(cls, value: str) -> str:
+        if "{key}" not in value:
+            raise ValueError("the Redis key template must hold {key} (e.g. 'sess:{key}')")
+        return value
+
+
+class StoreConfig(_Model):
+    sql: str | None = None
+    redis: RedisStore | None = None
+    file: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> StoreConfig:
+        given = [k for k in ("sql", "redis", "file") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("set exactly one of sql, redis or file")
+        if self.sql is not None and not re.search(r"(?<!:):key\b", self.sql):
+            raise ValueError("store.sql must use the bound parameter :key")
+        if self.file is not None:
+            name = self.file.rpartition("/")[2]
+            if not self.file.startswith("/") or "{key}" not in name:
+                raise ValueError(
+                    "store.file is an absolute path whose file name holds {key} "
+                    "(e.g. /var/lib/php/sessions/sess_{key})"
+                )
+        return self
+
+    @property
+    def kind(self) -> Literal["sql", "redis", "file"]:
+        return "sql" if self.sql is not None else "redis" if self.redis is not None else "file"
+
+
+class DecodeConfig(_Model):
+    """How the stored session reads, and where the user id (or fields) are in it."""
+
+    format: Literal["none", "django", "php_session", "json", "msgpack", "pickle"]
+    path: str | None = None  # dotted; a part ending in '*' matches a key by prefix
+    fields: dict[
+        Literal[
+            "user_name",
+            "email_address",
+            "first_name",
+            "last_name",
+            "full_name",
+            "phone_number",
+            "user_created",
+        ],
+        str,
+    ] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named(cls, value: Any) -> Any:
+        # ``json`` or ``{json: {path: user_id}}``: the format is the mapping's one key.
+        if isinstance(value, str):
+            return {"format": value}
+        if isinstance(value, dict) and len(value) == 1 and "format" not in value:
+            ((name, options),) = value.items()
+            return {"format": name, **(options if isinstance(options, dict) else {})}
+        return value
 
 
 class UsersConfig(_Model):
+    framework: Framework | None = None
     key: KeySpec
-    database: str
-    query: str
+    database: str | None = None
+    secret: SecretStr | None = None
+    secret_file: Path | None = None
+    store: StoreConfig | None = None
+    decode: DecodeConfig | None = None
+    query: str | None = None
     cache_ttl: float = Field(default=300.0, ge=0)
     negative_ttl: float = Field(default=30.0, ge=0)
     cache_size: int = Field(default=100_000, ge=0)
@@ -283,10 +416,64 @@ class UsersConfig(_Model):
 
     @field_validator("query")
     @classmethod
-    def _binds_key(cls, value: str) -> str:
-        if not re.search(r"(?<!:):key\b", value):
-            raise ValueError("the query must use the bound parameter :key (never format values in)")
+    def _binds_key(cls, value: str | None) -> str | None:
+        if value is not None and not re.search(r"(?<!:):(key|user_id)\b", value):
+            raise ValueError(
+                "the query must use the bound parameter :key (or :user_id after a store or "
+                "decoder; never format values in)"
+            )
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, value: Any) -> Any:
+        if isinstance(value, dict) and isinstance(value.get("framework"), str):
+            # Imported here: users/ imports this module.
+            from tirreno_shipper.users.presets import apply_preset
+
+            return apply_preset(value)
+        return value
+
+    @model_validator(mode="after")
+    def _coherent(self) -> UsersConfig:
+        if self.secret_file is not None:
+            if self.secret is not None:
+                raise ValueError("set one of secret or secret_file")
+            try:
+                text = self.secret_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(
+                    f"secret_file: cannot read {self.secret_file}: {exc.strerror}"
+                ) from None
+            object.__setattr__(self, "secret", SecretStr(text))  # frozen: set while validating
+        needs_secret = any(isinstance(s, Unseal) for s in self.key.steps()) or (
+            self.decode is not None and self.decode.format == "django"
+        )
+        if needs_secret and (self.secret is None or not self.secret.get_secret_value()):
+            raise ValueError(
+                "this key or decoder needs the application's secret: set secret: ${VAR} "
+                "or secret_file: PATH"
+            )
+        one_step = self.store is None and self.decode is None
+        if one_step:
+            if self.query is None:
+                raise ValueError(
+                    "set framework (a preset), or query binding :key, or store and decode"
+                )
+            if not re.search(r"(?<!:):key\b", self.query):
+                raise ValueError(
+                    "the query must use the bound parameter :key (never format values in)"
+                )
+        elif self.query is not None and not re.search(r"(?<!:):user_id\b", self.query):
+            raise ValueError("with a store or decode, the query binds :user_id (the decoded id)")
+        sql = self.query is not None or (self.store is not None and self.store.kind == "sql")
+        if sql and not self.database:
+            raise ValueError("database: an SQLAlchemy URL is needed for the SQL store or query")
+        return self
+
+    def secret_text(self) -> str:
+        """The application's secret (``secret`` or ``secret_file``); empty when unset."""
+        return "" if self.secret is None else self.secret.get_secret_value()
 
 
 class ClientIpConfig(_Model):
@@ -416,7 +603,12 @@ def _expand(value: str, path: str, env: Mapping[str, str], problems: list[str]) 
 
 # What a secret whose ${VAR} is not set stands in for when the command does not
 # use secrets (`status`, `dead-letters`): valid, and useless for anything else.
-_SECRET_STAND_INS = {"api_key": "not-loaded", "database": "sqlite://", "password": ""}
+_SECRET_STAND_INS = {
+    "api_key": "not-loaded",
+    "database": "sqlite://",
+    "password": "",
+    "secret": "not-loaded",
+}
 
 
 def _walk(

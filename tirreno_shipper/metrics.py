@@ -132,6 +132,13 @@ RESOLVER_QUERY_LATENCY = Histogram(
 RESOLVER_ERRORS = Counter(
     _P + "resolver_errors", "User queries that failed", ["site"], registry=REGISTRY
 )
+RESOLVER_REJECTED = Counter(
+    _P + "resolver_rejected",
+    "Session keys looked up for nobody because of the key itself, by reason "
+    "(forged, undecodable, bad_key, key_error)",
+    ["site", "reason"],
+    registry=REGISTRY,
+)
 FILE_LAG = Gauge(
     _P + "file_lag_bytes",
     "Bytes written to the site's logs not yet read",

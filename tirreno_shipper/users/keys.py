@@ -1,12 +1,32 @@
-"""A request → its session lookup key: which field holds it, and how it is transformed."""
+"""A request → its session lookup key: which field holds it, and how it is transformed.
+
+Every path a cookie can arrive by (``$cookie_NAME``, ``%{NAME}C``, a whole
+``Cookie`` header, a JSON log's field) gives the value as the server saw it;
+`normalise_cookie` then reads it as browsers and frameworks do (RFC 6265
+§5.2: surrounding whitespace dropped, one pair of double quotes removed), so
+``sessionid=K ;`` and ``sessionid="K"`` are the same session on every path and
+every database.
+
+The transforms run in the order written: ``url_decode``, ``strip_prefix``,
+``split`` (separator and index), ``regex`` (one capture group, RE2: linear time
+on a visitor's text), ``base64_decode``, ``sha256``/``md5``/``sha1`` (as the
+application stores the key) and ``unseal`` (a framework's signed or encrypted
+cookie, see `users.signed`). A step that cannot apply raises `KeyRejected`
+with the reason counted: a cookie is whatever a visitor chose to send.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import importlib
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
-from tirreno_shipper.config import UsersConfig
+from tirreno_shipper import regex
+from tirreno_shipper.config import RegexStep, Split, StripPrefix, Transform, Unseal, UsersConfig
 from tirreno_shipper.records import Request
 
 # Longer keys are no session id any framework issues: the request has no key.
@@ -38,6 +58,134 @@ def _header_variable(header: str) -> str:
     return "http_" + header.strip().lower().replace("-", "_")
 
 
+class KeyRejected(Exception):
+    """The request carries a key that cannot be looked up; ``reason`` is counted."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# Reasons a key is not looked up (`KeyRejected.reason`), counted per site.
+FORGED = "forged"  # a signature that does not verify
+UNDECODABLE = "undecodable"  # a step could not read the value (base64, URL, decrypt)
+BAD_KEY = "bad_key"  # no key left (a split without that part, a regex that does not match)
+
+
+def normalise_cookie(value: str) -> str:
+    """A cookie value as browsers and frameworks read it: trimmed, then unquoted once."""
+    value = value.strip(" \t")
+    if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+        value = value[1:-1]
+    return value
+
+
+def _url_decode(value: str) -> str:
+    # unquote never fails: an invalid escape stays as written, as browsers leave it.
+    return urllib.parse.unquote(value, errors="strict") if "%" in value else value
+
+
+def _base64_decode(value: str) -> str:
+    padded = value + "=" * (-len(value) % 4)
+    try:
+        raw = (
+            base64.urlsafe_b64decode(padded)
+            if "-" in value or "_" in value
+            else base64.b64decode(padded, validate=True)
+        )
+        return raw.decode("utf-8")
+    except (binascii.Error, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        raise KeyRejected(UNDECODABLE) from exc
+
+
+def _step(transform: Transform, secret: str) -> Callable[[str], str]:
+    """One transform as a function of the key; raises `KeyRejected`."""
+    if isinstance(transform, str):
+        if transform == "url_decode":
+
+            def url_decode(value: str) -> str:
+                try:
+                    return _url_decode(value)
+                except UnicodeDecodeError as exc:
+                    raise KeyRejected(UNDECODABLE) from exc
+
+            return url_decode
+        if transform == "base64_decode":
+            return _base64_decode
+        digest = _DIGESTS[transform]
+        return lambda v: str(digest(v.encode("utf-8")).hexdigest())
+    if isinstance(transform, StripPrefix):
+        prefix = transform.strip_prefix
+        return lambda v: v.removeprefix(prefix)
+    if isinstance(transform, Split):
+        sep, index = transform.split, transform.index
+
+        def split(value: str) -> str:
+            parts = value.split(sep)
+            if not -len(parts) <= index < len(parts):
+                raise KeyRejected(BAD_KEY)
+            return parts[index]
+
+        return split
+    if isinstance(transform, RegexStep):
+        search = regex.compile(transform.regex).search
+
+        def match(value: str) -> str:
+            m = search(value)
+            group = m.group(1) if m is not None else None
+            if not group:
+                raise KeyRejected(BAD_KEY)
+            return group
+
+        return match
+    assert isinstance(transform, Unseal)
+    return _unsealer(transform.unseal, secret, transform.options())
+
+
+def _unsealer(scheme: str, secret: str, options: dict[str, str]) -> Callable[[str], str]:
+    # users/signed.py (the cookies helper's module), imported by name so that a key
+    # chain without unseal never needs the crypto library.
+    signed = importlib.import_module("tirreno_shipper.users.signed")
+
+    def unseal(value: str) -> str:
+        try:
+            return str(signed.unseal(scheme, value, secret, **options))
+        except signed.CookieRejected as exc:
+            raise KeyRejected(exc.reason) from None
+        except (ValueError, TypeError) as exc:
+            raise KeyRejected(UNDECODABLE) from exc
+
+    return unseal
+
+
+# The variables a response's new session cookie is logged in, by server.
+SET_COOKIE_FIELDS = ("sent_http_set_cookie", "upstream_http_set_cookie", "apache_o_Set-Cookie")
+
+
+def response_fields(cookie: str) -> tuple[str, ...]:
+    """The extra log variables that may carry the response's ``cookie``."""
+    nginx = () if "*" in cookie else ("upstream_cookie_" + cookie.lower(),)
+    return (*nginx, *SET_COOKIE_FIELDS)
+
+
+def _set_cookie_value(header: str, cookie: str) -> str | None:
+    """``cookie``'s value in logged Set-Cookie header(s), if the response set it.
+
+    nginx joins several Set-Cookie headers with "; " (1.23+) or logs the first;
+    Apache joins them with ", ". Attributes (``Path=/``) are never a cookie named
+    like the session's, so scanning every ``name=value`` pair is enough.
+    """
+    prefix = cookie[:-1] if cookie.endswith("*") else None
+    for part in header.replace(", ", "; ").split(";"):
+        name, eq, value = part.partition("=")
+        name = name.strip()
+        if eq and (name == cookie or (prefix is not None and name.startswith(prefix))):
+            value = normalise_cookie(value)
+            # A logout's Set-Cookie deletes the cookie (empty, or "deleted").
+            return value if value and value != "deleted" else None
+    return None
+
+
 def _key_getter(config: UsersConfig) -> Callable[[Request], str | None]:
     spec = config.key
     if spec.cookie:
@@ -56,26 +204,66 @@ def _key_getter(config: UsersConfig) -> Callable[[Request], str | None]:
 class KeyExtractor:
     """A request's (transformed) lookup key, as the configuration describes it."""
 
-    __slots__ = ("_digest", "_get")
+    __slots__ = ("_cookie", "_get", "_response", "_response_fields", "_steps")
 
     def __init__(self, config: UsersConfig) -> None:
         self._get = _key_getter(config)
-        self._digest = _DIGESTS.get(config.key.transform)
+        self._steps = tuple(_step(t, config.secret_text()) for t in config.key.steps())
+        cookie = config.key.cookie
+        self._cookie = cookie
+        self._response = config.key.response if cookie else "off"
+        self._response_fields = response_fields(cookie) if cookie else ()
 
-    def __call__(self, request: Request) -> str | None:
-        """The lookup key of ``request``, or ``None`` when it has none."""
-        value = self._get(request)
-        if value is None or value == "-" or not value.strip():
+    def raw(self, request: Request, *, response: str | None = None) -> str | None:
+        """The key as logged, normalised (before the transforms), or ``None``."""
+        mode = response or self._response
+        value = None if mode == "prefer" else self._present(self._get(request))
+        if value is None and mode != "off":
+            value = self._from_response(request)
+            if value is None and mode == "prefer":
+                value = self._present(self._get(request))
+        return value
+
+    def _present(self, value: str | None) -> str | None:
+        if value is None or value == "-":
+            return None
+        if self._cookie:
+            value = normalise_cookie(value)
+        return value if value.strip() else None
+
+    def _from_response(self, request: Request) -> str | None:
+        extra = request.extra
+        if not extra:
+            return None
+        assert self._cookie is not None
+        for name in self._response_fields:
+            logged = extra.get(name)
+            if not logged or logged == "-":
+                continue
+            if name.startswith("upstream_cookie_"):
+                return self._present(logged)
+            found = _set_cookie_value(logged, self._cookie)
+            if found is not None:
+                return found
+        return None
+
+    def __call__(self, request: Request, *, response: str | None = None) -> str | None:
+        """The lookup key of ``request``, or ``None`` when it has none; raises
+        `KeyRejected` when it has one that no step can read."""
+        value = self.raw(request, response=response)
+        if value is None:
             return None
         if len(value) > MAX_KEY_CHARS or "\x00" in value:
             # No framework issues such keys; binding them only invites errors
             # (PostgreSQL refuses NUL) and memory growth in the cache.
-            return None
+            raise KeyRejected(BAD_KEY)
         if not value.isascii():
             try:
                 value.encode("utf-8")
             except UnicodeEncodeError:  # a lone surrogate: no driver could send it
-                return None
-        if self._digest is None:
-            return value
-        return str(self._digest(value.encode("utf-8")).hexdigest())
+                raise KeyRejected(BAD_KEY) from None
+        for step in self._steps:
+            value = step(value)
+            if not value or "\x00" in value:
+                raise KeyRejected(BAD_KEY)
+        return value

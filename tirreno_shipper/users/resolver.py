@@ -1,48 +1,51 @@
-"""Session key → user record, through the operator's own SQL.
+"""Session key → user record: key, store, decoder and query, with the failure policy.
 
-The key is taken from the request (a cookie, a logged field or a logged
-header), optionally hashed the way the application stores it, and bound as
-``:key`` into the configured query, run through SQLAlchemy Core. Values are
-only ever bound, never formatted into SQL: a cookie is attacker-controlled.
+The key is taken from the request (a cookie, a logged field or header, or the
+response's new session cookie), normalised and transformed (`keys`), looked up
+in the session store (`stores`: an SQL row, a Redis value, a file), decoded
+(`decoders`) to a user id, and the user's fields fetched by the ``:user_id``
+query. The older one-step form, a query binding ``:key`` that returns the
+user's fields, is the same path without a store or decoder. Values are only
+ever bound, never formatted into SQL: a cookie is attacker-controlled.
 
 Results are cached (hits for ``cache_ttl``, misses for the shorter
-``negative_ttl``) in one bounded LRU. A failing database is never a miss: it
+``negative_ttl``) in one bounded LRU. A store out of reach is never a miss: it
 raises `ResolverError`, the daemon pauses the site's tail and retries the same
-lines later, so a database outage loses no attribution.
+lines later, so an outage loses no attribution. A failure that belongs to one
+key (a forged or undecodable cookie, a value the database refuses) is counted
+by reason in ``resolver_rejected`` and that line goes on unresolved.
 
-Session keys are credentials: they never appear in logs or error messages
-(at most the first hex digits of their SHA-256, in debug logs).
+Session keys and the application's secret are credentials: they never appear
+in logs or error messages (at most the first hex digits of a key's SHA-256, in
+debug logs).
 """
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import sqlalchemy
 import structlog
-from sqlalchemy.engine import URL, Connection, Engine
-from sqlalchemy.exc import DataError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 
-from tirreno_shipper.config import UsersConfig, database_url_problem, scrub_urls
+from tirreno_shipper.config import UsersConfig
 from tirreno_shipper.errors import ResolverError
-from tirreno_shipper.metrics import RESOLVER_CACHE, RESOLVER_ERRORS, RESOLVER_QUERY_LATENCY
+from tirreno_shipper.metrics import (
+    RESOLVER_CACHE,
+    RESOLVER_ERRORS,
+    RESOLVER_QUERY_LATENCY,
+    RESOLVER_REJECTED,
+)
 from tirreno_shipper.records import Request, User
 from tirreno_shipper.users.cache import TtlLru
-from tirreno_shipper.users.keys import KeyExtractor, key_digest, sha256_hex
+from tirreno_shipper.users.decoders import Undecodable, at_path, decode
+from tirreno_shipper.users.keys import KeyExtractor, KeyRejected, key_digest, sha256_hex
 from tirreno_shipper.users.rows import COLUMN_FIELDS, column_field, map_row
-from tirreno_shipper.users.sql import (
-    connect_args,
-    driver_hint,
-    mask_secrets,
-    option_hint,
-    read_only_sqlite,
-    safe_url,
-    url_secrets,
-)
+from tirreno_shipper.users.sql import Database, ValueFailed
+from tirreno_shipper.users.stores import FileStore, RedisStore, SqlStore, Store
 
 log = structlog.get_logger(__name__)
 
@@ -53,6 +56,22 @@ LAST_SEEN_TTL = 24 * 3600.0
 LAST_SEEN_MIN_SIZE = 10_000
 # Longer keys are cached under their digest, bounding the cache's memory.
 _CACHE_KEY_CHARS = 128
+# Reasons counted in resolver_rejected besides the key's own (forged, ...).
+UNDECODABLE = "undecodable"
+KEY_ERROR = "key_error"  # the database refused this key's statement
+
+
+def _store(config: UsersConfig, database: Database | None) -> Store | None:
+    store = config.store
+    if store is None:
+        return None
+    if store.sql is not None:
+        assert database is not None
+        return SqlStore(database, store.sql)
+    if store.redis is not None:
+        return RedisStore(store.redis, config.timeout)
+    assert store.file is not None
+    return FileStore(store.file)
 
 
 class UserResolver:
@@ -69,7 +88,6 @@ class UserResolver:
         self.config = config
         self._clock = clock
         self._key_of = KeyExtractor(config)
-        self._stmt = sqlalchemy.text(config.query)
         self._cache = TtlLru(config.cache_size)
         self._last_seen = TtlLru(max(config.cache_size, LAST_SEEN_MIN_SIZE))
         self._lock = threading.Lock()
@@ -81,52 +99,38 @@ class UserResolver:
         self._miss = RESOLVER_CACHE.labels(site=site, result="miss")
         self._latency = RESOLVER_QUERY_LATENCY.labels(site=site)
         self._errors = RESOLVER_ERRORS.labels(site=site)
-        problem = database_url_problem(config.database)
-        if problem is not None:  # config loading refuses it first; a direct caller too
-            raise ResolverError(f"users.database: {problem}")
-        self._secrets: tuple[str, ...] = ()
-        self._safe_url = "(unparsed URL)"
-        url: URL | None = None
+        self._db = (
+            Database(config.database, config.timeout, clock=clock) if config.database else None
+        )
+        self._store = _store(config, self._db)
+        self._decode = config.decode
+        self._secret = config.secret_text()
+        # One step: the query binds :key and returns the user (no store, no decoder).
+        self._one_step = config.store is None and config.decode is None
+        self._stmt = sqlalchemy.text(config.query) if config.query is not None else None
+        self._where = self._db.safe_url if self._db is not None else "the session store"
+
+    # --- the key ---------------------------------------------------------------
+
+    def key_for(self, request: Request, *, response: str | None = None) -> str | None:
+        """The (transformed) lookup key of a request, or ``None`` when it has none
+        or one that cannot be read (counted in resolver_rejected by reason)."""
         try:
-            url = sqlalchemy.make_url(config.database)
-            self._secrets = url_secrets(url)
-            self._safe_url = safe_url(url)
-            url = read_only_sqlite(url)
-            self._engine: Engine = sqlalchemy.create_engine(
-                url,
-                pool_pre_ping=True,
-                # Keeps bound values (session keys) out of SQLAlchemy's messages.
-                hide_parameters=True,
-                connect_args=connect_args(url, config.timeout),
+            return self._key_of(request, response=response)
+        except KeyRejected as exc:
+            self._reject(exc.reason)
+            return None
+
+    def _reject(self, reason: str, key: str | None = None, detail: str = "") -> None:
+        RESOLVER_REJECTED.labels(site=self.site, reason=reason).inc()
+        if detail:
+            log.info(
+                "resolver_key_rejected",
+                site=self.site,
+                reason=reason,
+                key_tag=key_digest(key) if key else None,
+                error=detail,
             )
-        except NoSuchModuleError as exc:
-            raise ResolverError(
-                f"users.database: no SQLAlchemy dialect for this URL ({exc}); "
-                + driver_hint(config.database)
-            ) from None
-        except ImportError as exc:
-            raise ResolverError(
-                f"users.database: the database driver is not installed ({exc.name}); "
-                + driver_hint(config.database)
-            ) from None
-        except (SQLAlchemyError, ValueError) as exc:
-            # A driver refuses an option (?read_timeout=abc: "invalid literal for
-            # int() with base 10: 'abc'"): its words, naming the option, no secret.
-            text = (str(exc).strip().splitlines() or [""])[0]
-            hint = option_hint(url, text) if url is not None else ""
-            detail = self._scrub(text) + hint if url is not None else ""
-            raise ResolverError(
-                f"users.database: cannot use this URL: {type(exc).__name__}"
-                + (f": {detail}" if detail else "")
-            ) from None
-
-    def _scrub(self, text: str) -> str:
-        """``text`` without this URL's credentials (nor those of any URL it quotes)."""
-        return scrub_urls(mask_secrets(text, self._secrets))
-
-    def key_for(self, request: Request) -> str | None:
-        """The (transformed) lookup key of a request, or ``None`` when it has none."""
-        return self._key_of(request)
 
     # --- resolving -------------------------------------------------------------
 
@@ -163,86 +167,97 @@ class UserResolver:
         started = time.perf_counter()
         self.query_started = time.monotonic()
         try:
-            with self._connect() as conn:
-                row = conn.execute(self._stmt, {"key": key}).mappings().first()
-        except DataError as exc:
-            # The database refused this value (text for an integer column, a NUL,
-            # an unrepresentable date in the row): asking again can never succeed,
-            # and a client-chosen cookie must not be able to pause the site forever.
-            self._errors.inc()
-            log.info(
-                "resolver_key_rejected",
-                site=self.site,
-                key_tag=key_digest(key),
-                error=self._describe(exc, key),
-            )
+            user = self._lookup(key)
+        except KeyRejected as exc:
+            self._reject(exc.reason)
             return None
-        except (SQLAlchemyError, OSError) as exc:
-            raise self._failure(exc, key) from None
+        except Undecodable as exc:
+            self._reject(UNDECODABLE, key, f"the stored session: {exc}")
+            return None
+        except ValueFailed as exc:
+            # The store refused this value (a collation, an encoding, text for an
+            # integer column): asking again can never succeed, and a visitor's
+            # cookie must not be able to pause the site.
+            self._errors.inc()
+            self._reject(KEY_ERROR, key, str(exc))
+            return None
+        except ResolverError as exc:
+            self._errors.inc()
+            if not self._failing:
+                self._failing = True
+                log.warning("resolver_failed", site=self.site, error=str(exc))
+            raise
         finally:
             self.query_started = None
             self._latency.observe(time.perf_counter() - started)
         if self._failing:
             self._failing = False
-            log.info("resolver_recovered", site=self.site, database=self._safe_url)
-        return None if row is None else map_row(dict(row))
+            log.info("resolver_recovered", site=self.site, database=self._where)
+        return user
 
-    def _describe(self, exc: BaseException, key: str | None) -> str:
-        """The database's own message, first line, with no key or password in it."""
-        detail = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-        text = (str(detail).strip().splitlines() or [""])[0]
-        # The server may echo a bound value ("invalid input syntax ...: <key>").
-        # Keys too short to be a credential are left, so a message stays readable.
-        if key and len(key) >= 4:
-            text = text.replace(key, "<key>")
-        return f"user database {self._safe_url}: {type(detail).__name__}: {self._scrub(text)}"
+    def _lookup(self, key: str) -> User | None:
+        """key → store → decoder → :user_id query; raises `ValueFailed`,
+        `Undecodable`, `KeyRejected` (this key) or `ResolverError` (the store)."""
+        if self._one_step:
+            return self._user_row({"key": key}, key)
+        value: object = key
+        if self._store is not None:
+            value = self._store.fetch(key)
+            if value is None:
+                return None
+            if isinstance(value, Mapping):
+                row: Mapping[str, Any] = value
+                if any(column_field(c) == "user_name" for c in row):
+                    return map_row(row)  # the store row names the user (Spring)
+                value = next(iter(row.values()), None)
+                if value is None:
+                    return None
+        decoder = self._decode
+        data = decode(decoder.format, value, self._secret) if decoder is not None else value
+        user_id = at_path(data, decoder.path if decoder is not None else None)
+        if self._stmt is not None:
+            if user_id is None or isinstance(user_id, dict | list | tuple | float):
+                return None
+            return self._user_row({"user_id": user_id}, key)
+        fields = decoder.fields if decoder is not None else {}
+        if fields:
+            values = {name: at_path(data, path) for name, path in fields.items()}
+            return map_row({k: v for k, v in values.items() if isinstance(v, str | int)})
+        if user_id is None or isinstance(user_id, dict | list | tuple):
+            return None
+        return User(user_name=str(user_id))
 
-    def _failure(self, exc: BaseException, key: str | None) -> ResolverError:
-        """Translate a database failure into `ResolverError` without secrets in it."""
-        self._errors.inc()
-        message = self._describe(exc, key)
-        if not self._failing:
-            self._failing = True
-            log.warning("resolver_failed", site=self.site, error=message)
-        return ResolverError(message)
-
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[Connection]:
-        """A pooled connection; a URL option the driver does not know is a `ResolverError`.
-
-        PyMySQL raises TypeError for an unknown keyword (``?pwd=``): not a database
-        failure, but retrying cannot help either, and it must not be a traceback.
-        """
-        try:
-            conn = self._engine.connect()
-        except TypeError as exc:
-            raise ResolverError(
-                f"{self._describe(exc, None)} (the driver refused an option of the URL's "
-                "query string: remove or fix it)"
-            ) from None
-        with conn:
-            yield conn
+    def _user_row(self, params: Mapping[str, object], key: str) -> User | None:
+        assert self._db is not None and self._stmt is not None
+        _, row = self._db.execute(self._stmt, params, key)
+        return None if row is None else map_row(row)
 
     def check(self) -> None:
-        """Run the query once with a key that cannot exist; raise `ResolverError` if it fails."""
+        """Look up keys that cannot exist; raise `ResolverError` if the store or the
+        query fails, or the query returns no user name column."""
+        if self._store is not None:
+            try:
+                self._store.check()
+            except ValueFailed as exc:
+                raise ResolverError(str(exc)) from None
+        if self._stmt is None or self._db is None:
+            return
         # A random text key first; a query keyed on an integer column rejects
         # text, so then "-1", which no id or session key is in practice.
+        name = "key" if self._one_step else "user_id"
         keys = ("tirreno-shipper-check-" + secrets.token_hex(16), "-1")
         for attempt, key in enumerate(keys):
             try:
-                with self._connect() as conn:
-                    result = conn.execute(self._stmt, {"key": key})
-                    columns = list(result.keys())
-                    row = result.mappings().first()
+                columns, row = self._db.execute(self._stmt, {name: key}, key)
                 break
-            except (SQLAlchemyError, OSError) as exc:
-                if isinstance(exc, DataError) and attempt + 1 < len(keys):
+            except ValueFailed as exc:
+                if attempt + 1 < len(keys):
                     continue
-                raise self._failure(exc, key) from None
+                raise ResolverError(str(exc)) from None
         fields = {column_field(c) for c in columns}
         if "user_name" not in fields:
             raise ResolverError(
-                f"user database {self._safe_url}: the query returns no user name column "
+                f"user database {self._where}: the query returns no user name column "
                 f"(got {', '.join(map(str, columns)) or 'none'}); select one AS user_name"
             )
         ignored = [str(c) for c in columns if column_field(c) is None]
@@ -259,14 +274,12 @@ class UserResolver:
             log.warning(
                 "resolver_check_matched_unknown_key",
                 site=self.site,
-                hint="a key that cannot exist matched a row: does the query filter on :key?",
+                hint=f"a key that cannot exist matched a row: does the query filter on :{name}?",
             )
 
     def close(self) -> None:
-        """Close every pooled connection."""
-        self._engine.dispose()
-
-    @property
-    def cached(self) -> int:
-        """Entries in the cache (hits and misses), for status output."""
-        return len(self._cache)
+        """Close the store's and the database's connections."""
+        if self._store is not None:
+            self._store.close()
+        if self._db is not None:
+            self._db.close()

@@ -1,17 +1,95 @@
-"""SQLAlchemy engines for the users database: driver options, read-only opening, and
-URLs and messages with no credential in them."""
+"""The users database through SQLAlchemy Core: one held, read-only connection,
+driver options that bound a hang, errors told apart by whose fault they are, and
+URLs and messages with no credential in them.
+
+A statement's error caused by the value bound into it (a collation a 4-byte
+character cannot be compared in, a text where a number was expected, a
+character the connection's encoding lacks) is `ValueFailed`: the one line goes
+on unresolved, since asking again can never succeed and any visitor chooses
+the value. An error of the connection (refused, reset, timed out) is
+`ResolverError`: the site pauses and the lines are read again later.
+"""
 
 from __future__ import annotations
 
 import math
 import os
+import time
 import urllib.parse
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from sqlalchemy.engine import URL
+import sqlalchemy
+import structlog
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.exc import (
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    NoSuchModuleError,
+    OperationalError,
+    ProgrammingError,
+    SQLAlchemyError,
+    StatementError,
+)
 
-from tirreno_shipper.config import CREDENTIAL_QUERY_KEYS
+from tirreno_shipper.config import CREDENTIAL_QUERY_KEYS, database_url_problem, scrub_urls
 from tirreno_shipper.errors import ResolverError
+
+log = structlog.get_logger(__name__)
+
+# A connection idle this long is pinged before use: a server or proxy may have
+# closed it meanwhile. Busier connections are used without the round trip.
+IDLE_PING_SECONDS = 30.0
+
+# MySQL/MariaDB errors caused by the bound value or the statement, not the server:
+# illegal mix of collations (1267, 1270, 1271), incorrect string value (1366),
+# invalid character string (1300), conversion (3988), and a write refused by the
+# read-only session (1792: the query writes, which no key can fix).
+_MYSQL_VALUE_ERRORS = frozenset({1267, 1270, 1271, 1300, 1366, 1792, 3988})
+# ... and those that no key can cause either: the query itself is wrong (no such
+# table or column, a syntax error): pause, say so, and let the operator fix it.
+_MYSQL_QUERY_ERRORS = frozenset({1054, 1064, 1146})
+# PostgreSQL SQLSTATEs of a wrong query: no such table (42P01), column (42703),
+# function (42883), schema (3F000), or a syntax error (42601).
+_PG_QUERY_ERRORS = frozenset({"42P01", "42703", "42883", "3F000", "42601"})
+
+
+class ValueFailed(Exception):
+    """The statement failed because of the value bound into it (``message`` has no key)."""
+
+
+def _codes(exc: DBAPIError) -> set[object]:
+    """The error's SQLSTATE (psycopg) and number (PyMySQL), whichever it has."""
+    orig = exc.orig
+    args = getattr(orig, "args", ())
+    return {getattr(orig, "sqlstate", None), args[0] if args else None}
+
+
+def value_error(exc: BaseException) -> bool:
+    """Whether ``exc`` belongs to the statement and its value, not to the connection."""
+    if isinstance(exc, UnicodeError):  # a character the connection's encoding lacks
+        return True
+    if isinstance(exc, DBAPIError):
+        codes = _codes(exc)
+        if isinstance(exc, DataError | IntegrityError):
+            return True
+        if isinstance(exc, ProgrammingError):
+            return not codes & (_PG_QUERY_ERRORS | _MYSQL_QUERY_ERRORS)
+        if isinstance(exc, OperationalError):
+            if codes & _MYSQL_VALUE_ERRORS:
+                return True
+            # SQLite: a function of the query raised on this value; a read-only file.
+            text = str(exc.orig)
+            return "user-defined function raised" in text or "readonly database" in text
+        orig = exc.orig
+        # The driver refused the value before sending it (psycopg wraps encodings).
+        return isinstance(orig, UnicodeError) or isinstance(
+            getattr(orig, "__cause__", None), UnicodeError
+        )
+    # SQLAlchemy could not even build the statement's parameters from the value.
+    return isinstance(exc, StatementError)
 
 
 def connect_args(url: URL, timeout: float) -> dict[str, Any]:
@@ -131,3 +209,177 @@ def read_only_sqlite(url: URL) -> URL:
         database="file:" + urllib.parse.quote(os.path.abspath(database)),
         query={**url.query, "mode": "ro", "uri": "true"},
     )
+
+
+def _read_only(engine: Engine) -> None:
+    """Every connection of ``engine`` refuses writes, whatever the query says.
+
+    The query is the operator's text and runs with a visitor's value: a mistake
+    (``DELETE ... WHERE :key IS NOT NULL``) must not be able to change the
+    application's data. Set per connection, so a URL's options cannot undo it.
+    """
+    backend = engine.url.get_backend_name()
+    if backend == "sqlite":
+        statement = "PRAGMA query_only = ON"
+    elif backend == "postgresql":
+        statement = "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"
+    elif backend in {"mysql", "mariadb"}:
+        statement = "SET SESSION TRANSACTION READ ONLY"
+    else:
+        return
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(statement)
+        finally:
+            cursor.close()
+        if backend == "postgresql" and not getattr(dbapi_connection, "autocommit", True):
+            dbapi_connection.commit()
+
+
+class Database:
+    """One users database: a held, read-only, autocommit connection and its errors.
+
+    Held rather than checked out of the pool per key: opening and pre-pinging a
+    pooled connection cost more than the query itself. It is pinged only when it
+    was idle for `IDLE_PING_SECONDS`, and dropped after a connection error.
+    Not thread-safe: each site's resolver owns one.
+    """
+
+    def __init__(
+        self,
+        database: str,
+        timeout: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clock = clock
+        problem = database_url_problem(database)
+        if problem is not None:  # config loading refuses it first; a direct caller too
+            raise ResolverError(f"users.database: {problem}")
+        self.secrets: tuple[str, ...] = ()
+        self.safe_url = "(unparsed URL)"
+        url: URL | None = None
+        try:
+            url = sqlalchemy.make_url(database)
+            self.secrets = url_secrets(url)
+            self.safe_url = safe_url(url)
+            url = read_only_sqlite(url)
+            self.engine: Engine = sqlalchemy.create_engine(
+                url,
+                pool_size=1,
+                # Keeps bound values (session keys) out of SQLAlchemy's messages.
+                hide_parameters=True,
+                isolation_level="AUTOCOMMIT",
+                connect_args=connect_args(url, timeout),
+            )
+        except NoSuchModuleError as exc:
+            raise ResolverError(
+                f"users.database: no SQLAlchemy dialect for this URL ({exc}); "
+                + driver_hint(database)
+            ) from None
+        except ImportError as exc:
+            raise ResolverError(
+                f"users.database: the database driver is not installed ({exc.name}); "
+                + driver_hint(database)
+            ) from None
+        except (SQLAlchemyError, ValueError) as exc:
+            # A driver refuses an option (?read_timeout=abc: "invalid literal for
+            # int() with base 10: 'abc'"): its words, naming the option, no secret.
+            text = (str(exc).strip().splitlines() or [""])[0]
+            hint = option_hint(url, text) if url is not None else ""
+            detail = self.scrub(text) + hint if url is not None else ""
+            raise ResolverError(
+                f"users.database: cannot use this URL: {type(exc).__name__}"
+                + (f": {detail}" if detail else "")
+            ) from None
+        _read_only(self.engine)
+        self._conn: Connection | None = None
+        self._used = 0.0
+
+    def scrub(self, text: str) -> str:
+        """``text`` without this URL's credentials (nor those of any URL it quotes)."""
+        return scrub_urls(mask_secrets(text, self.secrets))
+
+    def describe(self, exc: BaseException, key: str | None) -> str:
+        """The database's own message, first line, with no key or password in it."""
+        detail = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+        text = (str(detail).strip().splitlines() or [""])[0]
+        # The server may echo a bound value ("invalid input syntax ...: <key>"), in
+        # any case or cast; keys too short to be a credential are left readable.
+        if key and len(key) >= 4:
+            text = _replace_folded(text, key)
+        return f"user database {self.safe_url}: {type(detail).__name__}: {self.scrub(text)}"
+
+    def _connection(self) -> Connection:
+        conn = self._conn
+        now = self._clock()
+        if conn is not None and now - self._used > IDLE_PING_SECONDS:
+            try:
+                conn.exec_driver_sql("SELECT 1")
+            except (SQLAlchemyError, OSError):
+                self.drop()
+                conn = None
+        if conn is None:
+            try:
+                conn = self.engine.connect()
+            except TypeError as exc:
+                # PyMySQL raises TypeError for an unknown keyword (``?pwd=``): not a
+                # database failure, but retrying cannot help, and it is no traceback.
+                raise ResolverError(
+                    f"{self.describe(exc, None)} (the driver refused an option of the URL's "
+                    "query string: remove or fix it)"
+                ) from None
+            self._conn = conn
+        self._used = now
+        return conn
+
+    def execute(
+        self, statement: sqlalchemy.TextClause, params: Mapping[str, object], key: str
+    ) -> tuple[list[str], Mapping[str, Any] | None]:
+        """(columns, first row or ``None``) of ``statement``; raises `ValueFailed` for
+        an error of the value, `ResolverError` for one of the connection."""
+        try:
+            conn = self._connection()
+        except (SQLAlchemyError, OSError) as exc:
+            # Whatever failed while connecting (an option the server refuses
+            # included) is no value's fault.
+            raise ResolverError(self.describe(exc, None)) from None
+        try:
+            result = conn.execute(statement, dict(params))
+            columns = [str(c) for c in result.keys()]  # noqa: SIM118 - a Result, not a dict
+            row = result.mappings().first()
+        except (SQLAlchemyError, OSError, UnicodeError) as exc:
+            message = self.describe(exc, key)
+            if value_error(exc):
+                raise ValueFailed(message) from None
+            self.drop()
+            raise ResolverError(message) from None
+        return columns, None if row is None else dict(row)
+
+    def drop(self) -> None:
+        """Forget the held connection (after an error: the next use opens another)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.invalidate()
+                conn.close()
+            except (SQLAlchemyError, OSError):
+                pass
+
+    def close(self) -> None:
+        self.drop()
+        self.engine.dispose()
+
+
+def _replace_folded(text: str, key: str) -> str:
+    """``text`` with every case-insensitive occurrence of ``key`` replaced by ``<key>``."""
+    lowered, needle = text.lower(), key.lower()
+    out: list[str] = []
+    start = 0
+    while (i := lowered.find(needle, start)) >= 0:
+        out.append(text[start:i] + "<key>")
+        start = i + len(key)
+    return "".join(out) + text[start:]
