@@ -11,7 +11,6 @@ A pickle that names any class (the way pickle runs code) is refused.
 
 from __future__ import annotations
 
-import importlib
 import io
 import json
 import pickle
@@ -19,6 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 import msgpack
+
+from tirreno_shipper.users import signed
 
 # No session a framework writes comes near this; a larger value is refused unread.
 MAX_VALUE_BYTES = 1 << 20
@@ -52,7 +53,7 @@ def _json(value: object, secret: str) -> object:
 def _msgpack(value: object, secret: str) -> object:
     data = _bytes(value)
     try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=False, max_buffer_size=len(data))
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
     except (ValueError, msgpack.UnpackException, TypeError, RecursionError) as exc:
         raise Undecodable("not msgpack") from exc
 
@@ -78,7 +79,6 @@ def _pickle(value: object, secret: str) -> object:
 
 
 def _django(value: object, secret: str) -> object:
-    signed = importlib.import_module("tirreno_shipper.users.signed")
     data = _bytes(value).decode("utf-8", "replace")
     try:
         return signed.django_session_loads(data, secret)

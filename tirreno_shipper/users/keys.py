@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import importlib
 import urllib.parse
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 from tirreno_shipper import regex
 from tirreno_shipper.config import RegexStep, Split, StripPrefix, Transform, Unseal, UsersConfig
 from tirreno_shipper.records import Request
+from tirreno_shipper.users import signed
 
 # Longer keys are no session id any framework issues: the request has no key.
 MAX_KEY_CHARS = 4096
@@ -143,17 +143,15 @@ def _step(transform: Transform, secret: str) -> Callable[[str], str]:
 
 
 def _unsealer(scheme: str, secret: str, options: dict[str, str]) -> Callable[[str], str]:
-    # users/signed.py (the cookies helper's module), imported by name so that a key
-    # chain without unseal never needs the crypto library.
-    signed = importlib.import_module("tirreno_shipper.users.signed")
+    """The framework's unsealing function, keys derived once; raises ValueError for a
+    configuration it cannot use (worded without the secret)."""
+    inner = signed.unsealer(scheme, secret, **options)
 
     def unseal(value: str) -> str:
         try:
-            return str(signed.unseal(scheme, value, secret, **options))
+            return inner(value)
         except signed.CookieRejected as exc:
             raise KeyRejected(exc.reason) from None
-        except (ValueError, TypeError) as exc:
-            raise KeyRejected(UNDECODABLE) from exc
 
     return unseal
 

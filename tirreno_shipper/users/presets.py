@@ -16,7 +16,8 @@ Facts come from the frameworks' own defaults (and the recordings in
   ``sessions`` row, whose ``user_id`` column names the user (file and Redis
   drivers keep ``serialize()``d attributes with a ``login_web_<sha1>`` key).
 - Rails: the cookie store keeps the whole session in the encrypted cookie
-  (``_APPNAME_session``); Devise (warden) keeps ``[[id], salt]``.
+  (``_APPNAME_session``); ``session[:user_id]`` names the user (Devise's warden
+  keeps ``[[id], salt]`` under ``warden.user.user.key`` instead).
 - Express: ``connect.sid`` is ``s:<sid>.<hmac>``, URL-encoded; connect-pg-simple
   keeps JSON in ``session.sess``, connect-redis under ``sess:<sid>``;
   passport keeps ``passport.user``.
@@ -83,7 +84,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "key": {"transforms": ["url_decode", {"unseal": "rails"}]},
         "store_default": None,
         "store": {},
-        "decode": {"none": {"json": {"path": "warden.user.user.key.0.0"}}},
+        # session[:user_id], as hand-written authentication (and the recording) keeps it;
+        # Devise: decode: {json: {path: warden.user.user.key.0.0}}.
+        "decode": {"none": {"json": {"path": "user_id"}}},
         "query": _EMAIL_USERS,
         "needs_cookie": "_APPNAME_session (config.session_store key: '_myapp_session')",
     },
@@ -181,7 +184,18 @@ def apply_preset(users: dict[str, Any]) -> dict[str, Any]:
         return users
     out = dict(users)
     given_store = users.get("store")
-    kind = _store_kind(given_store) if given_store is not None else preset["store_default"]
+    if isinstance(given_store, str):
+        # ``store: redis`` (or sql, file, none): the preset's template of that kind.
+        given_store = None
+        kind = None if users["store"] == "none" else users["store"]
+        out.pop("store")
+        if kind is not None and kind not in preset["store"]:
+            raise ValueError(
+                f"framework {users['framework']} has no {kind} store template: write "
+                f"store: {{{kind}: ...}} in full"
+            )
+    else:
+        kind = _store_kind(given_store) if given_store is not None else preset["store_default"]
     key = copy.deepcopy(preset["key"])
     if kind is not None and "store_transforms" in preset:
         key["transforms"] = list(preset["store_transforms"])
@@ -211,4 +225,6 @@ def apply_preset(users: dict[str, Any]) -> dict[str, Any]:
             out["decode"] = "none"
     if "query" not in users and preset["query"] is not None:
         out["query"] = preset["query"]
+    if out.get("store") is None:
+        out.pop("store", None)
     return out

@@ -1,0 +1,412 @@
+"""Each framework preset finds the user behind the cookies the real frameworks issued.
+
+The cookies, rows, Redis values and session files are the golden fixtures recorded
+from the frameworks themselves (tests/fixtures/frameworks/); the tables are the
+frameworks' own, created here in a SQLite file (WordPress: in a MariaDB database of
+its own, as its preset's SQL is MySQL's).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import sqlalchemy
+
+from tirreno_shipper.config import UsersConfig
+from tirreno_shipper.metrics import REGISTRY
+from tirreno_shipper.records import Request, User
+from tirreno_shipper.users import UserResolver
+
+FIXTURES = Path(__file__).parent / "fixtures" / "frameworks"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def fixture(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((FIXTURES / name / f"{name}.json").read_text())
+    return data
+
+
+def request(cookie: str | None = None, **extra: str) -> Request:
+    return Request(
+        remote_addr="203.0.113.7",
+        time="2024-05-01 10:00:00",
+        method="GET",
+        uri="/",
+        path="/",
+        status=200,
+        session=cookie,
+        extra=extra,
+    )
+
+
+def sqlite_db(tmp_path: Path, *statements: str, params: list[tuple[str, tuple[Any, ...]]]) -> str:
+    path = tmp_path / f"app-{secrets.token_hex(3)}.sqlite"
+    with sqlite3.connect(path) as conn:
+        for statement in statements:
+            conn.execute(statement)
+        for statement, values in params:
+            conn.execute(statement, values)
+    conn.close()
+    return f"sqlite:///{path}"
+
+
+def resolver(users: dict[str, Any]) -> UserResolver:
+    site = "preset-" + secrets.token_hex(4)
+    return UserResolver(site, UsersConfig.model_validate(users))
+
+
+def rejected(site: str, reason: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "tirreno_shipper_resolver_rejected_total", {"site": site, "reason": reason}
+    )
+    return value or 0.0
+
+
+@pytest.fixture
+def redis_keys() -> Iterator[list[str]]:
+    """Redis keys a test sets, deleted afterwards."""
+    client = redis.Redis.from_url(REDIS_URL)
+    keys: list[str] = []
+    yield keys
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def redis_set(keys: list[str], name: str, value: bytes) -> None:
+    client = redis.Redis.from_url(REDIS_URL)
+    client.set(name, value)
+    client.close()
+    keys.append(name)
+
+
+def django_auth_user(user: dict[str, Any]) -> tuple[list[str], list[tuple[str, tuple[Any, ...]]]]:
+    return (
+        [
+            "CREATE TABLE auth_user (id INTEGER PRIMARY KEY, username TEXT, email TEXT, "
+            "first_name TEXT, last_name TEXT, date_joined TEXT)"
+        ],
+        [
+            (
+                "INSERT INTO auth_user VALUES (?, ?, ?, '', '', '2024-01-02 03:04:05')",
+                (user["id"], user["username"], user["email"]),
+            )
+        ],
+    )
+
+
+def test_django_db_sessions(tmp_path: Path) -> None:
+    """framework: django, as recorded: sessionid → django_session (signed, zlib) → auth_user."""
+    data = fixture("django")
+    session = next(s for s in data["sessions"] if s["session_engine"].endswith(".db"))
+    row = session["django_session_row"]
+    tables, rows = django_auth_user(data["user"])
+    url = sqlite_db(
+        tmp_path,
+        "CREATE TABLE django_session (session_key TEXT PRIMARY KEY, session_data TEXT, "
+        "expire_date TEXT)",
+        *tables,
+        params=[
+            *rows,
+            (
+                "INSERT INTO django_session VALUES (?, ?, '2030-01-01')",
+                (row["session_key"], row["session_data"]),
+            ),
+        ],
+    )
+    r = resolver({"framework": "django", "database": url, "secret": data["secret_key"]})
+    key = r.key_for(request(session["cookie"]))
+    assert key == session["cookie"]
+    assert r.resolve(key) == User(
+        user_name="alice", email_address="alice@example.com", user_created="2024-01-02 03:04:05"
+    )
+    # The same row read with another SECRET_KEY: the session data does not verify.
+    other = resolver({"framework": "django", "database": url, "secret": "not-the-key"})
+    assert other.resolve(key) is None
+    assert rejected(other.site, "undecodable") == 1
+
+
+def test_django_cache_sessions_in_redis(tmp_path: Path, redis_keys: list[str]) -> None:
+    """framework: django with the cache backend on Redis: a pickled dict, plain data only."""
+    data = fixture("django")
+    session = next(s for s in data["sessions"] if s["session_engine"].endswith(".cache"))
+    prefix = f"t{secrets.token_hex(3)}"
+    redis_set(redis_keys, prefix + session["redis_key"], bytes.fromhex(session["redis_value_hex"]))
+    tables, rows = django_auth_user(data["user"])
+    url = sqlite_db(tmp_path, *tables, params=rows)
+    r = resolver(
+        {
+            "framework": "django",
+            "database": url,
+            "secret": data["secret_key"],
+            "store": {
+                "redis": {
+                    "url": REDIS_URL,
+                    "key": prefix + ":1:django.contrib.sessions.cache{key}",
+                }
+            },
+        }
+    )
+    assert r.config.decode is not None and r.config.decode.format == "pickle"
+    user = r.resolve(r.key_for(request(session["cookie"])) or "")
+    assert user is not None and user.user_name == "alice"
+    assert r.resolve("no-such-session") is None
+
+
+def test_express_connect_pg_simple_row_and_connect_redis(
+    tmp_path: Path, redis_keys: list[str]
+) -> None:
+    """framework: express: connect.sid verified with the secret, the sid's JSON session
+    (a table row or a Redis value), passport.user, then the application's users table."""
+    data = fixture("express")
+    pg, red = data["sessions"]
+    url = sqlite_db(
+        tmp_path,
+        "CREATE TABLE session (sid TEXT PRIMARY KEY, sess TEXT, expire TEXT)",
+        "CREATE TABLE users (id INTEGER PRIMARY KEY, username TEXT, email TEXT)",
+        params=[
+            (
+                "INSERT INTO session VALUES (?, ?, '2030-01-01')",
+                (pg["sid"], json.dumps(pg["row"]["sess"])),
+            ),
+            ("INSERT INTO users VALUES (7, 'alice', 'alice@example.com')", ()),
+        ],
+    )
+    query = "SELECT username AS user_name, email FROM users WHERE id = :user_id"
+    r = resolver(
+        {"framework": "express", "database": url, "secret": data["secret"], "query": query}
+    )
+    assert r.key_for(request(pg["cookie"])) == pg["sid"]
+    assert r.resolve(pg["sid"]) == User(user_name="alice", email_address="alice@example.com")
+    # Tampered: another session id under the same signature is forged, never looked up.
+    forged = pg["cookie"].replace(pg["sid"][:4], "AAAA", 1)
+    assert r.key_for(request(forged)) is None
+    assert rejected(r.site, "forged") == 1
+
+    prefix = f"t{secrets.token_hex(3)}:"
+    redis_set(redis_keys, prefix + red["redis_key"], red["redis_value"].encode())
+    rr = resolver(
+        {
+            "framework": "express",
+            "secret": data["secret"],
+            "store": {"redis": {"url": REDIS_URL, "key": prefix + "sess:{key}"}},
+        }
+    )
+    # No query: the id found is the user name.
+    assert rr.resolve(rr.key_for(request(red["cookie"])) or "") == User(user_name="7")
+
+
+def test_flask_signed_cookie_redis_msgpack_and_sql(tmp_path: Path, redis_keys: list[str]) -> None:
+    """framework: flask: the signed cookie session (Flask-Login's _user_id), and
+    Flask-Session's msgpack in Redis and in its sessions table."""
+    data = fixture("flask")
+    cookie, in_redis, in_sql = data["sessions"]
+    r = resolver({"framework": "flask", "secret": data["secret_key"]})
+    assert r.resolve(r.key_for(request(cookie["cookie"])) or "") == User(user_name="42")
+    assert r.key_for(request(cookie["cookie"][:-3] + "AAA")) is None
+    assert rejected(r.site, "forged") == 1
+
+    prefix = f"t{secrets.token_hex(3)}:"
+    redis_set(
+        redis_keys, prefix + in_redis["redis_key"], bytes.fromhex(in_redis["redis_value_hex"])
+    )
+    rr = resolver(
+        {
+            "framework": "flask",
+            "store": {"redis": {"url": REDIS_URL, "key": prefix + "session:{key}"}},
+        }
+    )
+    assert rr.config.key.steps() == []  # Flask-Session's id is not signed
+    assert rr.resolve(rr.key_for(request(in_redis["cookie"])) or "") == User(user_name="42")
+
+    url = sqlite_db(
+        tmp_path,
+        "CREATE TABLE sessions (id INTEGER PRIMARY KEY, session_id TEXT, data BLOB, expiry TEXT)",
+        params=[
+            (
+                "INSERT INTO sessions (session_id, data) VALUES (?, ?)",
+                (in_sql["row"]["session_id"], bytes.fromhex(in_sql["row"]["data_hex"])),
+            )
+        ],
+    )
+    rs = resolver({"framework": "flask", "database": url, "store": "sql"})
+    assert rs.resolve(in_sql["cookie"]) == User(user_name="42")
+
+
+def test_laravel_database_and_file_sessions(tmp_path: Path) -> None:
+    """framework: laravel: the encrypted cookie's session id → sessions.user_id → users;
+    with the file driver, the serialize()d attributes' login_web_* key."""
+    data = fixture("laravel")
+    in_file, in_db = data["sessions"]
+    url = sqlite_db(
+        tmp_path,
+        "CREATE TABLE sessions (id TEXT PRIMARY KEY, user_id INTEGER, payload TEXT)",
+        "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT, email TEXT, created_at TEXT)",
+        params=[
+            ("INSERT INTO sessions VALUES (?, 5, '')", (in_db["session_id"],)),
+            ("INSERT INTO users VALUES (5, 'alice', 'alice@example.com', '2024-01-02')", ()),
+        ],
+    )
+    alice = User(
+        user_name="alice@example.com",
+        email_address="alice@example.com",
+        full_name="alice",
+        user_created="2024-01-02 00:00:00",
+    )
+    r = resolver({"framework": "laravel", "database": url, "secret": data["app_key"]})
+    assert r.key_for(request(in_db["cookie"])) == in_db["session_id"]
+    assert r.resolve(in_db["session_id"]) == alice
+    other = resolver(
+        {
+            "framework": "laravel",
+            "database": url,
+            "secret": "base64:" + base64.b64encode(b"k" * 32).decode(),
+        }
+    )
+    assert other.key_for(request(in_db["cookie"])) is None  # encrypted with another APP_KEY
+
+    folder = tmp_path / "sessions"
+    folder.mkdir()
+    (folder / in_file["session_id"]).write_text(in_file["session_file_content"])
+    rf = resolver(
+        {
+            "framework": "laravel",
+            "database": url,
+            "secret": data["app_key"],
+            "store": {"file": f"{folder}/{{key}}"},
+        }
+    )
+    assert rf.resolve(rf.key_for(request(in_file["cookie"])) or "") == alice
+
+
+def test_php_file_sessions(tmp_path: Path) -> None:
+    """framework: php: PHPSESSID → sess_<id> in PHP's session format → user_id."""
+    data = fixture("php")
+    (tmp_path / data["session_file"]).write_text(data["session_file_content"])
+    url = sqlite_db(
+        tmp_path,
+        "CREATE TABLE members (id INTEGER PRIMARY KEY, login TEXT)",
+        params=[("INSERT INTO members VALUES (9, 'alice')", ())],
+    )
+    r = resolver(
+        {
+            "framework": "php",
+            "store": {"file": f"{tmp_path}/sess_{{key}}"},
+            "database": url,
+            "query": "SELECT login AS user_name FROM members WHERE id = :user_id",
+        }
+    )
+    assert r.resolve(r.key_for(request(data["cookie"])) or "") == User(user_name="alice")
+    # fields taken from the session itself, no database
+    rd = resolver(
+        {
+            "framework": "php",
+            "store": {"file": f"{tmp_path}/sess_{{key}}"},
+            "decode": {"php_session": {"fields": {"user_name": "username"}}},
+        }
+    )
+    assert rd.resolve(data["cookie"]) == User(user_name="alice")
+    for hostile in ("../../etc/passwd", "..", "a/b", "x\x00y"):
+        assert rd.resolve(hostile) is None
+
+
+def test_rails_cookie_store(tmp_path: Path) -> None:
+    """framework: rails: the encrypted cookie store's session holds user_id."""
+    data = fixture("rails")
+    url = sqlite_db(
+        tmp_path,
+        "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT, created_at TEXT)",
+        params=[("INSERT INTO users VALUES (3, 'alice@example.com', '2024-01-02')", ())],
+    )
+    for recording in data["recordings"]:
+        cookie = next(c for c in recording["cookies"] if c["jar"] == "encrypted")
+        r = resolver(
+            {
+                "framework": "rails",
+                "key": {"cookie": cookie["cookie_name"]},
+                "database": url,
+                "secret": data["secret_key_base"],
+            }
+        )
+        user = r.resolve(r.key_for(request(cookie["cookie"])) or "")
+        assert user is not None and user.user_name == "alice@example.com", recording[
+            "key_derivation"
+        ]
+
+
+def test_spring_session_jdbc(tmp_path: Path) -> None:
+    """framework: spring: SESSION is the base64 of the id; PRINCIPAL_NAME names the user."""
+    sid = "6f1c1a2e-1f0b-4a4e-9b2b-3d2f4c5e6a7b"
+    url = sqlite_db(
+        tmp_path,
+        "CREATE TABLE SPRING_SESSION (PRIMARY_ID TEXT, SESSION_ID TEXT, PRINCIPAL_NAME TEXT)",
+        params=[("INSERT INTO SPRING_SESSION VALUES ('p', ?, 'alice')", (sid,))],
+    )
+    r = resolver({"framework": "spring", "database": url})
+    cookie = base64.b64encode(sid.encode()).decode()
+    assert r.key_for(request(cookie)) == sid
+    assert r.resolve(sid) == User(user_name="alice")
+    assert r.key_for(request("%%%not base64")) is None
+
+
+@pytest.fixture
+def wordpress_db(mariadb_engine: sqlalchemy.Engine) -> Iterator[str]:
+    """A MariaDB database of its own, holding WordPress's two tables as it creates them."""
+    data = fixture("wordpress")
+    name = f"wp_{secrets.token_hex(4)}"
+    with mariadb_engine.begin() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    url = mariadb_engine.url.set(database=name)
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TABLE wp_users (ID BIGINT PRIMARY KEY, user_login VARCHAR(60), "
+            "user_email VARCHAR(100), display_name VARCHAR(250), user_registered DATETIME)"
+        )
+        conn.exec_driver_sql(
+            "CREATE TABLE wp_usermeta (umeta_id BIGINT AUTO_INCREMENT PRIMARY KEY, "
+            "user_id BIGINT, meta_key VARCHAR(255), meta_value LONGTEXT, KEY (meta_key))"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO wp_users VALUES (1, 'alice', 'alice@example.com', 'Alice', "
+            "'2024-01-02 03:04:05')"
+        )
+        conn.execute(
+            sqlalchemy.text(
+                "INSERT INTO wp_usermeta (user_id, meta_key, meta_value) "
+                "VALUES (1, 'session_tokens', :v)"
+            ),
+            {"v": data["usermeta_session_tokens"]},
+        )
+    engine.dispose()
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with mariadb_engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE {name}")
+
+
+def test_wordpress_logged_in_cookie(wordpress_db: str) -> None:
+    """framework: wordpress: the wordpress_logged_in_<hash> cookie (a name pattern):
+    a Cookie header; its token's sha256 in session_tokens names the user; a forged
+    login name with no live token finds nobody."""
+    data = fixture("wordpress")
+    r = resolver({"framework": "wordpress", "database": wordpress_db})
+    key = r.key_for(request(data["cookie"]))
+    assert key == data["token_sha256"]
+    assert r.resolve(key) == User(
+        user_name="alice",
+        email_address="alice@example.com",
+        full_name="Alice",
+        user_created="2024-01-02 03:04:05",
+    )
+    forged = data["cookie"].replace(data["token"], "x" * 43)
+    assert r.resolve(r.key_for(request(forged)) or "") is None
