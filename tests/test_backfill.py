@@ -56,7 +56,9 @@ def write_gz(path: Path, text: list[str]) -> Path:
 
 
 def summary(stderr: str) -> dict[str, object]:
-    found = [json.loads(x) for x in stderr.splitlines() if x.startswith('{"backfill"')]
+    found: list[dict[str, object]] = [
+        json.loads(x) for x in stderr.splitlines() if x.startswith('{"backfill"')
+    ]
     assert len(found) == 1, stderr
     return found[0]
 

@@ -33,7 +33,7 @@ def sensor() -> Iterator[FakeSensor]:
 def _config(tmp_path: Path, url: str, *, users: dict[str, Any] | None = None, **top: Any) -> Path:
     log = tmp_path / "a.log"
     log.touch()
-    extra = {"users": users} if users is not None else {}
+    extra: dict[str, Any] = {"users": users} if users is not None else {}
     return write_config(tmp_path / "c.yaml", [site("a", url, log, **extra)], **top)
 
 

@@ -46,7 +46,7 @@ def test_valid_minimal_config_loads_with_defaults() -> None:
     assert site.logs[0].max_line_bytes == 65536
     assert site.events.exclude.methods == ["OPTIONS", "HEAD"]
     with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen error
-        site.name = "other"  # type: ignore[misc]
+        site.name = "other"
 
 
 BROKEN = """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import pytest
 
@@ -228,12 +229,12 @@ CUSTOM_FORMATS = [
 ]
 
 
-def _possessive_group_repeats(items: object) -> list[list[tuple[object, object]]]:
+def _possessive_group_repeats(items: Any) -> list[list[tuple[Any, Any]]]:
     """The bodies of every possessive repeat of more than one character in a
-    parsed pattern (re._parser's tree), at any depth."""
-    found: list[list[tuple[object, object]]] = []
+    parsed pattern (re._parser's tree, untyped: hence Any), at any depth."""
+    found: list[list[tuple[Any, Any]]] = []
 
-    def walk(node: object) -> None:
+    def walk(node: Any) -> None:
         if isinstance(node, tuple) and len(node) == 2 and str(node[0]) == "POSSESSIVE_REPEAT":
             body = list(node[1][2])
             if len(body) > 1 or str(body[0][0]) not in {"LITERAL", "NOT_LITERAL", "IN", "ANY"}:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta, timezone
+from typing import TypeVar
 
 import apachelogs
 import yaml
@@ -108,7 +109,7 @@ ip4 = st.tuples(*[st.integers(0, 255)] * 4).map(lambda t: ".".join(map(str, t)))
 ip6 = st.lists(st.integers(0, 0xFFFF), min_size=8, max_size=8).map(
     lambda g: ":".join(f"{x:x}" for x in g)
 )
-free_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
+free_text = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=40)
 method = st.sampled_from(["GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PROPFIND"])
 path = st.text(
     st.characters(min_codepoint=0x21, max_codepoint=0x2FF, exclude_characters="?"), max_size=20
@@ -291,8 +292,12 @@ def test_parse_config_only_raises_config_error(text: str) -> None:
 
 # --- event mapper ---------------------------------------------------------------------------
 
-any_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=3000)
-maybe = lambda s: st.one_of(st.none(), s)  # noqa: E731
+any_text = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=3000)
+T = TypeVar("T")
+
+
+def maybe(strategy: st.SearchStrategy[T]) -> st.SearchStrategy[T | None]:
+    return st.one_of(st.none(), strategy)
 
 
 @st.composite

@@ -43,9 +43,10 @@ RAILS = fixture("rails")
 
 
 def _session(framework: dict[str, Any], engine_suffix: str) -> dict[str, Any]:
+    sessions: list[dict[str, Any]] = framework["sessions"]
     (found,) = [
         s
-        for s in framework["sessions"]
+        for s in sessions
         if s.get("session_engine", s.get("session_interface", "")).endswith(engine_suffix)
     ]
     return found

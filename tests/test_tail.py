@@ -10,6 +10,7 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -655,7 +656,11 @@ def _devino(path: Path) -> tuple[int, int]:
 
 # -- compressed rotated files -------------------------------------------------------------
 
-COMPRESSORS = {"gz": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress}
+COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
+    "gz": gzip.compress,
+    "bz2": bz2.compress,
+    "xz": lzma.compress,
+}
 
 
 def logrotate(path: Path, ext: str = "gz", *, keep: int = 14) -> None:

@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from tirreno_shipper.config import SensorConfig
 from tirreno_shipper.sender import Outcome, send_one
@@ -60,7 +61,7 @@ def https_sensor(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 def test_unverifiable_certificate_is_refused_by_default(https_sensor: tuple[str, Path]) -> None:
     """Default settings: a self-signed sensor is a TLS failure, retried later, never sent to."""
     url, _ = https_sensor
-    verdict = send_one(SensorConfig(url=url, api_key="k"), FIELDS, RID)
+    verdict = send_one(SensorConfig(url=url, api_key=SecretStr("k")), FIELDS, RID)
     assert verdict.outcome is Outcome.RETRY
     assert verdict.reason == "tls"
 
@@ -68,13 +69,13 @@ def test_unverifiable_certificate_is_refused_by_default(https_sensor: tuple[str,
 def test_ca_bundle_makes_the_certificate_trusted(https_sensor: tuple[str, Path]) -> None:
     """sensor.ca_bundle naming the sensor's CA: verified, and the event is accepted."""
     url, cert = https_sensor
-    verdict = send_one(SensorConfig(url=url, api_key="k", ca_bundle=cert), FIELDS, RID)
+    verdict = send_one(SensorConfig(url=url, api_key=SecretStr("k"), ca_bundle=cert), FIELDS, RID)
     assert verdict.outcome is Outcome.ACCEPTED
 
 
 def test_verification_off_only_when_asked(https_sensor: tuple[str, Path]) -> None:
     """verify_tls: false is the explicit opt-out; it is not the default."""
     url, _ = https_sensor
-    assert SensorConfig(url=url, api_key="k").verify_tls is True
-    verdict = send_one(SensorConfig(url=url, api_key="k", verify_tls=False), FIELDS, RID)
+    assert SensorConfig(url=url, api_key=SecretStr("k")).verify_tls is True
+    verdict = send_one(SensorConfig(url=url, api_key=SecretStr("k"), verify_tls=False), FIELDS, RID)
     assert verdict.outcome is Outcome.ACCEPTED
