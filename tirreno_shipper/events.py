@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 from tirreno_shipper.config import ClientIpConfig
+from tirreno_shipper.memo import Memo
 from tirreno_shipper.records import Event, Request, User
 from tirreno_shipper.tirreno import FIELD_LIMITS, limit_of
 
@@ -51,6 +52,7 @@ def request_id(site: str, file_key: str, offset: int) -> str:
     return request_ids(site, file_key)(offset)
 
 
+_UNKNOWN = object()
 _EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]+\.[^@\s]+")
 
 
@@ -61,25 +63,23 @@ class ClientIp:
     def __init__(self, config: ClientIpConfig) -> None:
         self.forwarded_for = config.forwarded_for
         self._trusted = tuple(ipaddress.ip_network(n, strict=False) for n in config.trusted_proxies)
-        self._valid: dict[str, str | None] = {}
+        # X-Forwarded-For hops are a visitor's text: the memo is bounded in size too.
+        self._valid: Memo[str, str | None] = Memo(max_entries=65536)
 
     def valid(self, ip: str | None) -> str | None:
         """The normalised address, or None if ``ip`` is not an IP address (cached)."""
         if ip is None:
             return None
-        try:
-            return self._valid[ip]
-        except KeyError:
-            pass
+        known = self._valid.get(ip, _UNKNOWN)
+        if known is not _UNKNOWN:
+            return known  # type: ignore[return-value]
         try:
             addr = ipaddress.ip_address(ip.strip("[]"))
             mapped = getattr(addr, "ipv4_mapped", None)
             out: str | None = str(mapped or addr)
         except ValueError:
             out = None
-        if len(self._valid) > 65536:
-            self._valid.clear()
-        self._valid[ip] = out
+        self._valid.put(ip, out, len(ip))
         return out
 
     def _trusted_addr(self, ip: str) -> bool:
@@ -113,7 +113,7 @@ class EventMapper:
     def __init__(self, client_ip: ClientIpConfig, redact_query: Sequence[str]) -> None:
         self.client = ClientIp(client_ip)
         self._redact = redactor(redact_query)
-        self._url_memo: dict[str, str] = {}
+        self._url_memo: Memo[str, str] = Memo()
         self.fixed: Counter[str] = Counter()
         # A user's fields (validated, cut) per User record: the resolver hands
         # out the same records all day. The names it had to fix are kept too,
@@ -133,9 +133,7 @@ class EventMapper:
         out = self._url_memo.get(uri)
         if out is None:
             out = self._redact.sub(r"\1REDACTED", uri)
-            if len(self._url_memo) >= 16384:
-                self._url_memo.clear()
-            self._url_memo[uri] = out
+            self._url_memo.put(uri, out, 2 * len(uri))
         return out
 
     def build(self, req: Request, user: User | None, ip: str, event_type: str, rid: str) -> Event:

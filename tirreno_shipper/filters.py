@@ -14,10 +14,8 @@ from collections.abc import Sequence
 
 from tirreno_shipper import regex
 from tirreno_shipper.config import ExcludeConfig, Rule
+from tirreno_shipper.memo import Memo
 from tirreno_shipper.records import Request
-
-# Distinct paths / user agents whose verdicts are remembered (then forgotten at once).
-MEMO_SIZE = 16384
 
 # Filter reasons; each is a metric label.
 PATH = "path"
@@ -70,19 +68,18 @@ class RequestFilter:
         # Verdicts are memoised per distinct path and user agent: a site's log
         # repeats the same few thousand of each, and a union of regexes costs
         # a few microseconds per search against a dictionary hit's 50 ns.
-        path_cache: dict[str, bool] = {}
+        path_cache: Memo[str, bool] = Memo()
+        known, remember = path_cache.get, path_cache.put
 
         def path_excluded(path: str) -> bool:
-            verdict = path_cache.get(path)
+            verdict = known(path)
             if verdict is None:
                 verdict = search is not None and search(path) is not None
-                if len(path_cache) >= MEMO_SIZE:
-                    path_cache.clear()
-                path_cache[path] = verdict
+                remember(path, verdict, len(path))
             return verdict
 
         self.path_excluded = path_excluded
-        self._agent_cache: dict[str, bool] = {}
+        self._agent_cache: Memo[str, bool] = Memo()
 
     def excluded(self, req: Request, path_checked: bool = False) -> str | None:
         """Why ``req`` is excluded, or None. ``path_checked``: the parser already
@@ -100,9 +97,7 @@ class RequestFilter:
             verdict = self._agent_cache.get(agent)
             if verdict is None:
                 verdict = self._agents.search(agent) is not None
-                if len(self._agent_cache) >= MEMO_SIZE:
-                    self._agent_cache.clear()
-                self._agent_cache[agent] = verdict
+                self._agent_cache.put(agent, verdict, len(agent))
             if verdict:
                 return USER_AGENT
         return None
@@ -143,9 +138,8 @@ class RuleSet:
         self._rules = tuple(_CompiledRule(r) for r in rules)
         # A rule looks only at method, path, query presence and status, and
         # those repeat: the verdict is memoised on exactly that key.
-        self._memo: dict[
-            tuple[str | None, str | None, bool, int | None], tuple[str, str | None]
-        ] = {}
+        self._memo: Memo[tuple[str | None, str | None, bool, int | None], tuple[str, str | None]]
+        self._memo = Memo()
 
     def match(self, req: Request) -> tuple[str, str | None]:
         if not self._rules:
@@ -159,7 +153,5 @@ class RuleSet:
             if rule.matches(req):
                 found = (rule.event_type, rule.unresolved)
                 break
-        if len(self._memo) >= MEMO_SIZE:
-            self._memo.clear()
-        self._memo[key] = found
+        self._memo.put(key, found, len(req.method or "") + len(req.path or ""))
         return found
