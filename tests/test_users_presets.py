@@ -20,9 +20,10 @@ import pytest
 import redis
 import sqlalchemy
 
+from tests.support.users import cookie_request as request
+from tests.support.users import rejected
 from tirreno_shipper.config import UsersConfig
-from tirreno_shipper.metrics import REGISTRY
-from tirreno_shipper.records import Request, User
+from tirreno_shipper.records import User
 from tirreno_shipper.users import UserResolver
 
 FIXTURES = Path(__file__).parent / "fixtures" / "frameworks"
@@ -32,19 +33,6 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 def fixture(name: str) -> dict[str, Any]:
     data: dict[str, Any] = json.loads((FIXTURES / name / f"{name}.json").read_text())
     return data
-
-
-def request(cookie: str | None = None, **extra: str) -> Request:
-    return Request(
-        remote_addr="203.0.113.7",
-        time="2024-05-01 10:00:00",
-        method="GET",
-        uri="/",
-        path="/",
-        status=200,
-        session=cookie,
-        extra=extra,
-    )
 
 
 def sqlite_db(tmp_path: Path, *statements: str, params: list[tuple[str, tuple[Any, ...]]]) -> str:
@@ -61,13 +49,6 @@ def sqlite_db(tmp_path: Path, *statements: str, params: list[tuple[str, tuple[An
 def resolver(users: dict[str, Any]) -> UserResolver:
     site = "preset-" + secrets.token_hex(4)
     return UserResolver(site, UsersConfig.model_validate(users))
-
-
-def rejected(site: str, reason: str) -> float:
-    value = REGISTRY.get_sample_value(
-        "tirreno_shipper_resolver_rejected_total", {"site": site, "reason": reason}
-    )
-    return value or 0.0
 
 
 @pytest.fixture

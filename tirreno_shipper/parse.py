@@ -249,7 +249,9 @@ def normalise_target(target: str) -> str | None:
 
 
 def _cookie_re(name: str) -> re.Pattern[str]:
-    return re.compile(r"(?:^|[;,]\s*)" + re.escape(name) + r"=([^;,]*)")
+    # A name ending in '*' is a prefix (wordpress_logged_in_<hash of the site URL>).
+    pattern = re.escape(name[:-1]) + r"[^=;,\s]*" if name.endswith("*") else re.escape(name)
+    return re.compile(r"(?:^|[;,]\s*)" + pattern + r"=([^;,]*)")
 
 
 def _absent(value: str | None) -> str | None:

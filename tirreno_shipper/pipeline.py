@@ -19,6 +19,9 @@ from tirreno_shipper.formats import compile_format
 from tirreno_shipper.parse import EXCLUDED_PATH, TOO_LONG, LineParser, line_parser
 from tirreno_shipper.records import Chunk, Event, Request, User
 from tirreno_shipper.users import UserResolver, anonymous_user
+from tirreno_shipper.users.keys import response_fields
+
+LOGIN = "account_login"
 
 BAD_ADDRESS = "bad_address"  # remote_addr is not an IP address (a hostname with HostnameLookups on)
 
@@ -83,6 +86,9 @@ def extra_fields(site: SiteConfig) -> list[str]:
             extra.append("http_" + key.header.strip().lower().replace("-", "_"))
         if key.field:
             extra.append(key.field)
+        if key.cookie and key.response != "off":
+            # A login's new session is only in the response: Set-Cookie as logged.
+            extra.extend(response_fields(key.cookie))
     return extra
 
 
@@ -103,6 +109,9 @@ class SitePipeline:
         self._anonymous: dict[str, User] = {}
         self._extra = extra_fields(site)
         self._cookie = site.users.key.cookie if site.users is not None else None
+        self._login_response = (
+            "prefer" if site.users is not None and site.users.key.response != "off" else "off"
+        )
 
     def parser(self, source: LogSource) -> LineParser:
         """A parser for one ``logs`` entry, with this site's path exclusions built in."""
@@ -133,6 +142,7 @@ class SitePipeline:
         resolver = self.resolver
         key_for = resolver.key_for if resolver is not None else None
         resolve = resolver.resolve if resolver is not None else None
+        login_response = self._login_response
         self.mapper.fixed = counts.fixed
         for offset, raw in chunk.lines:
             req = parse(raw)
@@ -160,7 +170,9 @@ class SitePipeline:
                 event_type = "page_error"
             user: User | None = None
             if key_for is not None and resolve is not None:
-                key = key_for(req)
+                # A login line carries the session the visitor had before (none, or
+                # an anonymous one): who logged in is the response's new cookie.
+                key = key_for(req, response=login_response if event_type == LOGIN else None)
                 if key is not None:
                     user = resolve(key)
             if user is None:

@@ -51,9 +51,26 @@ _MYSQL_VALUE_ERRORS = frozenset({1267, 1270, 1271, 1300, 1366, 1792, 3988})
 # ... and those that no key can cause either: the query itself is wrong (no such
 # table or column, a syntax error): pause, say so, and let the operator fix it.
 _MYSQL_QUERY_ERRORS = frozenset({1054, 1064, 1146})
+# PostgreSQL: a write refused by the read-only session (25006); like MySQL's 1792.
+_PG_VALUE_ERRORS = frozenset({"25006"})
 # PostgreSQL SQLSTATEs of a wrong query: no such table (42P01), column (42703),
 # function (42883), schema (3F000), or a syntax error (42601).
 _PG_QUERY_ERRORS = frozenset({"42P01", "42703", "42883", "3F000", "42601"})
+
+
+# SQLite OperationalErrors that no value causes: the file, its lock, or the query.
+_SQLITE_NOT_VALUE = (
+    "locked",
+    "unable to open",
+    "disk i/o",
+    "no such table",
+    "no such column",
+    "no such function",
+    "syntax error",
+    "not a database",
+    "malformed database",
+    "interrupted",
+)
 
 
 class ValueFailed(Exception):
@@ -77,12 +94,17 @@ def value_error(exc: BaseException) -> bool:
             return True
         if isinstance(exc, ProgrammingError):
             return not codes & (_PG_QUERY_ERRORS | _MYSQL_QUERY_ERRORS)
+        if codes & _PG_VALUE_ERRORS:
+            return True
         if isinstance(exc, OperationalError):
             if codes & _MYSQL_VALUE_ERRORS:
                 return True
-            # SQLite: a function of the query raised on this value; a read-only file.
-            text = str(exc.orig)
-            return "user-defined function raised" in text or "readonly database" in text
+            if type(exc.orig).__module__.startswith("sqlite3"):
+                # SQLite says OperationalError for a function failing on this value
+                # (json_extract: "malformed JSON") as for a locked or lost file.
+                text = str(exc.orig).lower()
+                return not any(words in text for words in _SQLITE_NOT_VALUE)
+            return False
         orig = exc.orig
         # The driver refused the value before sending it (psycopg wraps encodings).
         return isinstance(orig, UnicodeError) or isinstance(
