@@ -363,22 +363,57 @@ def header_variable(header: str) -> str:
     return "http_" + header.strip().lower().replace("-", "_")
 
 
+def _apache_body(text: str) -> str:
+    """The format itself, from a whole ``LogFormat "..." name`` line or the quoted text."""
+    body = text.strip()
+    if body.startswith("LogFormat"):
+        m = re.match(r'LogFormat\s+"((?:[^"\\]|\\.)*)"', body)
+        if not m:
+            raise FormatError('a LogFormat directive without a quoted format: LogFormat "..." name')
+        return m.group(1).replace('\\"', '"')
+    if '\\"' in body:
+        # The format as written between LogFormat's quotes in httpd.conf (the
+        # README's and DESIGN's examples): Apache's config parser turns \" into ".
+        return body.replace('\\"', '"')
+    return body
+
+
+def _apache_time(param: str) -> tuple[str, str | None]:
+    """The variable of ``%{param}t``, and its strftime format when it has one."""
+    if param in _TIME_PARAMS:
+        return _TIME_PARAMS[param], None
+    if "%" in param:
+        fmt = param.removeprefix("begin:").removeprefix("end:")
+        if "msec_frac" in fmt or "usec_frac" in fmt:
+            raise FormatError("%{..msec_frac}t is not supported; use %t or %{msec}t")
+        return "time_strftime", fmt
+    return f"apache_t_{param}", None
+
+
+def _apache_variable(d: str, param: str | None) -> tuple[str, str | None]:
+    """The variable a directive ``%{param}d`` logs (and a strftime format for ``%{..}t``)."""
+    if param is None:
+        return _PLAIN.get(d, f"apache_{d}"), None
+    if d == "i":
+        return header_variable(param), None
+    if d == "C":
+        return "cookie_" + param.strip(), None
+    if d == "a" and param == "c":
+        return "apache_peer_addr", None
+    if d == "t":
+        return _apache_time(param)
+    if d == "T":
+        return f"apache_T_{param}", None
+    return f"apache_{d}_{param}", None
+
+
 def compile_apache(text: str) -> CompiledFormat:
     try:
         from apachelogs.directives import DIRECTIVE_RGX, format2regex
         from apachelogs.errors import Error as ApachelogsError
     except ImportError as exc:  # pragma: no cover - a hard dependency
         raise FormatError("apachelogs is not installed") from exc
-    body = text.strip()
-    if body.startswith("LogFormat"):
-        m = re.match(r'LogFormat\s+"((?:[^"\\]|\\.)*)"', body)
-        if not m:
-            raise FormatError('a LogFormat directive without a quoted format: LogFormat "..." name')
-        body = m.group(1).replace('\\"', '"')
-    elif '\\"' in body:
-        # The format as written between LogFormat's quotes in httpd.conf (the
-        # README's and DESIGN's examples): Apache's config parser turns \" into ".
-        body = body.replace('\\"', '"')
+    body = _apache_body(text)
     try:
         format2regex(body)  # apachelogs' verdict on the grammar and the directive names
     except ApachelogsError as exc:
@@ -387,42 +422,17 @@ def compile_apache(text: str) -> CompiledFormat:
     strftime: str | None = None
     for m in DIRECTIVE_RGX.finditer(body):
         lit = m.group("literal")
-        if lit is not None:
-            tokens.append(("lit", lit))
-            continue
         d = m.group("directive")
-        param = m.group("param")
-        if d == "%":
-            tokens.append(("lit", "%"))
+        if lit is not None or d == "%":
+            tokens.append(("lit", "%" if lit is None else lit))
             continue
-        name: str
-        if param is None:
-            name = _PLAIN.get(d, f"apache_{d}")
-        elif d == "i":
-            name = header_variable(param)
-        elif d == "C":
-            name = "cookie_" + param.strip()
-        elif d == "a" and param == "c":
-            name = "apache_peer_addr"
-        elif d == "t":
-            if param in _TIME_PARAMS:
-                name = _TIME_PARAMS[param]
-            elif param.startswith("%") or "%" in param:
-                fmt = param.removeprefix("begin:").removeprefix("end:")
-                if "msec_frac" in fmt or "usec_frac" in fmt:
-                    raise FormatError("%{..msec_frac}t is not supported; use %t or %{msec}t")
-                name, strftime = "time_strftime", fmt
-            else:
-                name = f"apache_t_{param}"
-        elif d == "T":
-            name = f"apache_T_{param}"
-        else:
-            name = f"apache_{d}_{param}"
+        name, fmt = _apache_variable(d, m.group("param"))
+        strftime = fmt or strftime
         if name == "time_local":
             # Apache writes %t with its brackets: "[10/Oct/2000:13:55:36 -0700]".
             tokens += [("lit", "["), ("var", name), ("lit", "]")]
-            continue
-        tokens.append(("var", name))
+        else:
+            tokens.append(("var", name))
     special = _strftime_pattern(strftime) if strftime else None
     compiled = _build("apache", body, tokens, {"time_strftime": special} if special else None)
     return CompiledFormat(
