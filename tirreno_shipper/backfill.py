@@ -26,6 +26,7 @@ from tirreno_shipper.errors import ResolverError
 from tirreno_shipper.pipeline import Counts, SitePipeline
 from tirreno_shipper.reader import file_chunks, followed_files
 from tirreno_shipper.tail import DECOMPRESS_ERRORS
+from tirreno_shipper.tirreno import tirreno_stores
 from tirreno_shipper.users import UserResolver
 
 if TYPE_CHECKING:
@@ -69,7 +70,8 @@ def make_resolver(site: SiteConfig) -> UserResolver | None:
 
 
 def dry_run(config: Config, out: TextIO = sys.stdout) -> dict[str, Counts]:
-    """Print every event the configured files would produce, as JSON lines."""
+    """Print every event the configured files would produce, as JSON lines: the
+    ``fields`` as sent and as tirreno will have ``stored`` them."""
     totals: dict[str, Counts] = {}
     for site in config.sites:
         resolver = make_resolver(site)
@@ -88,6 +90,8 @@ def dry_run(config: Config, out: TextIO = sys.stdout) -> dict[str, Counts]:
                                     "site": site.name,
                                     "request_id": ev.request_id,
                                     "fields": ev.fields,
+                                    # What tirreno keeps after its own transformations.
+                                    "stored": tirreno_stores(ev.fields, ev.request_id).fields,
                                 },
                                 ensure_ascii=False,
                             )

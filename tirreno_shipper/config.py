@@ -91,10 +91,20 @@ DEFAULT_REDACT_QUERY: tuple[str, ...] = (
     "api_key",
     "apikey",
     "key",
+    "client_secret",
+    "state",
     "session",
     "sessionid",
+    "session_id",
+    "sid",
+    "jsessionid",
+    "phpsessid",
     "sig",
     "signature",
+    "x-amz-signature",
+    "x-amz-credential",
+    "x-amz-security-token",
+    "x-goog-signature",
 )
 
 
@@ -505,6 +515,15 @@ class Rule(_Model):
     query: bool | None = None  # True: only with a query string; False: only without
     status: Status | list[Status] | None = None
     unresolved: Literal["drop", "anonymous"] | None = None
+    # At a status >= 400 tirreno stores page_error whatever the type says:
+    # keep_type leaves httpCode out so the type survives; page_error sends it.
+    # Unset: account_* types keep theirs (a failed login stays one).
+    on_error: Literal["keep_type", "page_error"] | None = None
+
+    def keeps_type(self) -> bool:
+        if self.on_error is None:
+            return self.type.startswith("account_")
+        return self.on_error == "keep_type"
 
     def methods(self) -> frozenset[str] | None:
         if self.method is None:

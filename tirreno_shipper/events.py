@@ -2,8 +2,10 @@
 query redaction, client IP and the deterministic request id.
 
 tirreno silently rewrites what it does not like (an invalid IP becomes
-``0.0.0.0``, a bad email ``broken@user.local``, an over-long value is cut), so
-the mapper fixes values itself and counts every fix in ``fixed``.
+``0.0.0.0``, a bad email ``broken@user.local``, an over-long value is cut at the
+byte) and loses the event when PostgreSQL refuses the result, so the mapper
+applies tirreno's acceptance rules (`tirreno_shipper.tirreno`) itself and counts
+every change in ``fixed``, by field and reason.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 
+from tirreno_shipper import tirreno
 from tirreno_shipper.config import ClientIpConfig
 from tirreno_shipper.memo import Memo
 from tirreno_shipper.records import Event, Request, User
-from tirreno_shipper.tirreno import FIELD_LIMITS, limit_of
 
 # Namespace of every request id; changing it would make resent events look new.
 REQUEST_ID_NAMESPACE = uuid.UUID("6f1d5a0c-3b5e-5c8a-9d0e-7a4f2b9c1e30")
@@ -53,7 +55,6 @@ def request_id(site: str, file_key: str, offset: int) -> str:
 
 
 _UNKNOWN = object()
-_EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]+\.[^@\s]+")
 
 
 class ClientIp:
@@ -73,12 +74,9 @@ class ClientIp:
         known = self._valid.get(ip, _UNKNOWN)
         if known is not _UNKNOWN:
             return known  # type: ignore[return-value]
-        try:
-            addr = ipaddress.ip_address(ip.strip("[]"))
-            mapped = getattr(addr, "ipv4_mapped", None)
-            out: str | None = str(mapped or addr)
-        except ValueError:
-            out = None
+        # IPv4-mapped becomes IPv4 and an IPv6 zone is dropped: tirreno stores
+        # 0.0.0.0 for what PHP's FILTER_VALIDATE_IP refuses.
+        out = tirreno.ip_address(ip)
         self._valid.put(ip, out, len(ip))
         return out
 
@@ -100,15 +98,37 @@ class ClientIp:
         return hops[0] if hops else remote
 
 
-def redactor(names: Sequence[str]) -> re.Pattern[str] | None:
-    if not names:
-        return None
-    alternatives = "|".join(re.escape(n) for n in sorted(set(names), key=len, reverse=True))
-    return re.compile(rf"(?i)([?&;](?:{alternatives})=)[^&;#]*")
+class Redactor:
+    """Replaces the values of secret parameters by ``REDACTED``, in the query and
+    in path parameters (``/app;jsessionid=...``), for ``url`` and ``httpReferer``."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        alternatives = "|".join(re.escape(n) for n in sorted(set(names), key=len, reverse=True))
+        # In the query a value runs to the next parameter; in the path to the next segment.
+        self._query = re.compile(rf"(?i)([?&;](?:{alternatives})=)[^&;#]*")
+        self._path = re.compile(rf"(?i)(;(?:{alternatives})=)[^/;?#]*")
+
+    def __call__(self, uri: str) -> str:
+        path, mark, query = uri.partition("?")
+        if ";" in path:
+            path = self._path.sub(r"\1REDACTED", path)
+        if mark:
+            query = self._query.sub(r"\1REDACTED", mark + query)
+        return path + query
+
+
+def redactor(names: Sequence[str]) -> Redactor | None:
+    return Redactor(names) if names else None
+
+
+def _plain(value: str, limit: int) -> bool:
+    """True when ``value`` needs no change (the common case, checked without encoding)."""
+    return len(value) <= limit and value.isascii() and "\x00" not in value
 
 
 class EventMapper:
-    """Builds the form fields of one event; counts each value it had to fix."""
+    """Builds the form fields of one event with tirreno's acceptance rules
+    (`tirreno_shipper.tirreno`); counts each change in ``fixed`` as ``field:reason``."""
 
     def __init__(self, client_ip: ClientIpConfig, redact_query: Sequence[str]) -> None:
         self.client = ClientIp(client_ip)
@@ -116,49 +136,75 @@ class EventMapper:
         self._url_memo: Memo[str, str] = Memo()
         self.fixed: Counter[str] = Counter()
         # A user's fields (validated, cut) per User record: the resolver hands
-        # out the same records all day. The names it had to fix are kept too,
+        # out the same records all day. The changes it had to make are kept too,
         # so `fixed` still counts every event that carried a fixed value.
         self._user_memo: dict[User, tuple[dict[str, str], tuple[str, ...]]] = {}
 
-    def _cut(self, name: str, value: str) -> str:
-        limit = FIELD_LIMITS.get(name, 100)
-        if len(value) > limit:
-            self.fixed[name] += 1
-            return value[:limit]
-        return value
+    def _fit(self, name: str, value: str) -> str:
+        out, reason = tirreno.fit(name, value)
+        if reason is not None:
+            self.fixed[f"{name}:{reason}"] += 1
+        return out
 
     def url(self, uri: str) -> str:
-        if self._redact is None or "?" not in uri:
+        """``uri`` with secret parameters redacted (memoised: URLs repeat)."""
+        if self._redact is None or ("?" not in uri and ";" not in uri):
             return uri
         out = self._url_memo.get(uri)
         if out is None:
-            out = self._redact.sub(r"\1REDACTED", uri)
+            out = self._redact(uri)
             self._url_memo.put(uri, out, 2 * len(uri))
         return out
 
-    def build(self, req: Request, user: User | None, ip: str, event_type: str, rid: str) -> Event:
-        """``ip`` is the already validated client address (`ClientIp.of`)."""
+    def build(
+        self,
+        req: Request,
+        user: User | None,
+        ip: str,
+        event_type: str,
+        rid: str,
+        *,
+        keep_type: bool = False,
+    ) -> Event:
+        """``ip`` is the already validated client address (`ClientIp.of`).
+
+        At a status of 400 or more tirreno stores page_error whatever the type
+        says: with ``keep_type`` (the rule's choice) httpCode is left out so the
+        type survives; otherwise the type sent is page_error, as stored.
+        """
         assert req.uri is not None
         url = self.url(req.uri)
         fields: dict[str, str] = {
             "ipAddress": ip,
-            "url": url if len(url) <= 2047 else self._cut("url", url),
+            "url": url if _plain(url, 2047) else self._fit("url", url),
         }
         if req.time is not None:
             fields["eventTime"] = req.time
         if req.user_agent is not None:
             ua = req.user_agent
-            fields["userAgent"] = ua if len(ua) <= 511 else self._cut("userAgent", ua)
+            fields["userAgent"] = ua if _plain(ua, 511) else self._fit("userAgent", ua)
         if req.referer is not None:
-            ref = req.referer
-            fields["httpReferer"] = ref if len(ref) <= 2047 else self._cut("httpReferer", ref)
-        if req.status is not None:
-            fields["httpCode"] = str(req.status)
+            ref, reason = tirreno.referer(self.url(req.referer))
+            if reason is not None:
+                self.fixed[f"httpReferer:{reason}"] += 1
+            fields["httpReferer"] = ref
+        status = req.status
+        if status is not None:
+            if status < 400:
+                fields["httpCode"] = str(status)
+            elif keep_type and event_type != "page_error":
+                self.fixed[f"httpCode:{tirreno.KEPT_TYPE}"] += 1
+            else:
+                fields["httpCode"] = str(status)
+                event_type = "page_error"
         if req.method is not None:
-            method = req.method
-            fields["httpMethod"] = method if len(method) <= 100 else self._cut("httpMethod", method)
+            method = tirreno.method(req.method)
+            if method is None:
+                self.fixed[f"httpMethod:{tirreno.INVALID}"] += 1
+            else:
+                fields["httpMethod"] = method
         if req.accept_language is not None:
-            fields["browserLanguage"] = self._cut("browserLanguage", req.accept_language)
+            fields["browserLanguage"] = self._fit("browserLanguage", req.accept_language)
         fields["eventType"] = event_type
         if user is not None:
             memo = self._user_memo.get(user)
@@ -177,25 +223,32 @@ class EventMapper:
         return Event(rid, fields)
 
     def _user_fields(self, fields: dict[str, str], user: User) -> None:
-        fields["userName"] = self._cut("userName", user.user_name)
+        fields["userName"] = self._fit("userName", user.user_name)
         if user.email_address:
-            email = user.email_address.strip()
-            if _EMAIL.fullmatch(email) and len(email) <= limit_of("emailAddress"):
+            email, reason = tirreno.email(user.email_address)
+            if reason is not None:
+                self.fixed[f"emailAddress:{reason}"] += 1
+            if email is not None:
                 fields["emailAddress"] = email
-            else:
-                # tirreno would store broken@user.local; better to send none.
-                self.fixed["emailAddress"] += 1
         for name, value in (
             ("firstName", user.first_name),
             ("lastName", user.last_name),
             ("fullName", user.full_name),
-            ("userCreated", user.user_created),
         ):
             if value:
-                fields[name] = self._cut(name, value)
+                fields[name] = self._fit(name, value)
+        if user.user_created:
+            if tirreno.time_ok(user.user_created):
+                fields["userCreated"] = user.user_created
+            else:
+                # tirreno would store NULL (UserCreated.php).
+                self.fixed[f"userCreated:{tirreno.INVALID}"] += 1
         if user.phone_number:
             phone = re.sub(r"[^0-9+]", "", user.phone_number)
-            if phone and len(phone) <= limit_of("phoneNumber"):
+            if phone and len(phone) <= tirreno.limit_of("phoneNumber"):
                 fields["phoneNumber"] = phone
+                if phone != user.phone_number.replace(" ", ""):
+                    # tirreno removes spaces itself; other separators are our change.
+                    self.fixed["phoneNumber:normalised"] += 1
             else:
-                self.fixed["phoneNumber"] += 1
+                self.fixed[f"phoneNumber:{tirreno.INVALID}"] += 1

@@ -104,7 +104,7 @@ class RequestFilter:
 
 
 class _CompiledRule:
-    __slots__ = ("event_type", "methods", "path", "query", "statuses", "unresolved")
+    __slots__ = ("event_type", "keep_type", "methods", "path", "query", "statuses", "unresolved")
 
     def __init__(self, rule: Rule) -> None:
         self.event_type: str = rule.type
@@ -114,6 +114,7 @@ class _CompiledRule:
         specs = rule.statuses()
         self.statuses = tuple(_status_test(s) for s in specs) if specs else None
         self.unresolved = rule.unresolved
+        self.keep_type = rule.keeps_type()
 
     def matches(self, req: Request) -> bool:
         if self.methods is not None and req.method not in self.methods:
@@ -132,26 +133,34 @@ class RuleSet:
     (None: use the site's ``users.unresolved``).
     """
 
-    DEFAULT = ("page_view", None)
+    DEFAULT = ("page_view", None, False)
 
     def __init__(self, rules: Sequence[Rule]) -> None:
         self._rules = tuple(_CompiledRule(r) for r in rules)
         # A rule looks only at method, path, query presence and status, and
         # those repeat: the verdict is memoised on exactly that key.
-        self._memo: Memo[tuple[str | None, str | None, bool, int | None], tuple[str, str | None]]
+        self._memo: Memo[
+            tuple[str | None, str | None, bool, int | None], tuple[str, str | None, bool]
+        ]
         self._memo = Memo()
 
     def match(self, req: Request) -> tuple[str, str | None]:
+        event_type, unresolved, _ = self.verdict(req)
+        return event_type, unresolved
+
+    def verdict(self, req: Request) -> tuple[str, str | None, bool]:
+        """``match`` and whether the rule keeps its type at a status >= 400
+        (`Rule.keeps_type`): then the mapper leaves httpCode out."""
         if not self._rules:
             return self.DEFAULT
         key = (req.method, req.path, req.uri is not None and "?" in req.uri, req.status)
         hit = self._memo.get(key)
         if hit is not None:
             return hit
-        found: tuple[str, str | None] = self.DEFAULT
+        found: tuple[str, str | None, bool] = self.DEFAULT
         for rule in self._rules:
             if rule.matches(req):
-                found = (rule.event_type, rule.unresolved)
+                found = (rule.event_type, rule.unresolved, rule.keep_type)
                 break
         self._memo.put(key, found, len(req.method or "") + len(req.path or ""))
         return found

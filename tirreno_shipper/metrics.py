@@ -68,8 +68,8 @@ REQUESTS_UNRESOLVED = Counter(
 )
 FIELDS_TRUNCATED = Counter(
     _P + "fields_fixed",
-    "Event fields cut to tirreno's limits or replaced because invalid",
-    ["site", "field"],
+    "Event fields changed to what tirreno stores: cut, NUL removed, left out, normalised",
+    ["site", "field", "reason"],
     registry=REGISTRY,
 )
 EVENTS_SPOOLED = Counter(

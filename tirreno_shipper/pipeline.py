@@ -59,8 +59,9 @@ class Counts:
             metrics.REQUESTS_FILTERED.labels(site=site, reason=reason).inc(n)
         for outcome, n in self.unresolved.items():
             metrics.REQUESTS_UNRESOLVED.labels(site=site, outcome=outcome).inc(n)
-        for name, n in self.fixed.items():
-            metrics.FIELDS_TRUNCATED.labels(site=site, field=name).inc(n)
+        for key, n in self.fixed.items():
+            name, _, reason = key.partition(":")
+            metrics.FIELDS_TRUNCATED.labels(site=site, field=name, reason=reason).inc(n)
 
     def summary(self) -> dict[str, object]:
         return {
@@ -136,7 +137,7 @@ class SitePipeline:
         rid = request_ids(self.name, chunk.file.key())
         parse = parser.fast
         excluded = self.filter.excluded
-        match_rule = self.rules.match
+        match_rule = self.rules.verdict
         client_of = self.mapper.client.of
         build = self.mapper.build
         resolver = self.resolver
@@ -163,11 +164,9 @@ class SitePipeline:
             if ip is None:
                 counts.unparseable[BAD_ADDRESS] += 1
                 continue
-            event_type, unresolved = match_rule(req)
-            if event_type == "page_view" and req.status is not None and req.status >= 400:
-                # tirreno stores any httpCode >= 400 as page_error; say so ourselves
-                # so the dry run shows what tirreno will really keep.
-                event_type = "page_error"
+            # At a status >= 400 the mapper sends page_error, or keeps the rule's
+            # type (keep_type), as tirreno would store it.
+            event_type, unresolved, keep_type = match_rule(req)
             user: User | None = None
             if key_for is not None and resolve is not None:
                 # A login line carries the session the visitor had before (none, or
@@ -181,6 +180,6 @@ class SitePipeline:
                     continue
                 counts.unresolved["anonymous"] += 1
                 user = self._anonymous_user(ip)
-            events.append(build(req, user, ip, event_type, rid(offset)))
+            events.append(build(req, user, ip, event_type, rid(offset), keep_type=keep_type))
         counts.events = len(events)
         return events, counts

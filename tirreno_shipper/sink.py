@@ -19,11 +19,16 @@ body, 429 from a rolling-window bucket, and
   connection is closed unanswered.
 
 Every accepted event is recorded with its ``X-Request-Id`` and headers, and
-every request is counted by its answer.
+every request is counted by its answer. Like tirreno, the sink answers 204 before
+it stores: an event tirreno would fail to insert (`tirreno.tirreno_stores`: a
+value cut inside a character, a referer that decodes to invalid UTF-8, an email
+the database's CHECK refuses, ...) is answered 204 and then kept in ``lost``,
+not in ``accepted``, and counted as ``lost``.
 """
 
 from __future__ import annotations
 
+import codecs
 import math
 import socket
 import threading
@@ -31,10 +36,12 @@ import time
 import urllib.parse
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
+
+from tirreno_shipper.tirreno import tirreno_stores
 
 MODES = frozenset({"ok", "refuse", "500", "503", "slow", "hang"})
 FORM = "application/x-www-form-urlencoded"
@@ -42,12 +49,39 @@ FORM = "application/x-www-form-urlencoded"
 
 @dataclass(slots=True, frozen=True)
 class Received:
-    """One event the sink accepted (answered 204)."""
+    """One event the sink answered 204: ``fields`` as posted, ``stored`` as tirreno
+    keeps them, or ``lost``: why tirreno's insert would fail (then it is not stored)."""
 
     fields: dict[str, str]
     request_id: str | None
     time: float
     headers: dict[str, str]  # lower-cased names
+    stored: dict[str, str | None] = field(default_factory=dict)
+    lost: str | None = None
+
+
+def _php_replace(exc: UnicodeError) -> tuple[str, int]:
+    # mb_convert_encoding($v, 'UTF-8', 'UTF-8') in sensor/src/Model/Http/Request.php
+    # turns each invalid sequence into '?'.
+    assert isinstance(exc, UnicodeDecodeError)
+    return "?", exc.end
+
+
+codecs.register_error("tirreno_php", _php_replace)
+
+
+def form_fields(body: bytes) -> dict[str, str]:
+    """The form fields as PHP's ``$_POST`` and tirreno's Request model see them
+    (the last of a repeated name wins; invalid UTF-8 becomes '?')."""
+    pairs = urllib.parse.parse_qsl(
+        body.decode("latin-1"), keep_blank_values=True, encoding="latin-1"
+    )
+    return {
+        k.encode("latin-1").decode("utf-8", "tirreno_php"): v.encode("latin-1").decode(
+            "utf-8", "tirreno_php"
+        )
+        for k, v in pairs
+    }
 
 
 @dataclass(slots=True, frozen=True)
@@ -113,19 +147,16 @@ class _Handler(BaseHTTPRequestHandler):
         if ctype != FORM:
             self._answer(200, request_id)
             return
-        try:
-            pairs = urllib.parse.parse_qsl(
-                body.decode("utf-8"), keep_blank_values=True, strict_parsing=False
-            )
-        except UnicodeDecodeError:
-            self._answer(200, request_id)
-            return
-        fields = dict(pairs)
+        fields = form_fields(body)
         if not fields.get("ipAddress") or not fields.get("url"):
             self._answer(200, request_id)
             return
         headers = {k.lower(): v for k, v in self.headers.items()}
-        sensor._accept(Received(fields, request_id, time.time(), headers))
+        stored = tirreno_stores(fields, request_id)
+        received = Received(fields, request_id, time.time(), headers, stored.fields, stored.lost)
+        # Recorded before the answer so that a client seeing 204 finds it; a
+        # lost event is answered 204 all the same, as tirreno does.
+        sensor._accept(received)
         self._answer(204, request_id)
 
     def _on_sensor_path(self) -> bool:
@@ -184,7 +215,8 @@ class Sink:
         self.retry_after = retry_after  # sent with 500/503 when set
         self.send_retry_after = send_retry_after  # sent with 429
         self.mode = "ok"
-        self.accepted: list[Received] = []
+        self.accepted: list[Received] = []  # answered 204 and stored
+        self.lost: list[Received] = []  # answered 204, then tirreno's insert would fail
         self.answers: list[Answer] = []
         self.counts: Counter[str] = Counter()
         self.hanging = 0  # requests held by hang mode right now
@@ -323,7 +355,11 @@ class Sink:
 
     def _accept(self, received: Received) -> None:
         with self._lock:
-            self.accepted.append(received)
+            if received.lost is None:
+                self.accepted.append(received)
+            else:
+                self.lost.append(received)
+                self.counts["lost"] += 1
         if self.on_accept is not None:
             self.on_accept(received)
 
