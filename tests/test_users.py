@@ -6,7 +6,7 @@ import hashlib
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -504,8 +504,8 @@ def test_the_sqlite_users_database_is_opened_read_only(
     resolver = make_resolver(f"sqlite:///{path}", "SELECT n AS user_name FROM users WHERE k = :key")
     assert resolver.resolve("s1") == User(user_name="alice")
     assert resolver._db is not None
-    with pytest.raises(Exception, match="readonly"), resolver._db.engine.connect() as conn:
-        conn.exec_driver_sql("INSERT INTO users VALUES ('s2', 'mallory')")
+    with pytest.raises(Exception, match="readonly"), resolver._db.engine.connect() as db:
+        db.exec_driver_sql("INSERT INTO users VALUES ('s2', 'mallory')")
 
 
 @pytest.mark.parametrize(
@@ -592,7 +592,7 @@ def test_query_timeout_raises(server_database: Database, make_resolver: MakeReso
 # --- credentials in the URL --------------------------------------------------------------
 
 
-def _texts(info: pytest.ExceptionInfo[ResolverError], logs: list[dict[str, Any]]) -> str:
+def _texts(info: pytest.ExceptionInfo[ResolverError], logs: Sequence[Mapping[str, Any]]) -> str:
     return str(info.value) + "\n" + repr(logs)
 
 
@@ -871,7 +871,8 @@ def test_a_url_option_the_driver_does_not_know_is_a_resolver_error(
         "mysql+pymysql://root@127.0.0.1:3306/test?pwd=Opt1onSecret",
         "SELECT 1 AS user_name WHERE 1 = :key",
     )
-    for call in (lambda: resolver.resolve("k"), resolver.check):
+    calls: list[Callable[[], object]] = [lambda: resolver.resolve("k"), resolver.check]
+    for call in calls:
         with pytest.raises(ResolverError, match="refused an option") as info:
             call()
         assert "'pwd'" in str(info.value) and "Opt1onSecret" not in str(info.value)

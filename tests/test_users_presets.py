@@ -105,7 +105,7 @@ def test_django_db_sessions(tmp_path: Path) -> None:
     )
     r = resolver({"framework": "django", "database": url, "secret": data["secret_key"]})
     key = r.key_for(request(session["cookie"]))
-    assert key == session["cookie"]
+    assert key is not None and key == session["cookie"]
     assert r.resolve(key) == User(
         user_name="alice", email_address="alice@example.com", user_created="2024-01-02 03:04:05"
     )
@@ -382,7 +382,7 @@ def test_wordpress_logged_in_cookie(wordpress_db: str) -> None:
     data = fixture("wordpress")
     r = resolver({"framework": "wordpress", "database": wordpress_db})
     key = r.key_for(request(data["cookie"]))
-    assert key == data["token_sha256"]
+    assert key is not None and key == data["token_sha256"]
     assert r.resolve(key) == User(
         user_name="alice",
         email_address="alice@example.com",
