@@ -239,11 +239,44 @@ class JsonFormat(_Model):
 FormatSpec = str | NginxFormat | ApacheFormat | JsonFormat
 
 
+def _stdout_only() -> list[Literal["stdout", "stderr"]]:
+    return ["stdout"]
+
+
+class ContainerSelect(_Model):
+    """Containers named by globs on the parts of a kubelet log file's name."""
+
+    namespaces: list[str] = Field(default_factory=list)
+    pods: list[str] = Field(default_factory=list)
+    containers: list[str] = Field(default_factory=list)
+
+    def by_part(self) -> dict[str, list[str]]:
+        return {"namespace": self.namespaces, "pod": self.pods, "container": self.containers}
+
+
 class LogSource(_Model):
     path: str
     format: FormatSpec = "nginx_combined"
     start_at: Literal["end", "beginning"] = "end"
     max_line_bytes: int = Field(default=65536, ge=256)
+    # Container logs (the kubelet's files): the runtime's framing around each line.
+    container: Literal["cri", "docker"] | None = None
+    streams: list[Literal["stdout", "stderr"]] = Field(default_factory=_stdout_only)
+    include: ContainerSelect = Field(default_factory=ContainerSelect)
+    exclude: ContainerSelect = Field(default_factory=ContainerSelect)
+
+    @model_validator(mode="after")
+    def _container_keys(self) -> LogSource:
+        if self.container is None:
+            given = [k for k in ("streams", "include", "exclude") if k in self.model_fields_set]
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} select container logs: set container: cri (containerd, "
+                    "CRI-O) or container: docker (json-file) too"
+                )
+        elif not self.streams:
+            raise ValueError("streams is empty: name stdout, stderr or both")
+        return self
 
     @property
     def format_label(self) -> str:

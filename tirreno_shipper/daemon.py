@@ -50,6 +50,7 @@ from tirreno_shipper.spool import Spool
 from tirreno_shipper.state import DaemonState, FileState, SiteState, lock_state_dir, write_status
 from tirreno_shipper.stats import StatsLine
 from tirreno_shipper.tail import FileStatus, Tailer, Waker
+from tirreno_shipper.tail.container import container_input
 from tirreno_shipper.users import UserResolver
 
 log = structlog.get_logger(__name__)
@@ -112,6 +113,7 @@ class SiteRunner:
         checkpoints = self.spool.get_checkpoints(self.name)
         for src in self.site.logs:
             mine = [cp for cp in checkpoints if _owns(src.path, cp)]
+            framing, select = container_input(src)
             self._tailers.append(
                 Tailer(
                     self.name,
@@ -119,6 +121,8 @@ class SiteRunner:
                     start_at=src.start_at,
                     max_line_bytes=src.max_line_bytes,
                     checkpoints=mine,
+                    framing=framing,
+                    select=select,
                 )
             )
             self._pending.append(None)

@@ -24,7 +24,7 @@ import glob
 import os
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import structlog
@@ -32,6 +32,7 @@ import structlog
 from tirreno_shipper import metrics
 from tirreno_shipper.records import Checkpoint, Chunk, FileId
 from tirreno_shipper.tail.compressed import DECOMPRESS_ERRORS, UNKNOWN_END
+from tirreno_shipper.tail.container import Framing
 from tirreno_shipper.tail.files import File, FileStatus, Group
 from tirreno_shipper.tail.identity import Opened, fingerprint_fd, open_file, open_ro
 from tirreno_shipper.tail.paths import BACKFILL, glob_matches, is_glob, siblings, skipped_hint
@@ -55,16 +56,25 @@ class Tailer:
         chunk_bytes: int = 1 << 20,
         scan_interval: float = 1.0,
         rotated_grace: float = 5.0,
+        framing: Framing | None = None,
+        select: Callable[[str], bool] | None = None,
     ) -> None:
         self.site = site
         self._patterns = list(patterns)
         self._start_at = start_at
         self._max_line = max_line_bytes
+        if framing is not None:
+            # The framed lines may be longer than the records they carry parts of.
+            self._max_line = max(max_line_bytes, framing.RAW_LINE_MAX)
         self._chunk_lines = max(1, chunk_lines)
         # A line of the maximum length plus its "\r\n" always fits in one read.
-        self._read_size = max(chunk_bytes, max_line_bytes + 2)
+        self._read_size = max(chunk_bytes, self._max_line + 2)
         self._scan_interval = scan_interval
         self._grace = rotated_grace
+        # Container logs: the runtime's framing unwrapped (see `container`), and
+        # which of the files the patterns match belong to selected containers.
+        self._framing = framing
+        self._select = select
         self._groups: dict[str, Group] = {}
         self._by_inode: dict[tuple[int, int], File] = {}
         # Identities whose checkpoints are obsolete, held back until a poll() finds
@@ -284,11 +294,38 @@ class Tailer:
             # The file is done: its unterminated last line is a line after all.
             lines.append((pos, rest[:-1] if rest[-1:] == b"\r" else rest))
             pos += len(rest)
-        if not lines and not skipped and not f.dirty:
-            return None
         for off, _reason in skipped:
             log.warning("line_too_long", site=self.site, path=g.path, offset=off)
+        if self._framing is not None:
+            pos = self._unframe(f, lines, skipped, pos, len(data), done=final and at_end)
+        if not lines and not skipped and not f.dirty:
+            return None
         return self._emit(g, f, pos, lines, skipped)
+
+    def _unframe(
+        self,
+        f: File,
+        lines: list[tuple[int, bytes]],
+        skipped: list[tuple[int, str]],
+        end: int,
+        read: int,
+        *,
+        done: bool,
+    ) -> int:
+        """Replace the framed ``lines`` by the records in them (in place); the new end."""
+        assert self._framing is not None
+        framed = list(lines)
+        done = done and end == f.offset + read
+        records, bad, new_end = self._framing.unwrap(framed, end, final=done)
+        if new_end == f.offset and framed and read >= self._read_size:
+            # One record's parts fill a whole read: it can never be complete in
+            # one, so it is taken as it is (and skipped as too long); its last
+            # parts then read as a record of their own (counted as unparseable).
+            records, bad, new_end = self._framing.unwrap(framed, end, final=True)
+        lines[:] = records
+        # What lies past the new end is read again with the next chunk.
+        skipped[:] = [s for s in [*skipped, *bad] if s[0] < new_end]
+        return new_end
 
     def _discard(self, g: Group, f: File, size: int, final: bool) -> Chunk | None:
         # Scanned in bounded reads and thrown away, so a runaway line costs no memory.
@@ -436,6 +473,8 @@ class Tailer:
                     paths[p] = None
             else:
                 paths[pattern] = None
+        if self._select is not None:
+            paths = {p: None for p in paths if self._select(p)}
         for p in sorted(skipped - self._skipped_compressed):
             log.info(
                 "file_skipped_compressed", site=self.site, path=p, hint=skipped_hint(self.site, p)
@@ -567,6 +606,8 @@ class Tailer:
             g.rotated[:0] = files
 
     def _watched(self, path: str) -> bool:
+        if self._select is not None and not self._select(path):
+            return False
         return any(
             path == p or (is_glob(p) and fnmatch.fnmatchcase(path, p)) for p in self._patterns
         )

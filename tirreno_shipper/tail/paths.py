@@ -43,7 +43,13 @@ def glob_matches(pattern: str, skipped: set[str] | None = None) -> list[str]:
 
 def siblings(path: str, *, compressed: bool = False) -> list[str]:
     """Rotated names of ``path`` in its folder (``access.log.1``, ``access.log-20261129``);
-    with ``compressed``, the compressed ones (``access.log.2.gz``) instead."""
+    with ``compressed``, the compressed ones (``access.log.2.gz``) instead.
+
+    For a symbolic link, the siblings of the file it points to: the kubelet links
+    ``/var/log/containers/*.log`` to ``/var/log/pods/.../0.log`` and rotates there.
+    """
+    if os.path.islink(path):
+        path = os.path.realpath(path)
     folder, base = os.path.split(path)
     try:
         names = os.listdir(folder or ".")
