@@ -102,6 +102,27 @@ CASES = [
         _json_user("_auth_user_id", str(DJANGO["user"]["id"])),
     ),
     Case(
+        "django-set_signed_cookie",
+        "django",
+        DJANGO_DB["signed_cookie"]["cookie"],
+        DJANGO["secret_key"],
+        OTHER_SECRET,
+        _equals(DJANGO_DB["signed_cookie"]["value"]),
+        cookie_name=DJANGO_DB["signed_cookie"]["cookie_name"],
+        salt=DJANGO_DB["signed_cookie"]["set_signed_cookie_salt"],
+        format="signed_cookie",
+    ),
+    Case(
+        "flask-session-signed-id",
+        "itsdangerous",
+        FLASK["signed_session_id"]["cookie"],
+        FLASK["secret_key"],
+        OTHER_SECRET,
+        _equals(FLASK["signed_session_id"]["session_id"]),
+        salt=FLASK["signed_session_id"]["salt"],
+        format="value",
+    ),
+    Case(
         "flask-session",
         "itsdangerous",
         FLASK_COOKIE["cookie"],
@@ -235,6 +256,28 @@ def test_express_cookie_decoded_by_nginx_or_not_is_the_same() -> None:
     assert unseal("express", decoded, EXPRESS["secret"]) == s["sid"]
 
 
+def test_django_signed_cookie_with_the_pre_5_2_salt_is_accepted_as_django_does() -> None:
+    recorded = DJANGO_DB["signed_cookie"]
+    value = unseal(
+        "django",
+        recorded["legacy_cookie"],
+        DJANGO["secret_key"],
+        format="signed_cookie",
+        cookie_name="remember",
+        salt="remember-me",
+    )
+    assert value == recorded["value"]
+    with pytest.raises(CookieRejected):  # the salt binds the cookie's name
+        unseal(
+            "django",
+            recorded["legacy_cookie"],
+            DJANGO["secret_key"],
+            format="signed_cookie",
+            cookie_name="other",
+            salt="remember-me",
+        )
+
+
 def test_django_session_data_row_decodes_to_the_user() -> None:
     row = DJANGO_DB["django_session_row"]
     data = django_session_loads(row["session_data"], DJANGO["secret_key"])
@@ -352,6 +395,7 @@ def test_any_visitor_value_is_rejected_never_an_error(scheme: str, value: str) -
         ("tomcat", "s", {}, "unknown scheme"),
         ("django", "", {}, "secret is empty"),
         ("django", "s", {"algorithm": "md4"}, "unknown hash"),
+        ("django", "s", {"format": "signed_cookie"}, "needs cookie_name"),
         ("laravel", "base64:c2hvcnQ=", {}, "APP_KEY is 5 bytes"),
         ("laravel", "base64:not base64!", {}, "not base64"),
         ("laravel", LARAVEL["app_key"], {"cipher": "des"}, "cipher"),

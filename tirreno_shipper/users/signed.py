@@ -11,7 +11,7 @@ scheme           framework, cookie, what `unsealer` returns
 ===============  ====================================================================
 ``django``       Django ``signing`` (``SECRET_KEY``): the ``signed_cookies`` session
                  backend's ``sessionid`` (the session as JSON text); with
-                 ``format: value`` a ``set_signed_cookie`` value (the plain value)
+                 ``format: signed_cookie`` a ``set_signed_cookie`` value (the value)
 ``itsdangerous`` Flask's default ``session`` cookie (``SECRET_KEY``): the session as
                  JSON text (Flask's tagged JSON); with ``format: value`` a value
                  signed by a plain ``itsdangerous.Signer`` (old Flask-Session ids)
@@ -29,9 +29,10 @@ the id a ``sessions`` table holds; a JSON object is returned as its JSON text.
 
 Options, all strings (they come from YAML), all optional:
 
-- ``django``: ``salt`` (default ``django.contrib.sessions.backends.signed_cookies``;
-  for ``set_signed_cookie(name, salt=S)`` it is ``name + S``), ``algorithm``
-  (``sha256``; ``sha1`` before Django 3.1), ``format`` (``object`` | ``value``).
+- ``django``: ``format`` (``object`` | ``signed_cookie``), ``salt`` (default
+  ``django.contrib.sessions.backends.signed_cookies``; for ``signed_cookie`` the ``salt``
+  given to ``set_signed_cookie``, default empty), ``cookie_name`` (``signed_cookie``
+  only, required), ``algorithm`` (``sha256``; ``sha1`` before Django 3.1).
 - ``itsdangerous``: ``salt`` (``cookie-session``), ``digest`` (``sha1``),
   ``key_derivation`` (``hmac`` | ``django-concat`` | ``concat`` | ``none``),
   ``format`` (``session`` | ``value``).
@@ -196,24 +197,36 @@ def _no_more(scheme: str, options: dict[str, str]) -> None:
 
 
 def _django(secret: str, options: dict[str, str]) -> Unsealer:
-    salt = options.pop("salt", "django.contrib.sessions.backends.signed_cookies")
+    fmt = _option(options, "format", "object", ("object", "signed_cookie"))
     algorithm = _hash(options.pop("algorithm", "sha256"), "algorithm")
-    fmt = _option(options, "format", "object", ("object", "value"))
+    if fmt == "object":
+        salts = [options.pop("salt", "django.contrib.sessions.backends.signed_cookies")]
+        key_material = secret
+    else:
+        # HttpResponse.set_signed_cookie(name, value, salt=S): the key is
+        # "django.http.cookies" + SECRET_KEY, the salt binds the cookie's name (Django
+        # 5.2.x's length-prefixed salt, then the older name + S it still accepts).
+        name = options.pop("cookie_name", "")
+        if not name:
+            raise ValueError("format signed_cookie needs cookie_name")
+        salt = options.pop("salt", "")
+        salts = [f"django.http.cookies.v2:{len(salt)}:{salt}{name}", name + salt]
+        key_material = "django.http.cookies" + secret
     _no_more("django", options)
-    # Signer.signature: HMAC keyed with hash(salt + "signer" + SECRET_KEY), urlsafe b64.
-    key = _digest(algorithm, (salt + "signer" + secret).encode())
+    # Signer.signature: HMAC keyed with hash(salt + "signer" + key), urlsafe b64.
+    keys = [_digest(algorithm, (salt + "signer" + key_material).encode()) for salt in salts]
 
     def unseal(value: str) -> str:
         raw = _ascii(value)
         signed, sep, signature = raw.rpartition(b":")
         if not sep:
             raise _undecodable("no signature")
-        if not _same(signature, _b64url_nopad(_hmac(key, algorithm, signed))):
+        if not any(_same(signature, _b64url_nopad(_hmac(k, algorithm, signed))) for k in keys):
             raise _forged("signature does not match")
         payload, sep, _timestamp = signed.rpartition(b":")
         if not sep:
             raise _undecodable("no timestamp")
-        if fmt == "value":
+        if fmt == "signed_cookie":
             return _text(payload)
         return _text(_django_payload(payload))
 
