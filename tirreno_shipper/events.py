@@ -10,6 +10,7 @@ every change in ``fixed``, by field and reason.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
 import re
@@ -138,7 +139,7 @@ class EventMapper:
         # A user's fields (validated, cut) per User record: the resolver hands
         # out the same records all day. The changes it had to make are kept too,
         # so `fixed` still counts every event that carried a fixed value.
-        self._user_memo: dict[User, tuple[dict[str, str], tuple[str, ...]]] = {}
+        self._user_memo: Memo[User, tuple[dict[str, str], tuple[str, ...]]] = Memo(65536)
 
     def _fit(self, name: str, value: str) -> str:
         out, reason = tirreno.fit(name, value)
@@ -213,9 +214,11 @@ class EventMapper:
                 user_fields: dict[str, str] = {}
                 self._user_fields(user_fields, user)
                 fixed = tuple((self.fixed - before).elements())
-                if len(self._user_memo) >= 65536:
-                    self._user_memo.clear()
-                memo = self._user_memo[user] = (user_fields, fixed)
+                memo = (user_fields, fixed)
+                # The record (the key) and its cut fields: a user's own text, any size.
+                record = [getattr(user, f.name) for f in dataclasses.fields(user)]
+                size = sum(len(v) for v in (*record, *user_fields.values()) if v)
+                self._user_memo.put(user, memo, size)
             else:
                 for name in memo[1]:
                     self.fixed[name] += 1
