@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -191,12 +192,30 @@ def test_other_statuses_still_prove_the_sensor_reachable(
 def test_the_probe_of_the_right_path_is_answered_by_tirreno_and_sends_no_event(
     tmp_path: Path, sensor: FakeSensor
 ) -> None:
-    """On /sensor/ the keyless probe gets tirreno's empty 200: reachable, nothing accepted."""
+    """On /sensor/ the keyless probe gets tirreno's empty 200: tirreno, nothing accepted."""
     r = run_cli("check", "-c", str(_config(tmp_path, sensor.url)))
     assert r.returncode == 0, r.stdout + r.stderr
-    assert f"[ok]   sensor {sensor.url}: reachable (HTTP 200)" in r.stdout
+    assert (
+        f"[ok]   sensor {sensor.url}: answers as tirreno's sensor does (an empty 200 to a "
+        "POST without Api-Key)"
+    ) in r.stdout
     assert sensor.accepted == [] and sensor.count("200") == 1
     assert "all checks passed" in r.stdout
+
+
+@pytest.mark.parametrize("fixed_status", [200], indirect=True)
+def test_another_application_answering_200_with_a_page_is_not_tirreno(
+    tmp_path: Path, fixed_status: _FixedServer
+) -> None:
+    """An unrelated web app on the configured port answers 200 with a body: tirreno answers
+    a keyless POST with an empty 200, so check fails and says it is not tirreno."""
+    url = f"http://127.0.0.1:{fixed_status.server_address[1]}/sensor/"
+    r = run_cli("check", "-c", str(_config(tmp_path, url)))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"[FAIL] sensor {url}: not tirreno: it answers a POST without Api-Key with a page" in (
+        r.stdout
+    )
+    assert "reachable" not in r.stdout
 
 
 def test_a_test_event_to_a_wrong_path_reports_the_real_status(
@@ -382,3 +401,47 @@ def test_check_names_the_daemon_running_on_the_state_dir(
         assert daemon.stop() == 0
     r = run_cli("check", "-c", str(cfg))
     assert "writable" in r.stdout and "a daemon runs on it" not in r.stdout, r.stdout
+
+
+def _check_keyed_log(
+    tmp_path: Path, sensor: FakeSensor, log: Path, fmt: str
+) -> subprocess.CompletedProcess[str]:
+    """``check`` of one log in ``fmt`` for a site keyed on the sessionid cookie: it fails."""
+    users = _users(tmp_path, "SELECT 'u' AS user_name WHERE :key = 'x'")
+    cfg = write_config(
+        tmp_path / "c.yaml", [site("a", sensor.url, log, log={"format": fmt}, users=users)]
+    )
+    r = run_cli("check", "-c", str(cfg))
+    assert r.returncode == 1, r.stdout
+    return r
+
+
+def test_check_fails_on_a_log_two_access_logs_write(tmp_path: Path, sensor: FakeSensor) -> None:
+    """Debian's access_log left beside the added one: half the lines in each format. Not
+    "11 of 22 lines parse" and "all checks passed", but the cause, and exit 1."""
+    log = tmp_path / "a.log"
+    log.write_text(
+        "".join(nginx_line(f"/m/{i}", cookie=f"s{i}") + nginx_line(f"/m/{i}") for i in range(11))
+    )
+    r = _check_keyed_log(tmp_path, sensor, log, "nginx_cookie")
+    assert (
+        f"[FAIL] logs {log}: mixes formats: 11 of its last 22 lines parse as nginx_cookie, "
+        "11 others as nginx_combined: two access_log (nginx) or CustomLog (Apache) directives"
+    ) in r.stdout
+
+
+@pytest.mark.parametrize("logged", ["none", "empty"])
+def test_check_fails_on_a_log_without_the_session_key(
+    tmp_path: Path, sensor: FakeSensor, logged: str
+) -> None:
+    """users.key.cookie set, but the format has no cookie field (a combined log) or it is
+    always '-': every request would be unresolved."""
+    log = tmp_path / "a.log"
+    cookie = None if logged == "none" else "-"
+    log.write_text("".join(nginx_line(f"/k/{i}", cookie=cookie) for i in range(20)))
+    fmt = "nginx_combined" if logged == "none" else "nginx_cookie"
+    r = _check_keyed_log(tmp_path, sensor, log, fmt)
+    assert (
+        f"[FAIL] logs {log}: none of its last 20 requests carries the session key "
+        "(cookie 'sessionid')"
+    ) in r.stdout

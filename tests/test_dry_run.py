@@ -199,23 +199,24 @@ def test_dry_run_bad_config_exits_78(tmp_path: Path) -> None:
 
 
 def test_detect_format_on_apache_combined_without_cookie(tmp_path: Path) -> None:
-    """The elastic log parses as combined; no cookie, so the advice to add one is printed."""
+    """The elastic log parses as combined; no cookie, so the advice to add one is printed,
+    as the problem it is (exit 1)."""
     proc = run(["detect-format", str(DATA / "elastic_apache_logs")], tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr
     out = proc.stdout
     assert "500 lines examined" in out
     assert "apache_combined  parses 100.0% (500/500)" in out
     assert (
         "Best match: format: nginx_combined" in out or "Best match: format: apache_combined" in out
     )
-    assert "carries no session cookie" in out
+    assert "Problem: this log carries no session cookie" in out
     assert "log_format tirreno" in out and '\\"%{sessionid}C\\"' in out
 
 
 def test_detect_format_on_vhost_combined(tmp_path: Path) -> None:
     """The vhost log is recognised as vhost_combined despite its bad line."""
     proc = run(["detect-format", str(DATA / "apachelogs_vhost_combined.log")], tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr  # it has no cookie
     assert "vhost_combined   parses  85.7% (6/7)" in proc.stdout
     assert "Best match: format: vhost_combined" in proc.stdout
 

@@ -26,14 +26,17 @@ from typing import Any, TextIO
 import httpx
 import structlog
 
-from tirreno_shipper.config import Config, SiteConfig
+from tirreno_shipper.config import Config, SiteConfig, UsersConfig
+from tirreno_shipper.detect import MIXED_CAUSE, second_format
 from tirreno_shipper.errors import ResolverError
 from tirreno_shipper.parse import EXCLUDED_PATH, LineParser
 from tirreno_shipper.pipeline import SitePipeline
 from tirreno_shipper.reader import followed_files
+from tirreno_shipper.records import Request
 from tirreno_shipper.sender import FORM_CONTENT_TYPE, Outcome, send_one, tls_verify, user_agent
 from tirreno_shipper.state import SPOOL_FILE, lock_holder
 from tirreno_shipper.users import UserResolver
+from tirreno_shipper.users.keys import KeyExtractor
 
 # Statuses that, answering the POST events are sent with, mean nothing takes
 # events at this URL: tirreno's sensor answers 204 or an empty 200 there.
@@ -148,9 +151,20 @@ SAMPLE_BYTES = 256 * 1024
 SAMPLE_LINES = 200
 
 
+def _key_name(users: UsersConfig) -> str:
+    key = users.key
+    if key.cookie:
+        return f"cookie {key.cookie!r}"
+    if key.header:
+        return f"header {key.header!r}"
+    return f"field {key.field!r}"
+
+
 def _check_logs(site: SiteConfig, out: TextIO) -> bool:
     ok = True
     pipeline = SitePipeline(site, None)
+    keys = KeyExtractor(site.users) if site.users is not None else None
+    key_name = _key_name(site.users) if site.users is not None else ""
     for src in site.logs:
         if glob.has_magic(src.path):
             # The files `run` follows: a folder is not a log, a compressed match is a
@@ -194,15 +208,36 @@ def _check_logs(site: SiteConfig, out: TextIO) -> bool:
                 print(f"  [FAIL] logs {p}: {exc.strerror}{hint}", file=out)
                 ok = False
                 continue
-            ok = _check_sample(p, src.format_label, tail, parser, out, cut=size > len(tail)) and ok
+            ok = (
+                _check_sample(
+                    p,
+                    src.format_label,
+                    tail,
+                    parser,
+                    out,
+                    cut=size > len(tail),
+                    keys=keys,
+                    key_name=key_name,
+                )
+                and ok
+            )
     return ok
 
 
 def _check_sample(
-    path: str, label: str, tail: bytes, parser: LineParser, out: TextIO, *, cut: bool
+    path: str,
+    label: str,
+    tail: bytes,
+    parser: LineParser,
+    out: TextIO,
+    *,
+    cut: bool,
+    keys: KeyExtractor | None,
+    key_name: str,
 ) -> bool:
-    """Whether the file's last lines parse with its format: a wrong format would
-    otherwise show only as a growing unparseable count."""
+    """Whether the file's last lines parse with its format, in one format only, and
+    carry the session key: each mistake would otherwise show only as a growing
+    unparseable or unresolved count."""
     lines = tail.split(b"\n")
     if cut:
         lines = lines[1:]  # the first is a piece of a line
@@ -210,14 +245,26 @@ def _check_sample(
     if not lines:
         print(f"  [ok]   logs {path}: readable (no lines yet)", file=out)
         return True
-    parsed = sum(
-        1 for line in lines if not isinstance(r := parser.parse(line), str) or r == EXCLUDED_PATH
-    )
+    results = [(line, parser.parse(line)) for line in lines]
+    leftover = [line for line, r in results if isinstance(r, str) and r != EXCLUDED_PATH]
+    parsed = len(lines) - len(leftover)
     said = f"{parsed} of its last {len(lines)} lines parse as {label}"
     detect = f"`tirreno-shipper detect-format {path}` names the format that fits"
     if parsed == 0:
         print(f"  [FAIL] logs {path}: readable, but none of its last {len(lines)} lines "
               f"parses as {label}: {detect}", file=out)  # fmt: skip
+        return False
+    other = second_format(leftover, len(lines))
+    if other is not None:
+        print(f"  [FAIL] logs {path}: mixes formats: {said}, {other.parsed} others as "
+              f"{other.preset}: {MIXED_CAUSE}", file=out)  # fmt: skip
+        return False
+    requests = [r for _, r in results if isinstance(r, Request)]
+    if keys is not None and requests and not any(keys(r) for r in requests):
+        print(f"  [FAIL] logs {path}: none of its last {len(requests)} requests carries the "
+              f"session key ({key_name}): the log format lacks it or names another; every "
+              "request would be unresolved (if nobody logged in lately, look again later)",
+              file=out)  # fmt: skip
         return False
     if parsed < len(lines) * 0.9:
         print(f"  [warn] logs {path}: readable; only {said} (the others are never sent): "
@@ -270,7 +317,24 @@ def _check_sensor(site: SiteConfig, out: TextIO, send_test_event: bool) -> bool:
         print(f"  [FAIL] sensor {cfg.url}: {type(exc).__name__}: {exc}", file=out)
         return False
     reachable = r.status_code not in WRONG_PATH_STATUSES
-    if reachable:
+    if r.status_code == 200 and r.content.strip():
+        # tirreno's sensor answers a keyless POST with an empty 200; a page with a body
+        # is some other application on that host and port (a default site, a catch-all).
+        reachable = False
+        kind = r.headers.get("content-type", "").split(";")[0] or "a body"
+        print(
+            f"  [FAIL] sensor {cfg.url}: not tirreno: it answers a POST without Api-Key with "
+            f"a page (HTTP 200, {kind}, {len(r.content)} bytes), where tirreno's sensor answers "
+            "an empty 200; check the host, port and path of sensor.url",
+            file=out,
+        )
+    elif r.status_code == 200:
+        print(
+            f"  [ok]   sensor {cfg.url}: answers as tirreno's sensor does (an empty 200 to a "
+            "POST without Api-Key)",
+            file=out,
+        )
+    elif reachable:
         print(f"  [ok]   sensor {cfg.url}: reachable (HTTP {r.status_code})", file=out)
     else:
         print(

@@ -6,6 +6,10 @@ they capture (a format with a cookie beats the same format without one).
 Presets that parse the same lines into the same fields (an nginx preset and
 its Apache twin write identical lines) are named together as the best match:
 the log cannot say which server wrote it.
+
+Two set-up mistakes are named as such, with exit 1: a file two ``access_log`` (or
+``CustomLog``) directives write in two formats (half its lines parse one way,
+the rest another: `second_format`), and lines that carry no session key.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ from itertools import islice
 
 from tirreno_shipper.errors import EX_FAILURE, EX_OK, EX_USAGE, ShipperError
 from tirreno_shipper.formats import PRESETS, compile_format, preset_source
-from tirreno_shipper.parse import line_parser
+from tirreno_shipper.parse import LineParser, line_parser
 from tirreno_shipper.reader import file_chunks
+from tirreno_shipper.records import Request
 
 # Stand-in cookie name: the log does not say what the cookie is called.
 PLACEHOLDER_COOKIE = "sessionid"
@@ -78,22 +83,32 @@ def json_cookies(lines: list[bytes]) -> tuple[list[str], bool]:
     return list(names), header
 
 
+def _parser(preset: str, json_cookie: str | None) -> tuple[LineParser, int]:
+    """The preset's parser (with the stand-in cookie name) and its group count."""
+    cookie = json_cookie if preset == "json" and json_cookie else PLACEHOLDER_COOKIE
+    fmt = compile_format(preset, cookie_name=cookie)
+    return line_parser(fmt, cookie), len(fmt.groups)
+
+
+def _request(parser: LineParser, raw: bytes) -> Request | None:
+    req = parser.parse(raw)
+    if isinstance(req, str) or not _is_ip(req.remote_addr):
+        # The pipeline drops lines without an address (bad_address); counting them would
+        # let apache_combined "parse" vhost_combined lines with "host:port" as %h.
+        return None
+    return req
+
+
 def detect(lines: list[bytes], json_cookie: str | None = None) -> list[Candidate]:
     """``json_cookie``: the cookie JSON lines name (see `json_cookies`), if any."""
     out: list[Candidate] = []
     for preset in (*PRESETS, "json"):
-        cookie = json_cookie if preset == "json" and json_cookie else PLACEHOLDER_COOKIE
-        fmt = compile_format(preset, cookie_name=cookie)
-        parser = line_parser(fmt, cookie)
+        parser, groups = _parser(preset, json_cookie)
         parsed = 0
         seen: set[str] = set()
         for raw in lines:
-            req = parser.parse(raw)
-            if isinstance(req, str):
-                continue
-            if not _is_ip(req.remote_addr):
-                # The pipeline drops such lines (bad_address); counting them would let
-                # apache_combined "parse" vhost_combined lines with "host:port" as %h.
+            req = _request(parser, raw)
+            if req is None:
                 continue
             parsed += 1
             for name, value in (
@@ -104,14 +119,35 @@ def detect(lines: list[bytes], json_cookie: str | None = None) -> list[Candidate
                 ("accept_language", req.accept_language),
                 ("remote_user", req.remote_user),
             ):
-                if value:
+                if value and value != "-":
                     seen.add(name)
         if parsed:
-            out.append(Candidate(preset, parsed, len(lines), tuple(sorted(seen)), len(fmt.groups)))
+            out.append(Candidate(preset, parsed, len(lines), tuple(sorted(seen)), groups))
     # Stable sort: same-shape nginx and Apache presets stay in preset order;
     # `report` names them together (see `equivalents`).
     out.sort(key=lambda c: (-c.parsed, -len(c.fields)))
     return out
+
+
+def second_format(leftover: list[bytes], total: int) -> Candidate | None:
+    """The preset that parses most of the ``leftover`` lines (of ``total``) that the
+    log's format does not, when they are too many to be junk: the file is written in
+    two formats, so every line of one of them is lost."""
+    if len(leftover) < max(2, total * 0.05):
+        return None
+    json_cookie = next(iter(json_cookies(leftover)[0]), None)
+    found = detect(leftover, json_cookie)
+    if found and found[0].parsed * 2 >= len(leftover):
+        return found[0]
+    return None
+
+
+MIXED_CAUSE = (
+    "two access_log (nginx) or CustomLog (Apache) directives write this file in "
+    "different formats, so the lines of one are never sent: keep one, in the format with "
+    "the cookie (nginx on Debian/Ubuntu: replace the access_log line of nginx.conf's http "
+    'block instead of adding one; README, "Log formats")'
+)
 
 
 def equivalents(found: list[Candidate]) -> list[Candidate]:
@@ -174,6 +210,13 @@ def report(path: str, limit: int = 500) -> tuple[str, int]:
             f"  {c.preset:16s} parses {c.share:6.1%} ({c.parsed}/{c.total})  fields: {fields}"
         )
     best, *twins = equivalents(found)
+    other = second_format(_unparsed(best.preset, lines, named), len(lines))
+    if other is not None:
+        out.append(
+            f"Problem: this file mixes formats: {best.parsed} lines parse as {best.preset}, "
+            f"{other.parsed} others as {other.preset}: {MIXED_CAUSE}."
+        )
+        return "\n".join(out), EX_FAILURE
     if twins:
         names = " or ".join(f"format: {c.preset}" for c in (best, *twins))
         out.append(
@@ -184,16 +227,36 @@ def report(path: str, limit: int = 500) -> tuple[str, int]:
         out.append(f"Best match: format: {best.preset}")
     if best.preset == "json":
         out.append(_json_cookie_advice(named, header))
-    elif "cookie" in best.fields:
+        return "\n".join(out), EX_OK if named or header else EX_FAILURE
+    if "cookie" in best.fields:
         out.append(
             "The last field holds a cookie value: set users.key.cookie to the cookie's name "
             "(the log does not say it)."
         )
-    elif not any("cookie" in c.fields for c in found if c.share >= best.share):
-        nginx = preset_source("nginx_cookie", "sessionid")[1]
-        apache = preset_source("apache_cookie", "sessionid")[1].replace('"', '\\"')
-        out.append(COOKIE_ADVICE.format(nginx=nginx, apache=apache))
-    return "\n".join(out), EX_OK
+        return "\n".join(out), EX_OK
+    if best.preset.endswith("_cookie"):
+        out.append(
+            "Problem: the lines end with a cookie field, but it is empty (-) in every one: "
+            "the log_format / LogFormat names another cookie than your session cookie, or "
+            "nobody with a session came by yet (log in, then look again)."
+        )
+        return "\n".join(out), EX_FAILURE
+    nginx = preset_source("nginx_cookie", "sessionid")[1]
+    apache = preset_source("apache_cookie", "sessionid")[1].replace('"', '\\"')
+    advice = COOKIE_ADVICE.format(nginx=nginx, apache=apache)
+    out.append("Problem: t" + advice.removeprefix("T"))
+    if "remote_user" in best.fields:
+        out.append(
+            "(The lines do carry remote_user: with HTTP authentication, users.key: "
+            "{field: remote_user} finds the user without a cookie.)"
+        )
+        return "\n".join(out), EX_OK
+    return "\n".join(out), EX_FAILURE
+
+
+def _unparsed(preset: str, lines: list[bytes], named: list[str]) -> list[bytes]:
+    parser, _ = _parser(preset, named[0] if named else None)
+    return [raw for raw in lines if _request(parser, raw) is None]
 
 
 def _json_cookie_advice(named: list[str], header: bool) -> str:
