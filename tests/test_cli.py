@@ -150,7 +150,7 @@ def test_check_with_a_wrong_key_reports_the_rejection_and_exits_1(
     cfg = write_config(tmp_path / "c.yaml", [site("a", sensor.url, log, key="wrong-key-1234")])
     r = run_cli("check", "-c", str(cfg), "--send-test-event")
     assert r.returncode == 1
-    assert "reachable" in r.stdout
+    assert "answers as tirreno's sensor does" in r.stdout
     assert "[FAIL] test event rejected (empty 200)" in r.stdout
     assert "some checks FAILED" in r.stdout
     assert "wrong-key-1234" not in r.stdout + r.stderr

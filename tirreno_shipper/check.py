@@ -260,7 +260,7 @@ def _check_sample(
               f"{other.preset}: {MIXED_CAUSE}", file=out)  # fmt: skip
         return False
     requests = [r for _, r in results if isinstance(r, Request)]
-    if keys is not None and requests and not any(keys(r) for r in requests):
+    if keys is not None and requests and not any(keys.raw(r) for r in requests):
         print(f"  [FAIL] logs {path}: none of its last {len(requests)} requests carries the "
               f"session key ({key_name}): the log format lacks it or names another; every "
               "request would be unresolved (if nobody logged in lately, look again later)",
