@@ -181,6 +181,15 @@ def _ascii(value: str) -> bytes:
         raise _undecodable("non-ASCII characters") from None
 
 
+def _json(data: str | bytes) -> object:
+    """json.loads; ValueError if not JSON, CookieRejected if nested too deep to parse."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        # "[[[[..." from a visitor: the parser's recursion limit, not a crash.
+        raise _undecodable("JSON nested too deeply") from None
+
+
 def _option(options: dict[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
     value = options.pop(name, default)
     if value not in choices:
@@ -256,7 +265,7 @@ def django_session_loads(
     """
     text = _django_loads(secret, salt)(session_data)
     try:
-        data = json.loads(text)
+        data = _json(text)
     except ValueError:
         raise _undecodable("not JSON") from None
     if not isinstance(data, dict):
@@ -342,7 +351,7 @@ def _laravel(secret: str, options: dict[str, str]) -> Unsealer:
 
     def unseal(value: str) -> str:
         try:
-            payload = json.loads(_b64_strict(_ascii(value), "cookie"))
+            payload = _json(_b64_strict(_ascii(value), "cookie"))
         except ValueError:
             raise _undecodable("not base64 JSON") from None
         if not isinstance(payload, dict):
@@ -466,7 +475,7 @@ def _rails_message(plain: bytes, purpose: str | None) -> str:
         raise _undecodable("Marshal-serialized (cookies_serializer :marshal)")
     text = _text(plain)
     try:
-        decoded = json.loads(text)
+        decoded = _json(text)
     except ValueError:
         # A cookie written before Rails 6's metadata, or with the Marshal serializer.
         return text
