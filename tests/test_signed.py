@@ -390,6 +390,35 @@ def test_any_visitor_value_is_rejected_never_an_error(scheme: str, value: str) -
         unseal(scheme, value, secret)
 
 
+_B64 = st.binary(max_size=200).map(lambda b: base64.b64encode(b).decode())
+_SHAPED = st.one_of(
+    _B64,  # Laravel's outer layer
+    st.recursive(
+        st.none() | st.integers() | st.text(max_size=20),
+        lambda inner: (
+            st.lists(inner, max_size=4)
+            | st.dictionaries(
+                st.sampled_from(["iv", "value", "mac", "tag", "x"]), inner, max_size=5
+            )
+        ),
+    ).map(lambda v: base64.b64encode(json.dumps(v).encode()).decode()),
+    st.lists(_B64, min_size=1, max_size=4).map("--".join),  # Rails' data--iv--tag
+    st.lists(st.text(max_size=30), min_size=1, max_size=4).map(":".join),  # Django
+    st.lists(st.text(max_size=30), min_size=1, max_size=4).map(".".join),  # itsdangerous
+    st.text(max_size=60).map(lambda t: "s:" + t),  # express
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(scheme=st.sampled_from(SCHEMES), value=_SHAPED)
+def test_values_shaped_like_each_scheme_are_rejected_never_an_error(
+    scheme: str, value: str
+) -> None:
+    secret = LARAVEL["app_key"] if scheme == "laravel" else OTHER_SECRET
+    with pytest.raises(CookieRejected):
+        unseal(scheme, value, secret)
+
+
 @pytest.mark.parametrize(
     ("scheme", "secret", "options", "message"),
     [
