@@ -184,6 +184,18 @@ def test_cookie_sealed_with_another_secret_is_forged(case: Case) -> None:
     assert case.cookie not in str(rejected.value)
 
 
+@pytest.mark.parametrize("case", CASES, ids=repr)
+def test_cookie_sealed_with_a_previous_secret_still_unseals(case: Case) -> None:
+    # The application rotated its secret and still accepts the old one: so do we.
+    open_ = unsealer(case.scheme, case.other_secret, previous=[case.secret], **case.options)
+    case.expect(open_(case.cookie))
+    with pytest.raises(CookieRejected) as rejected:
+        unsealer(case.scheme, case.other_secret, previous=[case.other_secret], **case.options)(
+            case.cookie
+        )
+    assert rejected.value.reason == "forged"
+
+
 def _flip(text: str, index: int) -> str:
     """Change one character to another of the same base64/hex alphabet."""
     char = text[index]
@@ -424,6 +436,8 @@ def test_values_shaped_like_each_scheme_are_rejected_never_an_error(
     [
         ("tomcat", "s", {}, "unknown scheme"),
         ("django", "", {}, "secret is empty"),
+        ("express", "s", {"previous": ("",)}, "secret is empty"),
+        ("express", "s", {"previous": "old-secret"}, "a list of secrets"),
         ("django", "s", {"algorithm": "md4"}, "unknown hash"),
         ("django", "s", {"format": "signed_cookie"}, "needs cookie_name"),
         ("laravel", "base64:c2hvcnQ=", {}, "APP_KEY is 5 bytes"),

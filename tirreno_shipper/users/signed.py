@@ -66,7 +66,7 @@ import functools
 import json
 import urllib.parse
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 from cryptography.exceptions import InvalidTag
@@ -531,8 +531,14 @@ _BUILDERS: dict[str, Callable[[str, dict[str, str]], Unsealer]] = {
 }
 
 
-def unsealer(scheme: str, secret: str, **options: str) -> Unsealer:
+def unsealer(scheme: str, secret: str, *, previous: Sequence[str] = (), **options: str) -> Unsealer:
     """Build the unsealing function of one site (keys derived once, here).
+
+    ``previous`` are secrets the application still accepts after a rotation (Django's
+    ``SECRET_KEY_FALLBACKS``, Flask's ``SECRET_KEY_FALLBACKS``, Laravel's
+    ``APP_PREVIOUS_KEYS``, express-session's older ``secret`` entries, Rails' cookie
+    rotations of ``secret_key_base``): a cookie that is forged under ``secret`` is
+    tried under each of them in turn.
 
     Raises ``ValueError`` (a configuration problem, worded without the secret) for an
     unknown scheme or option, or a secret the scheme cannot use. The function it
@@ -543,9 +549,20 @@ def unsealer(scheme: str, secret: str, **options: str) -> Unsealer:
         build = _BUILDERS[scheme]
     except KeyError:
         raise ValueError(f"unknown scheme {scheme!r} (one of {', '.join(SCHEMES)})") from None
-    if not secret:
-        raise ValueError(f"{scheme}: the secret is empty")
-    inner = build(secret, dict(options))
+    if isinstance(previous, str):
+        raise ValueError("previous: a list of secrets, not one string")
+    if not secret or not all(previous):
+        raise ValueError(f"{scheme}: a secret is empty")
+    inners = [build(s, dict(options)) for s in (secret, *previous)]
+
+    def inner(value: str) -> str:
+        for attempt in inners[:-1]:
+            try:
+                return attempt(value)
+            except CookieRejected as rejected:
+                if rejected.reason != "forged":
+                    raise  # its shape is wrong whatever the key
+        return inners[-1](value)
 
     def unseal(value: str) -> str:
         # Rack, PHP and express-session URL-encode the cookie ("%3D", "%2F", "s%3A");
@@ -560,11 +577,15 @@ def unsealer(scheme: str, secret: str, **options: str) -> Unsealer:
     return unseal
 
 
-def unseal(scheme: str, value: str, secret: str, **options: str) -> str:
-    """`unsealer` for one value; the keys of recent (scheme, secret, options) are kept."""
-    return _cached(scheme, secret, tuple(sorted(options.items())))(value)
+def unseal(
+    scheme: str, value: str, secret: str, *, previous: Sequence[str] = (), **options: str
+) -> str:
+    """`unsealer` for one value; the keys of recent (scheme, secrets, options) are kept."""
+    return _cached(scheme, secret, tuple(previous), tuple(sorted(options.items())))(value)
 
 
 @functools.lru_cache(maxsize=32)
-def _cached(scheme: str, secret: str, options: tuple[tuple[str, str], ...]) -> Unsealer:
-    return unsealer(scheme, secret, **dict(options))
+def _cached(
+    scheme: str, secret: str, previous: tuple[str, ...], options: tuple[tuple[str, str], ...]
+) -> Unsealer:
+    return unsealer(scheme, secret, previous=previous, **dict(options))
