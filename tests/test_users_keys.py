@@ -14,10 +14,12 @@ import time
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.support.users import cookie_request as req
 from tests.support.users import rejected
-from tirreno_shipper.config import ApacheFormat, NginxFormat, UsersConfig
+from tirreno_shipper.config import ApacheFormat, NginxFormat, UsersConfig, parse_config
+from tirreno_shipper.errors import ConfigError
 from tirreno_shipper.formats import compile_format
 from tirreno_shipper.parse import line_parser
 from tirreno_shipper.records import Request
@@ -203,3 +205,40 @@ def test_response_cookie_from_a_logged_nginx_line() -> None:
     """$upstream_cookie_NAME logged after the request cookie: the parser keeps it."""
     fmt = {"nginx": NGINX_HEADER + ' "$upstream_cookie_sessionid"'}
     assert key_of(fmt, f'{HEAD} "-" "NEWSESSION"') == "NEWSESSION"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "cookie"),
+    [
+        ("nginx_cookie", "connect.sid"),
+        ({"nginx": '$remote_addr [$time_local] "$request" $status "$cookie_connect.sid"'}, None),
+        ("nginx_cookie", "wordpress_logged_in_*"),
+        ("apache_cookie", "wordpress_logged_in_*"),
+    ],
+)
+def test_a_cookie_nginx_cannot_log_by_name_is_a_config_problem(
+    fmt: object, cookie: str | None
+) -> None:
+    """$cookie_connect.sid logs $cookie_connect then '.sid': the problem says to log the
+    whole Cookie header instead; a preset's cookie (express) is checked the same way."""
+    users: dict[str, Any] = (
+        {"framework": "express", "secret": "s"}
+        if cookie is None
+        else {"key": {"cookie": cookie}, "database": "sqlite://", "query": "SELECT :key"}
+    )
+    text = yaml.safe_dump(
+        {
+            "sites": [
+                {
+                    "name": "s",
+                    "sensor": {"url": "http://127.0.0.1:1/", "api_key": "k"},
+                    "logs": [{"path": "/var/log/a.log", "format": fmt}],
+                    "users": users,
+                }
+            ]
+        }
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_config(text)
+    [problem] = [p for p in info.value.problems if p.startswith("sites[0].logs[0].format:")]
+    assert '"$http_cookie"' in problem

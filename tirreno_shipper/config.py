@@ -875,16 +875,18 @@ def _semantic_checks(data: Any) -> list[str]:
                 )
             seen.setdefault(name, i)
         users = site.get("users")
-        key = users.get("key") if isinstance(users, dict) else None
-        cookie = key.get("cookie") if isinstance(key, dict) else None
+        cookie = _users_cookie(users)
         logs = site.get("logs")
         for j, raw_src in enumerate(logs if isinstance(logs, list) else []):
             try:
                 src = LogSource.model_validate(raw_src)
             except ValidationError:
                 continue  # already reported by the whole model's validation
+            if cookie is not None and (problem := cookie_log_problem(cookie, src.format)):
+                problems.append(f"sites[{i}].logs[{j}].format: {problem}")
+                continue
             try:
-                compile_format(src.format, cookie_name=cookie if isinstance(cookie, str) else None)
+                compile_format(src.format, cookie_name=cookie)
             except FormatError as exc:
                 problems.append(f"sites[{i}].logs[{j}].format: {exc}")
         database = users.get("database") if isinstance(users, dict) else None
@@ -903,6 +905,52 @@ def _semantic_checks(data: Any) -> list[str]:
                     "(e.g. postgresql+psycopg://reader@db/shop, mysql+pymysql://..., sqlite:///path)"
                 )
     return problems
+
+
+def _users_cookie(users: Any) -> str | None:
+    """The session cookie's name a raw ``users`` section gives, its preset's if unset."""
+    if not isinstance(users, dict):
+        return None
+    key = users.get("key")
+    cookie = key.get("cookie") if isinstance(key, dict) else None
+    if (
+        cookie is None
+        and isinstance(users.get("framework"), str)
+        and not (isinstance(key, dict) and (key.get("field") or key.get("header")))
+    ):
+        from tirreno_shipper.users.presets import PRESETS  # users/ imports this module
+
+        preset = PRESETS.get(users["framework"])
+        cookie = preset["key"].get("cookie") if preset is not None else None
+    return cookie if isinstance(cookie, str) else None
+
+
+def cookie_log_problem(cookie: str, spec: object) -> str | None:
+    """Why a log format cannot carry ``cookie`` by its name, and what to log instead.
+
+    nginx's ``$cookie_NAME`` ends at the first character outside ``[A-Za-z0-9_]``:
+    ``$cookie_connect.sid`` logs ``$cookie_connect`` then ``.sid``. A name pattern
+    (``wordpress_logged_in_*``) is no variable at all, in nginx or Apache.
+    """
+    header = (
+        f'log the whole Cookie header instead (nginx "$http_cookie", Apache '
+        f'"%{{Cookie}}i"): the shipper picks {cookie} out of it'
+    )
+    if "*" in cookie and spec in {"nginx_cookie", "apache_cookie"}:
+        return f"the cookie name {cookie} is a pattern, which {spec} cannot log; {header}"
+    if NGINX_COOKIE_NAME.match(cookie):
+        return None
+    valid = re.match(r"[A-Za-z0-9_]*", cookie)
+    head = valid.group(0) if valid else ""
+    if spec == "nginx_cookie" or (
+        isinstance(spec, NginxFormat) and f"$cookie_{head}".lower() in spec.nginx.lower()
+    ):
+        return (
+            f"nginx cannot log the cookie {cookie} as $cookie_{cookie} (a variable name ends "
+            f"at the first character outside A-Za-z0-9_, so nginx writes $cookie_{head} "
+            f"followed by {cookie[len(head) :]!r}); {header}"
+        )
+    return None
 
 
 def _skip_key_files(data: Any) -> None:

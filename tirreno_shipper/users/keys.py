@@ -202,11 +202,18 @@ def _key_getter(config: UsersConfig) -> Callable[[Request], str | None]:
 class KeyExtractor:
     """A request's (transformed) lookup key, as the configuration describes it."""
 
-    __slots__ = ("_cookie", "_get", "_response", "_response_fields", "_steps")
+    __slots__ = ("_cookie", "_get", "_response", "_response_fields", "_steps", "problem")
 
     def __init__(self, config: UsersConfig) -> None:
         self._get = _key_getter(config)
-        self._steps = tuple(_step(t, config.secret_text()) for t in config.key.steps())
+        # A chain it cannot build (an unseal secret the scheme cannot use) is
+        # `problem`, for the resolver to refuse; `raw` still works without it.
+        self.problem: str | None = None
+        try:
+            self._steps = tuple(_step(t, config.secret_text()) for t in config.key.steps())
+        except ValueError as exc:
+            self.problem = str(exc)
+            self._steps = ()
         cookie = config.key.cookie
         self._cookie = cookie
         self._response = config.key.response if cookie else "off"

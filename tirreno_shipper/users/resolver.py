@@ -87,10 +87,9 @@ class UserResolver:
         self.site = site
         self.config = config
         self._clock = clock
-        try:
-            self._key_of = KeyExtractor(config)
-        except ValueError as exc:  # an unseal scheme's option or secret it cannot use
-            raise ResolverError(f"users.key.transforms: {exc}") from None
+        self._key_of = KeyExtractor(config)
+        if self._key_of.problem is not None:  # an unseal option or secret it cannot use
+            raise ResolverError(f"users.key.transforms: {self._key_of.problem}")
         self._cache = TtlLru(config.cache_size)
         self._last_seen = TtlLru(max(config.cache_size, LAST_SEEN_MIN_SIZE))
         self._lock = threading.Lock()
