@@ -226,7 +226,8 @@ def test_laravel_database_and_file_sessions(tmp_path: Path) -> None:
     """framework: laravel: the encrypted cookie's session id → sessions.user_id → users;
     with the file driver, the serialize()d attributes' login_web_* key."""
     data = fixture("laravel")
-    in_file, in_db = data["sessions"]
+    by_driver = {s["driver"]: s for s in data["sessions"]}
+    in_file, in_db = by_driver["file"], by_driver["database"]
     url = sqlite_db(
         tmp_path,
         "CREATE TABLE sessions (id TEXT PRIMARY KEY, user_id INTEGER, payload TEXT)",
