@@ -16,7 +16,7 @@ scheme           framework, cookie, what `unsealer` returns
                  JSON text (Flask's tagged JSON); with ``format: value`` a value
                  signed by a plain ``itsdangerous.Signer`` (old Flask-Session ids)
 ``laravel``      Laravel's ``EncryptCookies`` (``APP_KEY``): ``laravel_session``'s
-                 session id (the ``hmac|`` prefix of Laravel >= 6.18 checked and cut)
+                 session id (the ``hmac|`` prefix EncryptCookies adds checked and cut)
 ``rails``        Rails 5.2-8 ``cookies.encrypted`` (``secret_key_base``): the cookie
                  store's ``_APP_session`` as JSON text; with ``mode: signed`` a
                  ``cookies.signed`` value such as Rails 8 auth's ``session_id``
