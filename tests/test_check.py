@@ -445,3 +445,16 @@ def test_check_fails_on_a_log_without_the_session_key(
         f"[FAIL] logs {log}: none of its last 20 requests carries the session key "
         "(cookie 'sessionid')"
     ) in r.stdout
+
+
+def test_check_passes_on_the_example_configuration(tmp_path: Path, sensor: FakeSensor) -> None:
+    """config.example.yaml (framework: django on its example database) passes check."""
+    import shutil
+
+    repo = Path(__file__).resolve().parent.parent
+    shutil.copytree(repo / "examples", tmp_path / "examples")
+    text = (repo / "config.example.yaml").read_text()
+    (tmp_path / "c.yaml").write_text(text.replace("http://127.0.0.1:8585/sensor/", sensor.url))
+    r = run_cli("check", "-c", str(tmp_path / "c.yaml"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "  [ok]   users: the query runs" in r.stdout
