@@ -2,7 +2,7 @@
 # Set up everything the test suite needs on a fresh Debian machine and run it:
 # a virtualenv with the package and its dev extras, nginx, Apache and logrotate
 # from Debian (the integration tests start their own instances on 127.0.0.1),
-# Debian's python3.11 (the parser is checked under it too),
+# Debian's python3.11 (the parser is checked under it too), php-cli (tirreno's rules),
 # PostgreSQL and MariaDB running, then ruff, mypy (strict) and pytest.
 # Usage: ./scripts/test.sh [pytest arguments]
 set -euo pipefail
@@ -21,6 +21,9 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v logrotate >/dev/null 2>&1 || [ -x /usr/sbin/logrotate ] || need+=(logrotate)
 # Debian 12's own python3.11 (3.11.2): tests/test_system_python.py parses under it.
 [ -x /usr/bin/python3.11 ] || need+=(python3.11)
+# PHP 8.2 (tirreno's own): tests/test_tirreno.py checks the acceptance rules against PHP.
+command -v php >/dev/null 2>&1 || need+=(php-cli)
+php -m 2>/dev/null | grep -qi '^mbstring$' || need+=(php-mbstring)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq

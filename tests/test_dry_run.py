@@ -76,6 +76,24 @@ def test_dry_run_prints_one_json_event_per_line(dry_run: Any) -> None:
     assert len({e["request_id"] for e in events}) == len(events)
 
 
+def test_the_examples_pass_tirreno_acceptance_rules_and_print_what_is_stored(
+    dry_run: Any,
+) -> None:
+    """Each event of examples/ is one tirreno stores as sent (nothing lost after a 204), and
+    ``stored`` is tirreno's own result for it."""
+    from tirreno_shipper.tirreno import tirreno_stores, validate_fields
+
+    events, _, _ = dry_run
+    for event in events:
+        fields, rid = event["fields"], event["request_id"]
+        assert validate_fields(fields, rid) is None, fields
+        stored = tirreno_stores(fields, rid)
+        assert stored.lost is None
+        assert event["stored"] == stored.fields
+        for name in ("url", "userAgent", "userName", "eventType", "eventTime"):
+            assert event["stored"].get(name) == fields.get(name), name
+
+
 def test_dry_run_logins_and_logouts(dry_run: Any) -> None:
     """alice logs in; the anonymous failed logins are sent with a masked IP; bob logs out."""
     events, _, _ = dry_run

@@ -81,6 +81,8 @@ def request_id_problems(sensors: Iterable[FakeSensor]) -> list[str]:
     ids: Counter[str | None] = Counter()
     for sensor in sensors:
         ids.update(r.request_id for r in sensor.accepted)
+        # Answered 204 but tirreno would fail to insert it: lost without a sign.
+        problems.extend(f"event lost in tirreno ({r.lost}): {r.fields}" for r in sensor.lost)
     for rid, n in ids.items():
         if rid is None or not UUID_RE.match(rid):
             problems.append(f"bad X-Request-Id {rid!r} ({n} events)")

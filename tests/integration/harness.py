@@ -196,10 +196,15 @@ def expected_event(
         "eventType": event_type,
         **user_fields,
     }
+    if event_type.startswith("account_") and sent.status >= 400:
+        # The README's default: an account_* rule keeps its type and sends no code
+        # (tirreno would store any code >= 400 as page_error).
+        del fields["httpCode"]
     if sent.user_agent is not None:
         fields["userAgent"] = sent.user_agent
     if sent.referer is not None:
-        fields["httpReferer"] = sent.referer
+        # Redacted like url; '%' and '+' escaped so that tirreno's urldecode gives it back.
+        fields["httpReferer"] = redact(sent.referer).replace("%", "%25").replace("+", "%2B")
     if accept_language and sent.accept_language is not None:
         fields["browserLanguage"] = sent.accept_language
     return Expected(sent, fields)
