@@ -23,11 +23,11 @@ import structlog
 
 from tirreno_shipper.config import Config, SiteConfig
 from tirreno_shipper.errors import ResolverError
-from tirreno_shipper.pipeline import Counts, SitePipeline
+from tirreno_shipper.ingest import SiteIngest, SpoolFull
+from tirreno_shipper.pipeline import Counts
 from tirreno_shipper.reader import file_chunks, followed_files
 from tirreno_shipper.tail import DECOMPRESS_ERRORS
 from tirreno_shipper.tirreno import tirreno_stores
-from tirreno_shipper.users import UserResolver
 
 if TYPE_CHECKING:
     from tirreno_shipper.spool import Spool
@@ -65,23 +65,17 @@ def backfill_marker(site: str) -> str:
     return f"{site}#backfill"
 
 
-def make_resolver(site: SiteConfig) -> UserResolver | None:
-    return UserResolver(site.name, site.users) if site.users is not None else None
-
-
 def dry_run(config: Config, out: TextIO = sys.stdout) -> dict[str, Counts]:
     """Print every event the configured files would produce, as JSON lines: the
     ``fields`` as sent and as tirreno will have ``stored`` them."""
     totals: dict[str, Counts] = {}
     for site in config.sites:
-        resolver = make_resolver(site)
-        pipeline = SitePipeline(site, resolver)
-        parsers = [pipeline.parser(src) for src in site.logs]
+        ingest = SiteIngest(site)
         total = totals.setdefault(site.name, Counts())
         try:
             for index, path in site_files(site):
                 for chunk in file_chunks(path, site.logs[index].max_line_bytes):
-                    events, counts = pipeline.process(chunk, parsers[index])
+                    events, counts = ingest.process(chunk, index)
                     total.merge(counts)
                     for ev in events:
                         out.write(
@@ -98,8 +92,7 @@ def dry_run(config: Config, out: TextIO = sys.stdout) -> dict[str, Counts]:
                             + "\n"
                         )
         finally:
-            if resolver is not None:
-                resolver.close()
+            ingest.close()
     out.flush()
     return totals
 
@@ -159,8 +152,7 @@ def backfill(
     site = config.site(site_name)
     if sources is None:  # which logs entry each file is an old file of (see pick_source)
         sources = [pick_source(site, path, None) for path in files]
-    resolver = make_resolver(site)
-    pipeline = SitePipeline(site, resolver)
+    ingest = SiteIngest(site, spool)
     total = Counts()
     marker = backfill_marker(site_name)
     shipped = {cp.file: cp.offset for cp in spool.get_checkpoints(marker)}
@@ -168,7 +160,6 @@ def backfill(
     try:
         for path, index in zip(files, sources, strict=True):
             src = site.logs[index]
-            parser = pipeline.parser(src)
             done = 0
             first = True
             chunks = file_chunks(path, src.max_line_bytes)
@@ -193,7 +184,7 @@ def backfill(
                     continue
                 while True:
                     try:
-                        events, counts = pipeline.process(chunk, parser)
+                        events, counts = ingest.process(chunk, index)
                         break
                     except ResolverError as exc:
                         # The database is down: wait, as the live tail does; nothing is skipped.
@@ -207,15 +198,19 @@ def backfill(
                         "--log N"
                     )
                 first = False
-                while spool.is_full(site.name, site.spool.max_events, site.spool.max_bytes):
-                    waiting.spool_full(site.spool.max_events)
-                    time.sleep(1.0)  # the sender drains it (run the daemon beside a backfill)
-                spool.commit_chunk(site.name, events, None)
+                while True:
+                    try:
+                        # Never drops, whatever spool.on_full says: the live tail's
+                        # unsent events are worth more than old lines, which can wait.
+                        ingest.store(events, counts, None, may_drop=False)
+                        break
+                    except SpoolFull:
+                        waiting.spool_full(site.spool.max_events)
+                        time.sleep(1.0)  # the sender drains it (run the daemon beside)
                 # A second transaction: a crash between the two re-ships this one
                 # chunk on the next backfill (at-least-once, same request ids).
                 spool.commit_chunk(marker, [], chunk.checkpoint())
                 total.merge(counts)
-                counts.publish(site.name)
                 if progress is not None:
                     progress(chunk.end_offset - done, counts.lines, counts.events)
                 done = chunk.end_offset
@@ -223,8 +218,7 @@ def backfill(
         exc.counts = total
         raise
     finally:
-        if resolver is not None:
-            resolver.close()
+        ingest.close()
     return total
 
 

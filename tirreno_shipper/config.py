@@ -32,7 +32,7 @@ from pydantic import (
 
 from tirreno_shipper import regex
 from tirreno_shipper.errors import ConfigError, FormatError
-from tirreno_shipper.formats import compile_format
+from tirreno_shipper.formats import compile_format, header_variable
 
 EventType = Literal[
     "page_view",
@@ -357,6 +357,13 @@ class KeySpec(_Model):
     # has none (fallback), always when present (prefer), or never (off).
     response: Literal["off", "fallback", "prefer"] = "fallback"
 
+    @field_validator("field")
+    @classmethod
+    def _variable_name(cls, value: str | None) -> str | None:
+        # Written as in nginx.conf ("$http_x_user") or as the parser names it
+        # ("http_x_user"): one name from here on, for the parser and the resolver.
+        return value.strip().removeprefix("$") if value is not None else None
+
     @model_validator(mode="after")
     def _exactly_one(self) -> KeySpec:
         given = [k for k in ("cookie", "field", "header") if getattr(self, k)]
@@ -372,6 +379,12 @@ class KeySpec(_Model):
         """The transforms in order, ``transform`` (the older spelling) last."""
         return [*self.transforms, *([self.transform] if self.transform != "none" else [])]
 
+
+    @property
+    def variable(self) -> str | None:
+        """The log variable that holds the key (``field``, or ``header`` as the
+        parser names it: ``X-User`` is ``http_x_user``); None for a cookie."""
+        return header_variable(self.header) if self.header else self.field
 
 class RedisStore(_Model):
     url: str = "redis://127.0.0.1:6379/0"
@@ -1009,6 +1022,55 @@ def _relative_to(base: Path, data: Any) -> None:
                 users["database"] = m.group(1) + str(base / m.group(2))
 
 
+# A configuration is a few KiB. These bound what a hostile or broken file can cost
+# to read: aliases that expand to millions of values (a 415-byte "billion laughs"
+# took check past 100 s), or a huge file (50 MB took minutes and GBs).
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_CONFIG_VALUES = 100_000  # scalars, lists and mappings, with every alias expanded
+
+
+class _ExpansionTooLarge(Exception):
+    pass
+
+
+def _load_yaml(text: str) -> Any:
+    """`yaml.safe_load`, refusing documents whose aliases expand past `MAX_CONFIG_VALUES`.
+
+    The node graph is composed first (aliases are shared nodes, so this stays as
+    small as the text) and its expanded size counted once per node, before anything
+    walks the expanded tree: that walk, not the parse, is what an alias bomb makes
+    exponential.
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        sizes: dict[int, int] = {}
+
+        def size(n: yaml.Node) -> int:
+            known = sizes.get(id(n))
+            if known is not None:
+                if known < 0:
+                    raise _ExpansionTooLarge  # an alias to its own ancestor: infinite
+                return known
+            sizes[id(n)] = -1
+            total = 1
+            if isinstance(n, yaml.SequenceNode):
+                total += sum(size(child) for child in n.value)
+            elif isinstance(n, yaml.MappingNode):
+                total += sum(size(k) + size(v) for k, v in n.value)
+            if total > MAX_CONFIG_VALUES:
+                raise _ExpansionTooLarge
+            sizes[id(n)] = total
+            return total
+
+        size(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def parse_config(
     text: str,
     env: Mapping[str, str] | None = None,
@@ -1026,8 +1088,21 @@ def parse_config(
     """
     unused = SECRET_KEYS if no_secrets is True else frozenset(no_secrets or ())
     env = os.environ if env is None else env
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            [f"{source}: {len(text)} characters; a configuration may hold at most "
+             f"{MAX_CONFIG_BYTES} (is this the right file?)"]
+        )  # fmt: skip
     try:
-        raw = yaml.safe_load(text)
+        raw = _load_yaml(text)
+    except RecursionError:
+        raise ConfigError([f"{source}: its YAML is nested too deeply"]) from None
+    except _ExpansionTooLarge:
+        raise ConfigError(
+            [f"{source}: its YAML aliases (*name) expand to more than {MAX_CONFIG_VALUES} "
+             "values, or refer to themselves; write the values out, or use fewer levels of "
+             "aliases"]
+        ) from None  # fmt: skip
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -1082,7 +1157,16 @@ def load_config(
 ) -> Config:
     """Read and validate a configuration file; raise `ConfigError`."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as fh:
+            # One byte more than allowed tells a file that is too large without
+            # reading it all (it may be /dev/zero, or a log named by mistake).
+            content = fh.read(MAX_CONFIG_BYTES + 1)
+        if len(content) > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                [f"{path}: larger than {MAX_CONFIG_BYTES} bytes, the most a configuration "
+                 "may hold (is this the right file?)"]
+            )  # fmt: skip
+        text = content.decode("utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read the configuration: {exc.strerror}"]) from None
     except UnicodeDecodeError as exc:

@@ -40,26 +40,21 @@ from tirreno_shipper.errors import (
     ResolverError,
     SpoolError,
 )
+from tirreno_shipper.ingest import SiteIngest, SpoolFull
 from tirreno_shipper.logs import Throttle
 from tirreno_shipper.notify import Notifier
-from tirreno_shipper.parse import LineParser
-from tirreno_shipper.pipeline import Counts, SitePipeline
-from tirreno_shipper.records import Checkpoint, Chunk, Event
+from tirreno_shipper.pipeline import Counts
+from tirreno_shipper.records import Checkpoint, Chunk
 from tirreno_shipper.sender import SiteSender
 from tirreno_shipper.spool import Spool
 from tirreno_shipper.state import DaemonState, FileState, SiteState, lock_state_dir, write_status
 from tirreno_shipper.stats import StatsLine
 from tirreno_shipper.tail import FileStatus, Tailer, Waker
 from tirreno_shipper.tail.container import container_input
-from tirreno_shipper.users import UserResolver
 
 log = structlog.get_logger(__name__)
 
 RESOLVER_BACKOFF_MAX = 30.0
-
-
-class _SpoolFull(Exception):
-    """The site's spool is at its cap; the tail waits (the log file is the buffer)."""
 
 
 def _owns(pattern: str, cp: Checkpoint) -> bool:
@@ -87,20 +82,18 @@ class SiteRunner:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._waker: Waker | None = None
-        self._resolver: UserResolver | None = None
+        self._ingest: SiteIngest | None = None  # made by the tail thread (see _tail_main)
         self._tailers: list[Tailer] = []
-        self._parsers: list[LineParser] = []
         self._pending: list[Chunk | None] = []
         self.sender = self._new_sender()
         self._sender_started = False
-        self._spooled = metrics.EVENTS_SPOOLED.labels(site=site.name)
-        self._dropped = metrics.EVENTS_DROPPED.labels(site=site.name)
         self._lag = metrics.FILE_LAG.labels(site=site.name)
-        # Exported at 0 from the start: an alert on increase() needs the series to exist.
-        self._full = metrics.SPOOL_FULL.labels(site=site.name)
+        # Exported at 0 from the start, before the tail makes its SiteIngest (which
+        # counts them): an alert on increase() needs the series to exist.
+        metrics.SPOOL_FULL.labels(site=site.name)
+        metrics.EVENTS_DROPPED.labels(site=site.name)
         self._unparseable = _UnparseableLines(site.name)
-        self._dropped_since = 0
-        self._drop_warning = Throttle(DROPPED_EVERY)
+        self._may_drop = site.spool.on_full == "drop_oldest"
 
     def _new_sender(self) -> SiteSender:
         return SiteSender(
@@ -156,7 +149,8 @@ class SiteRunner:
         """A user query that outlives every timeout (a proxy or firewall that keeps the
         connection open and never answers) is shown as the database being down: the
         tail waits inside it, and nothing else would say why the site ships nothing."""
-        resolver, users = self._resolver, self.site.users
+        resolver = self._ingest.resolver if self._ingest is not None else None
+        users = self.site.users
         if resolver is None or users is None or (started := resolver.query_started) is None:
             return
         waited = time.monotonic() - started
@@ -221,8 +215,8 @@ class SiteRunner:
     def _close_tail(self) -> None:
         for tailer in self._tailers:
             tailer.close()
-        if self._resolver is not None:
-            self._resolver.close()
+        if self._ingest is not None:
+            self._ingest.close()
 
     def alive(self) -> dict[str, bool]:
         return {
@@ -254,13 +248,9 @@ class SiteRunner:
                 self._snapshot()
                 last_snapshot = now
             try:
-                if self._resolver is None and self.site.users is not None:
-                    self._resolver = UserResolver(self.name, self.site.users)
-                if not self._parsers:
-                    pipeline = SitePipeline(self.site, self._resolver)
-                    self._pipeline = pipeline
-                    self._parsers = [pipeline.parser(src) for src in self.site.logs]
-                progressed = self._step()
+                if self._ingest is None:
+                    self._ingest = SiteIngest(self.site, self.spool)
+                progressed = self._step(self._ingest)
                 if self.paused is not None:
                     self._set_paused(None)
                     self.last_error = None
@@ -278,7 +268,7 @@ class SiteRunner:
                 self._set_paused("resolver_down")
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, RESOLVER_BACKOFF_MAX)
-            except _SpoolFull:
+            except SpoolFull:
                 self._set_paused("spool_full")
                 self._stop.wait(min(self.poll_interval, 1.0))
             except SpoolError as exc:
@@ -297,7 +287,7 @@ class SiteRunner:
         self._snapshot()
         self._close_tail()
 
-    def _step(self) -> bool:
+    def _step(self, ingest: SiteIngest) -> bool:
         """Process one chunk per log source; True if anything was read."""
         progressed = False
         for i, tailer in enumerate(self._tailers):
@@ -314,16 +304,13 @@ class SiteRunner:
             # Held until committed: if the resolver or the spool fails, the same
             # lines are processed again later; nothing is skipped.
             self._pending[i] = chunk
-            events, counts = self._pipeline.process(chunk, self._parsers[i])
+            events, counts = ingest.process(chunk, i)
             with self._commit_lock:
                 if self._stop.is_set():
                     break  # stopped during the lookups: see stop_reading
-                self._make_room(events)
-                self.spool.commit_chunk(self.name, events, chunk.checkpoint())
+                ingest.store(events, counts, chunk.checkpoint(), may_drop=self._may_drop)
             self._pending[i] = None
-            counts.publish(self.name)
             self._unparseable.note(chunk.path, self.site.logs[i].format_label, counts)
-            self._spooled.inc(len(events))
             if events:
                 self.sender.wake()
             if not self._retire(tailer):
@@ -340,39 +327,6 @@ class SiteRunner:
                     return False
                 self.spool.delete_checkpoints(self.name, retired)
         return True
-
-    def _make_room(self, events: list[Event]) -> None:
-        """Room in the spool for the whole chunk, so the caps hold (a chunk larger than
-        a cap itself waits for an empty spool); raises `_SpoolFull`."""
-        if not events:
-            return
-        cfg = self.site.spool
-        n = len(events)
-        depth, held = self.spool.totals(self.name)
-        # The chunk's real size (its JSON, encoded again at the commit) is worked
-        # out only near the byte cap; elsewhere 400 bytes an event (a page view's
-        # JSON) cannot make the difference.
-        size = 400 * n
-        if held + size > cfg.max_bytes or held > cfg.max_bytes // 2:
-            size = self.spool.encoded_size(events)
-        if depth == 0 or (depth + n <= cfg.max_events and held + size <= cfg.max_bytes):
-            return
-        self._full.inc()
-        if cfg.on_full == "pause":
-            raise _SpoolFull
-        dropped = self.spool.make_room(self.name, cfg.max_events - n, cfg.max_bytes - size)
-        self._dropped.inc(dropped)
-        self._dropped_since += dropped
-        if self._dropped_since and self._drop_warning.due():
-            log.warning(
-                "spool_dropped_oldest",
-                site=self.name,
-                count=self._dropped_since,
-                hint="the spool is full and spool.on_full is drop_oldest: the oldest events "
-                "are deleted unsent (counted in events_dropped_total; said at most once a "
-                "minute, with the count since)",
-            )
-            self._dropped_since = 0
 
     def _snapshot(self) -> None:
         files: list[FileStatus] = []
@@ -431,8 +385,6 @@ PAUSE_REASONS = ("resolver_down", "spool_full", "spool_error")
 # How long a stopping site waits for its tail thread to end: only for tidiness,
 # since a stopped tail writes nothing (see SiteRunner.stop_reading).
 TAIL_JOIN = 1.0
-# Events dropped from a full spool are logged at most this often (with the count since).
-DROPPED_EVERY = 60.0
 # Past twice users.timeout and this, a user query in flight is taken for hung.
 STUCK_MARGIN = 5.0
 
@@ -449,6 +401,10 @@ class Daemon:
         self._tick = threading.Event()
         self._stop_requested = False
         self._reload_requested = False
+        # A reload's file is parsed on this thread, never on the main one, which
+        # handles signals: a slow parse must not hold up SIGTERM (see _start_reload).
+        self._loader: threading.Thread | None = None
+        self._loaded: Config | Exception | None = None
         self._signals = 0
         self._heartbeat = time.monotonic()
         self._last_recover = 0.0
@@ -587,14 +543,55 @@ class Daemon:
         for t in threads:
             t.join(grace + 10)
 
-    def _reload(self) -> None:
-        if self.config_path is None:
-            return
+    def _start_reload(self) -> None:
+        """Read the configuration again on a thread of its own; `_reload` applies it.
+
+        The main thread goes on supervising meanwhile (watchdog pings, /healthz, a
+        SIGTERM that ends the run at once): however long a file takes to read, a
+        stop is never queued behind it. A thread still reading at shutdown is
+        left behind (it writes nothing).
+        """
+        assert self.config_path is not None
+        path = self.config_path
         self.notifier.reloading()
-        try:
-            new = load_config(self.config_path)
-        except ConfigError as exc:
-            log.error("reload_rejected", problems=exc.problems, kept="the running configuration")
+
+        def load() -> None:
+            try:
+                self._loaded = load_config(path)
+            except Exception as exc:  # handed to the main thread, which says it
+                self._loaded = exc
+            finally:
+                self._tick.set()
+
+        self._loaded = None
+        self._loader = threading.Thread(target=load, name="reload", daemon=True)
+        self._loader.start()
+
+    def _reload_step(self) -> None:
+        """Start a requested reload, or apply the one that has been read."""
+        if self._loader is not None:
+            if self._loader.is_alive():
+                return  # a request meanwhile is served after this one
+            self._loader = None
+            loaded, self._loaded = self._loaded, None
+            if loaded is not None:
+                self._reload(loaded)
+        if self._reload_requested:
+            self._reload_requested = False
+            if self.config_path is not None:
+                self._start_reload()
+
+    def _reload(self, new: Config | Exception) -> None:
+        if isinstance(new, ConfigError):
+            log.error("reload_rejected", problems=new.problems, kept="the running configuration")
+            self.notifier.ready("reload rejected; running the previous configuration")
+            return
+        if isinstance(new, Exception):
+            log.error(
+                "reload_rejected",
+                problems=[f"{type(new).__name__}: {new}"],
+                kept="the running configuration",
+            )
             self.notifier.ready("reload rejected; running the previous configuration")
             return
         if new.state_dir != self.config.state_dir:
@@ -752,9 +749,7 @@ class Daemon:
                 self._tick.clear()
                 now = time.monotonic()
                 self._heartbeat = now
-                if self._reload_requested:
-                    self._reload_requested = False
-                    self._reload()
+                self._reload_step()
                 for runner in self.runners.values():
                     runner.restart_dead_stages()
                     runner.check_stuck()

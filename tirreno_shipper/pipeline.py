@@ -83,10 +83,8 @@ def extra_fields(site: SiteConfig) -> list[str]:
         extra.append("http_x_forwarded_for")
     if site.users is not None:
         key = site.users.key
-        if key.header:
-            extra.append("http_" + key.header.strip().lower().replace("-", "_"))
-        if key.field:
-            extra.append(key.field)
+        if key.variable:
+            extra.append(key.variable)
         if key.cookie and key.response != "off":
             # A login's new session is only in the response: Set-Cookie as logged.
             extra.extend(response_fields(key.cookie))

@@ -54,10 +54,6 @@ def key_digest(key: str) -> str:
     return sha256_hex(key)[:8]
 
 
-def _header_variable(header: str) -> str:
-    return "http_" + header.strip().lower().replace("-", "_")
-
-
 class KeyRejected(Exception):
     """The request carries a key that cannot be looked up; ``reason`` is counted."""
 
@@ -189,11 +185,11 @@ def _key_getter(config: UsersConfig) -> Callable[[Request], str | None]:
     if spec.cookie:
         # The parser already extracted the configured cookie into ``session``.
         return lambda r: r.session
+    name = spec.variable  # the config model's one name for the field or header
+    assert name is not None
     if spec.header:
-        name = _header_variable(spec.header)
         return lambda r: r.extra.get(name)
-    assert spec.field is not None
-    field = spec.field.strip().lstrip("$")
+    field = name
     if field in _REQUEST_FIELDS:
         return lambda r: getattr(r, field)
     return lambda r: r.extra.get(field)
