@@ -27,6 +27,7 @@ from tirreno_shipper.ingest import SiteIngest, SpoolFull
 from tirreno_shipper.pipeline import Counts
 from tirreno_shipper.reader import file_chunks, followed_files
 from tirreno_shipper.tail import DECOMPRESS_ERRORS
+from tirreno_shipper.terminal import printable_json
 from tirreno_shipper.tirreno import tirreno_stores
 
 if TYPE_CHECKING:
@@ -79,15 +80,18 @@ def dry_run(config: Config, out: TextIO = sys.stdout) -> dict[str, Counts]:
                     total.merge(counts)
                     for ev in events:
                         out.write(
-                            json.dumps(
-                                {
-                                    "site": site.name,
-                                    "request_id": ev.request_id,
-                                    "fields": ev.fields,
-                                    # What tirreno keeps after its own transformations.
-                                    "stored": tirreno_stores(ev.fields, ev.request_id).fields,
-                                },
-                                ensure_ascii=False,
+                            # JSON escapes C0 controls, not C1: the lines may reach a terminal.
+                            printable_json(
+                                json.dumps(
+                                    {
+                                        "site": site.name,
+                                        "request_id": ev.request_id,
+                                        "fields": ev.fields,
+                                        # What tirreno keeps after its own transformations.
+                                        "stored": tirreno_stores(ev.fields, ev.request_id).fields,
+                                    },
+                                    ensure_ascii=False,
+                                )
                             )
                             + "\n"
                         )

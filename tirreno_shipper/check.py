@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import httpx
 import structlog
@@ -35,6 +35,7 @@ from tirreno_shipper.reader import followed_files
 from tirreno_shipper.records import Request
 from tirreno_shipper.sender import FORM_CONTENT_TYPE, Outcome, send_one, tls_verify, user_agent
 from tirreno_shipper.state import SPOOL_FILE, lock_holder
+from tirreno_shipper.terminal import PrintableWriter
 from tirreno_shipper.users import UserResolver
 from tirreno_shipper.users.keys import KeyExtractor
 
@@ -400,7 +401,9 @@ def _http(status: int) -> str:
         return f"HTTP {status}"
 
 
-def run_check(config: Config, send_test_event: bool = False, out: TextIO = sys.stdout) -> int:
+def run_check(config: Config, send_test_event: bool = False, out: TextIO | None = None) -> int:
+    # Log lines it reads, database errors and the sensor's answers are shown: escaped.
+    out = cast(TextIO, PrintableWriter(out if out is not None else sys.stdout))
     with _catch_logs() as logs:
         print("configuration: valid", file=out)
         ok = _check_state_dir(config, out)

@@ -31,6 +31,7 @@ from tirreno_shipper.errors import (
     ResolverError,
     ShipperError,
 )
+from tirreno_shipper.terminal import printable, printable_json
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -145,13 +146,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         for problem in exc.problems:
-            print(f"  - {problem}", file=sys.stderr)
+            print(f"  - {printable(problem)}", file=sys.stderr)
         return EX_CONFIG
     except KeyboardInterrupt:
         print("tirreno-shipper: interrupted", file=sys.stderr)
         return EX_INTERRUPTED
     except ShipperError as exc:
-        print(f"tirreno-shipper: {exc}", file=sys.stderr)
+        print(f"tirreno-shipper: {printable(str(exc), lines=True)}", file=sys.stderr)
         return EX_FAILURE
     except BrokenPipeError:
         # `... --dry-run | head`: the reader went away; not our failure.
@@ -164,7 +165,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from tirreno_shipper.detect import report
 
         text, code = report(args.file, args.lines)
-        print(text, file=sys.stderr if code == 2 else sys.stdout)  # 2: a usage error
+        # It quotes the file's lines: escaped.
+        print(printable(text, lines=True), file=sys.stderr if code == 2 else sys.stdout)
         return code
     # status and dead-letters read the spool only: they work without the
     # service's secrets in the environment (its env file is rarely sourced).
@@ -214,7 +216,7 @@ def _dry_run(config: Config) -> int:
     try:
         totals = dry_run(config)
     except ResolverError as exc:
-        print(f"tirreno-shipper: the user database failed: {exc}", file=sys.stderr)
+        print(f"tirreno-shipper: the user database failed: {printable(str(exc))}", file=sys.stderr)
         return EX_FAILURE
     for site, counts in totals.items():
         print(json.dumps({"summary": site, **counts.summary()}), file=sys.stderr)
@@ -298,7 +300,7 @@ def _status(config: Config, as_json: bool) -> int:
     from tirreno_shipper.status import collect, render
 
     report = collect(config)
-    print(json.dumps(report, indent=2) if as_json else render(report))
+    print(printable_json(json.dumps(report, indent=2)) if as_json else render(report))
     return EX_OK
 
 
@@ -328,24 +330,29 @@ def _dead_letters(
             for r in rows:
                 if as_json:
                     print(
-                        json.dumps(
-                            {
-                                "id": r.id,
-                                "site": r.site,
-                                "request_id": r.request_id,
-                                "reason": r.reason,
-                                "attempts": r.attempts,
-                                "failed_at": r.failed_at,
-                                "fields": dict(r.fields),
-                            },
-                            ensure_ascii=False,
+                        printable_json(
+                            json.dumps(
+                                {
+                                    "id": r.id,
+                                    "site": r.site,
+                                    "request_id": r.request_id,
+                                    "reason": r.reason,
+                                    "attempts": r.attempts,
+                                    "failed_at": r.failed_at,
+                                    "fields": dict(r.fields),
+                                },
+                                ensure_ascii=False,
+                            )
                         )
                     )
                 else:
                     when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.failed_at))
+                    # The URL is a visitor's text, the reason may quote the sensor.
                     print(
-                        f"{r.id:>6} {r.site:12s} {when}  {r.request_id}  {r.reason}  "
-                        f"{r.fields.get('url', '')}"
+                        printable(
+                            f"{r.id:>6} {r.site:12s} {when}  {r.request_id}  {r.reason}  "
+                            f"{r.fields.get('url', '')}"
+                        )
                     )
             if not as_json:
                 print(f"{len(rows)} dead letter(s)", file=sys.stderr)

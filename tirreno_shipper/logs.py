@@ -20,6 +20,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from tirreno_shipper.terminal import printable
+
 _SECRET_KEYS = frozenset(
     {"api_key", "apikey", "cookie", "session", "session_key", "password", "secret", "token"}
 )
@@ -31,6 +33,15 @@ def _mask_secrets(
     for key in list(event):
         if key.lower() in _SECRET_KEYS and event[key] is not None:
             event[key] = "***"
+    return event
+
+
+def _printable_values(
+    _logger: Any, _name: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for key, value in event.items():
+        if isinstance(value, str):
+            event[key] = printable(value, lines=True)
     return event
 
 
@@ -78,6 +89,8 @@ def setup_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None 
     )
     if writes_to_journal(out):
         renderer = _with_priority(renderer)
+    # A console shows str values raw: a visitor's URL with terminal escapes would act.
+    shown = [_printable_values] if console else []
     numeric = logging.getLevelName(level.upper())
     structlog.configure(
         processors=[
@@ -87,6 +100,7 @@ def setup_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None 
             _mask_secrets,
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
+            *shown,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
@@ -109,6 +123,7 @@ def setup_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None 
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
                 _mask_secrets,
+                *shown,
                 renderer,
             ],
         )

@@ -15,6 +15,7 @@ from typing import Any
 from tirreno_shipper.config import Config
 from tirreno_shipper.spool import Spool
 from tirreno_shipper.state import SPOOL_FILE, SiteState, lock_holder, read_status
+from tirreno_shipper.terminal import printable
 
 STALE_AFTER = 30.0
 
@@ -156,4 +157,5 @@ def render(report: dict[str, Any]) -> str:
             f"site {name} (not in the configuration): {site['spool_depth']} events spooled, "
             f"never sent unless the site is added back; dead letters: {site['dead_letters']}"
         )
-    return "\n".join(lines)
+    # Paths, errors and site names may hold anything: each line is shown escaped.
+    return "\n".join(map(printable, lines))
