@@ -11,7 +11,8 @@ and handles signals:
   the next start), give in-flight requests ``shutdown_grace`` seconds, exit 0.
   A second signal exits at once: everything read is already in the spool.
 - SIGHUP: reload the configuration; an invalid one is logged and ignored;
-  sites added, removed or changed are started or restarted alone.
+  sites added, removed or changed are started or restarted alone. The file
+  is read on a thread of its own, so a SIGTERM meanwhile is served at once.
 """
 
 from __future__ import annotations
