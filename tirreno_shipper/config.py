@@ -379,12 +379,12 @@ class KeySpec(_Model):
         """The transforms in order, ``transform`` (the older spelling) last."""
         return [*self.transforms, *([self.transform] if self.transform != "none" else [])]
 
-
     @property
     def variable(self) -> str | None:
         """The log variable that holds the key (``field``, or ``header`` as the
         parser names it: ``X-User`` is ``http_x_user``); None for a cookie."""
         return header_variable(self.header) if self.header else self.field
+
 
 class RedisStore(_Model):
     url: str = "redis://127.0.0.1:6379/0"
