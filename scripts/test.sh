@@ -3,7 +3,8 @@
 # a virtualenv with the package and its dev extras, nginx, Apache and logrotate
 # from Debian (the integration tests start their own instances on 127.0.0.1),
 # Debian's python3.11 (the parser is checked under it too), php-cli (tirreno's rules),
-# PostgreSQL and MariaDB running, then ruff, mypy (strict) and pytest.
+# PostgreSQL and MariaDB running, php-sqlite3 and Node with the Express app's npm
+# packages (the live framework tests), then ruff, mypy (strict) and pytest.
 # Usage: ./scripts/test.sh [pytest arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,12 +14,16 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[dev]'
+.venv/bin/python -m pip install --quiet -e '.[dev,frameworks]'
 
 need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 [ -x /usr/sbin/apache2 ] || need+=(apache2)
 command -v logrotate >/dev/null 2>&1 || [ -x /usr/sbin/logrotate ] || need+=(logrotate)
+# The live framework tests (tests/integration/test_framework_*.py): PHP's built-in
+# server (php-cli, below) with PDO SQLite, and Node for the Express app.
+php -m 2>/dev/null | grep -qx pdo_sqlite || need+=(php-sqlite3)
+command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
 # Debian 12's own python3.11 (3.11.2): tests/test_system_python.py parses under it.
 [ -x /usr/bin/python3.11 ] || need+=(python3.11)
 # PHP 8.2 (tirreno's own): tests/test_tirreno.py checks the acceptance rules against PHP.
@@ -49,6 +54,14 @@ fi
 if ! mariadb-admin -h 127.0.0.1 -u root ping >/dev/null 2>&1; then
     start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd || true
     for _ in $(seq 1 30); do mariadb-admin -h 127.0.0.1 -u root ping >/dev/null 2>&1 && break; sleep 1; done
+fi
+
+# The Express app's packages, exactly as package-lock.json pins them (npm ci is
+# skipped when node_modules already matches the lock file).
+express_app=tests/integration/apps/express
+if ! cmp -s "$express_app/package-lock.json" "$express_app/node_modules/.package-lock.json.installed" 2>/dev/null; then
+    (cd "$express_app" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    cp "$express_app/package-lock.json" "$express_app/node_modules/.package-lock.json.installed"
 fi
 
 .venv/bin/ruff check tirreno_shipper tests benchmarks

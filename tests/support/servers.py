@@ -143,6 +143,25 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes], errlog: Path, what
     raise ServerError(f"{what} did not come up on port {port} (exit code {code}): {detail}")
 
 
+def terminate(proc: subprocess.Popen[bytes], *, group: bool = False) -> None:
+    """SIGTERM ``proc`` (its whole process group with ``group``), SIGKILL its group
+    if it has not exited within 10 s."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        if group:
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        # The whole group: Apache's children outlive a killed parent otherwise.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
 class WebServer:
     """Common lifecycle of a server process in the foreground (its pid is the master's)."""
 
@@ -190,15 +209,8 @@ class WebServer:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                # The whole group: Apache's children outlive a killed parent otherwise.
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+        if proc is not None:
+            terminate(proc)
         shutil.rmtree(self._public, ignore_errors=True)
 
     def url(self, host: str = "127.0.0.1") -> str:
@@ -234,7 +246,8 @@ class Nginx(WebServer):
         self.conf = workdir / "nginx.conf"
         self.conf.write_text(self._config(), encoding="utf-8")
 
-    def _config(self) -> str:
+    def _head(self) -> str:
+        """The main context and the start of ``http {`` (its temp folders in workdir)."""
         w = self.workdir
         user = "user root root;\n" if os.geteuid() == 0 else ""
         temps = "\n".join(
@@ -248,9 +261,13 @@ pid {w / "nginx.pid"};
 error_log {self.error_log} warn;
 events {{ worker_connections 512; }}
 http {{
-    types {{ text/html html; text/css css; application/javascript js; image/png png; }}
-    default_type text/plain;
 {temps}
+"""
+
+    def _config(self) -> str:
+        types = "text/html html; text/css css; application/javascript js; image/png png;"
+        return f"""{self._head()}    types {{ {types} }}
+    default_type text/plain;
     log_format tirreno {NGINX_COOKIE_FORMAT};
     log_format tirreno_json {NGINX_JSON_FORMAT};
     access_log {self.access_logs["nginx_cookie"]} tirreno;
@@ -373,4 +390,5 @@ __all__ = [
     "ServerError",
     "WebServer",
     "free_port",
+    "terminate",
 ]
