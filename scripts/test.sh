@@ -29,6 +29,10 @@ command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
 # PHP 8.2 (tirreno's own): tests/test_tirreno.py checks the acceptance rules against PHP.
 command -v php >/dev/null 2>&1 || need+=(php-cli)
 php -m 2>/dev/null | grep -qi '^mbstring$' || need+=(php-mbstring)
+# The man page is rendered with groff and the zsh completion script parsed with zsh
+# (tests/test_cli_help.py).
+command -v groff >/dev/null 2>&1 || need+=(groff-base)
+command -v zsh >/dev/null 2>&1 || need+=(zsh)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq
