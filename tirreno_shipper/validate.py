@@ -27,9 +27,11 @@ def _site_problems(n: int, site: SiteConfig) -> list[str]:
             problems.append(f"sites[{n}].logs[{i}].format: {exc}")
     if site.users is not None:
         try:
-            KeyExtractor(site.users)
+            problem = KeyExtractor(site.users).problem
         except (ShipperError, ValueError) as exc:
-            problems.append(f"sites[{n}].users.key: {exc}")
+            problem = str(exc)
+        if problem:
+            problems.append(f"sites[{n}].users.key: {problem}")
     return problems
 
 
