@@ -17,6 +17,7 @@ from typing import TextIO
 
 from tirreno_shipper.errors import EX_FAILURE, EX_OK, EX_USAGE
 from tirreno_shipper.sink import Received, Sink
+from tirreno_shipper.terminal import printable  # the fields are visitors' text
 
 # Shown on the first line of an event; the rest follow, indented, in this order.
 _HEAD = ("eventType", "httpMethod", "url", "httpCode", "userName", "ipAddress", "eventTime")
@@ -34,22 +35,17 @@ _ORDER = (
 )
 
 
-def _shown(value: str) -> str:
-    """A visitor's text, safe on a terminal: control characters escaped."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in value)
-
-
 def describe(received: Received) -> str:
     """An event as a few readable lines: what tirreno would show, then the rest."""
     f = received.fields
     when = time.strftime("%H:%M:%S", time.localtime(received.time))
-    head = "  ".join(_shown(f.get(k, "-")) for k in _HEAD)
+    head = "  ".join(printable(f.get(k, "-")) for k in _HEAD)
     lines = [f"{when} 204 {head}"]
     if received.lost is not None:
         lines.append(f"    LOST: tirreno answers 204 but fails to store it: {received.lost}")
     rest = [k for k in _ORDER if k in f] + sorted(set(f) - set(_HEAD) - set(_ORDER))
-    lines += [f"    {k}: {_shown(f[k])}" for k in rest]
-    lines.append(f"    X-Request-Id: {_shown(received.request_id or '-')}")
+    lines += [f"    {k}: {printable(f[k])}" for k in rest]
+    lines.append(f"    X-Request-Id: {printable(received.request_id or '-')}")
     return "\n".join(lines)
 
 
