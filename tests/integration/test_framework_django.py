@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
 from tests.support.frameworks import (
@@ -28,6 +27,7 @@ from tests.support.frameworks import (
     ProxyNginx,
     assert_credited,
     nginx_format,
+    postgres_database,
     run_live,
     start_pair,
     tamper,
@@ -40,12 +40,6 @@ SECRET_KEY = "django-live-test-" + secrets.token_hex(16)
 USER, PASSWORD = "alice.django", "correct horse battery"
 LOG_FORMAT = nginx_format("$cookie_sessionid", "$upstream_cookie_sessionid")
 REDIS = "redis://127.0.0.1:6379/0"
-ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
-
-
-def _admin(sql: str) -> None:
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(sql)
 
 
 def _django(args: list[str], env: dict[str, str]) -> None:
@@ -64,9 +58,7 @@ def _django(args: list[str], env: dict[str, str]) -> None:
 @pytest.fixture(scope="module")
 def database() -> Iterator[str]:
     """A new PostgreSQL database with Django's tables and the user, dropped after."""
-    name = "fw_django_" + secrets.token_hex(6)
-    _admin(f"CREATE DATABASE {name}")
-    try:
+    with postgres_database("fw_django_") as name:
         env = {"APP_DB": name, "APP_SECRET_KEY": SECRET_KEY}
         _django(["migrate", "-v", "0"], env)
         _django(
@@ -80,8 +72,6 @@ def database() -> Iterator[str]:
             env,
         )
         yield name
-    finally:
-        _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def _site(

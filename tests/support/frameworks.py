@@ -16,18 +16,21 @@ routes so one scenario drives them all: ``POST /login/`` (form ``username``,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 
 from tests.support.servers import Nginx, ServerError, free_port, terminate
 
@@ -40,6 +43,22 @@ RULES: list[dict[str, Any]] = [
     {"method": "POST", "path": "^/login/?$", "type": "account_login_fail"},
     {"path": "^/logout/?$", "type": "account_logout"},
 ]
+
+
+ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
+
+
+@contextlib.contextmanager
+def postgres_database(prefix: str) -> Iterator[str]:
+    """A new PostgreSQL database (``prefix`` + random hex) on 127.0.0.1, dropped after."""
+    name = prefix + secrets.token_hex(6)
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    try:
+        yield name
+    finally:
+        with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def nginx_format(request_cookie: str, response_cookie: str) -> str:
