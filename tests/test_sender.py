@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import http.server
+import itertools
+import math
 import os
+import random
 import signal
 import ssl
 import subprocess
@@ -14,8 +17,9 @@ import textwrap
 import threading
 import time
 import urllib.parse
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +30,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
+from tests.support.clock import FakeClock, SimClock
 from tests.support.fake_sensor import FakeSensor
+from tests.support.mock_poster import MockPoster, Posted
 from tests.support.shipper import spooled_ids
 from tirreno_shipper import metrics
 from tirreno_shipper._version import __version__
 from tirreno_shipper.config import SensorConfig
 from tirreno_shipper.errors import SpoolError
+from tirreno_shipper.health import SensorHealth
 from tirreno_shipper.records import Event
 from tirreno_shipper.sender import (
     BATCH,
@@ -232,27 +239,30 @@ def test_send_one_classifies_real_answers() -> None:
 
 def test_token_bucket_rate_zero_never_waits() -> None:
     """rate 0 disables the limit."""
-    bucket, stop = TokenBucket(0, 1), threading.Event()
-    started = time.monotonic()
+    clock, stop = FakeClock(), threading.Event()
+    bucket = TokenBucket(0, 1, clock=clock)
     assert all(bucket.acquire(stop) for _ in range(10_000))
-    assert time.monotonic() - started < 1.0
+    assert clock.waits == []
 
 
 def test_token_bucket_allows_a_burst_then_the_rate() -> None:
     """A full bucket passes `burst` at once, then one token every 1/rate seconds."""
-    bucket, stop = TokenBucket(20, 5), threading.Event()
-    started = time.monotonic()
+    clock, stop = FakeClock(), threading.Event()
+    bucket = TokenBucket(20, 5, clock=clock)
+    started = clock.monotonic()
     for _ in range(5):
         assert bucket.acquire(stop)
-    assert time.monotonic() - started < 0.05
+    assert clock.monotonic() == started
     for _ in range(10):
         assert bucket.acquire(stop)
-    assert 0.45 <= time.monotonic() - started < 1.0
+    assert clock.monotonic() - started == pytest.approx(10 / 20)
+    assert max(clock.waits) == pytest.approx(1 / 20)  # never longer than one token's time
 
 
 def test_token_bucket_is_shared_safely_by_threads() -> None:
     """Four threads sharing a bucket together never exceed its rate."""
-    bucket, stop = TokenBucket(50, 1), threading.Event()
+    clock, stop = SimClock(parties=4), threading.Event()
+    bucket = TokenBucket(50, 1, clock=clock)
     stamps: list[float] = []
     lock = threading.Lock()
 
@@ -260,27 +270,45 @@ def test_token_bucket_is_shared_safely_by_threads() -> None:
         for _ in range(10):
             assert bucket.acquire(stop)
             with lock:
-                stamps.append(time.monotonic())
+                stamps.append(clock.monotonic())
 
     threads = [threading.Thread(target=take) for _ in range(4)]
-    started = time.monotonic()
+    started = clock.monotonic()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert len(stamps) == 40
-    assert max(stamps) - started >= 39 / 50 - 0.02
+    assert max(stamps) - started == pytest.approx(39 / 50)
+    stamps.sort()
+    assert all(b - a >= 1 / 50 - 1e-9 for a, b in itertools.pairwise(stamps))
 
 
 def test_token_bucket_wait_gives_up_at_its_deadline() -> None:
     """A wait bounded by ``until`` ends then without a token (and takes none later)."""
-    bucket = TokenBucket(rate=1.0, burst=1)
-    never = threading.Event()
+    clock, never = FakeClock(), threading.Event()
+    bucket = TokenBucket(rate=1.0, burst=1, clock=clock)
     assert bucket.acquire(never)
-    started = time.monotonic()
+    started = clock.monotonic()
     assert not bucket.acquire(never, until=started + 0.2)
-    assert 0.15 <= time.monotonic() - started < 0.6
+    assert clock.monotonic() - started == pytest.approx(0.2)
     assert bucket.acquire(never)  # the token it did not take is still there for others
+    assert clock.monotonic() - started == pytest.approx(1.0)
+
+
+def test_token_bucket_give_back_and_empty() -> None:
+    """A token given back is there for the next taker; empty() drops the saved-up burst."""
+    clock, stop = FakeClock(), threading.Event()
+    bucket = TokenBucket(rate=2.0, burst=3, clock=clock)
+    assert bucket.acquire(stop)
+    bucket.give_back()
+    for _ in range(3):
+        assert bucket.acquire(stop)
+    assert clock.waits == []
+    clock.advance(60)
+    bucket.empty()
+    assert bucket.acquire(stop)
+    assert sum(clock.waits) == pytest.approx(0.5)
 
 
 def test_token_bucket_wait_is_interrupted_by_stop() -> None:
@@ -291,6 +319,113 @@ def test_token_bucket_wait_is_interrupted_by_stop() -> None:
     started = time.monotonic()
     assert bucket.acquire(stop) is False
     assert time.monotonic() - started < 1.0
+
+
+# -- the sensor's health: ok, backing off, rejecting (on a fake clock) --------------------
+
+
+def make_health(clock: FakeClock, **overrides: Any) -> tuple[SensorHealth, list[str]]:
+    recoveries: list[str] = []
+    config = sensor_config("http://127.0.0.1:1/sensor/", **overrides)
+    health = SensorHealth(
+        "health",
+        config.url,
+        config,
+        clock=clock,
+        on_recovery=lambda: recoveries.append("empty"),
+        rng=random.Random(7),
+    )
+    return health, recoveries
+
+
+def test_health_backs_off_exponentially_with_half_jitter_and_one_probe() -> None:
+    """A refused sensor for 30 s: probes at growing intervals (no spinning), only one at a
+    time, and the first 204 returns to ok and drops the saved-up tokens."""
+    clock, stop = FakeClock(), threading.Event()
+    health, recoveries = make_health(clock, retry_max_delay=8.0)
+    assert health.admit(stop, BATCH) == BATCH
+    started = clock.monotonic()
+    health.on_retry("connect", None, started)
+    assert health.state == "backing_off"
+    probes = []
+    while clock.monotonic() - started < 30:
+        assert health.admit(stop, BATCH) == 1  # the probe: a single event
+        probes.append(clock.monotonic() - started)
+        health.on_retry("connect", None, clock.monotonic())
+        health.end_probe()
+    gaps = [b - a for a, b in itertools.pairwise([0.0, *probes])]
+    # 0.5, 1, 2, 4, then 8 s at most, each at least half its step.
+    for n, gap in enumerate(gaps):
+        top = min(8.0, 0.5 * 2**n)
+        assert top / 2 <= gap <= top
+    assert 5 <= len(probes) < 15
+    health.on_success()
+    assert (health.state, recoveries) == ("ok", ["empty"])
+    assert health.admit(stop, BATCH) == BATCH
+
+
+def test_health_counts_failures_in_flight_together_once() -> None:
+    """Four requests that were in flight together fail together: the backoff grows once."""
+    clock = FakeClock()
+    health, _ = make_health(clock)
+    started = clock.monotonic()
+    clock.advance(0.1)
+    for _ in range(4):
+        health.on_retry("503", None, started)
+    assert health.resume_at - clock.monotonic() <= SensorHealth.BACKOFF_BASE
+
+
+def test_health_honours_retry_after_within_the_cap() -> None:
+    """A 429's Retry-After sets the wait (at least 0.1 s, at most retry_max_delay)."""
+    clock, stop = FakeClock(), threading.Event()
+    health, _ = make_health(clock, retry_max_delay=30.0)
+    health.on_retry("429", 6.0, clock.monotonic())
+    assert health.resume_at - clock.monotonic() == pytest.approx(6.0)
+    health.on_retry("429", 120.0, clock.monotonic())
+    assert health.resume_at - clock.monotonic() == pytest.approx(30.0)
+    before = clock.monotonic()
+    assert health.admit(stop, BATCH) == 1
+    assert clock.monotonic() - before == pytest.approx(30.0)
+
+
+def test_health_a_second_worker_waits_while_the_probe_is_out() -> None:
+    """While the probe is out, the other workers wait; stop ends every wait."""
+    clock, stop = FakeClock(), threading.Event()
+    health, _ = make_health(clock)
+    health.on_retry("503", 1.0, clock.monotonic())
+    assert health.admit(stop, BATCH) == 1
+    clock.waits.clear()
+    stop.set()
+    assert health.admit(stop, BATCH) is None
+    stop.clear()
+    threading.Timer(0.05, stop.set).start()
+    assert health.admit(stop, BATCH) is None  # waited (1 s steps) for the probe to end
+    assert clock.waits and set(clock.waits) == {1.0}
+
+
+def test_health_rejecting_after_the_threshold_probes_with_doubling_delays() -> None:
+    """Rejections below the threshold change nothing; at it, one error and probes every
+    5, 10, 20 ... 300 s; a 204 resumes."""
+    clock, stop = FakeClock(), threading.Event()
+    health, recoveries = make_health(clock, reject_threshold=3)
+    with structlog.testing.capture_logs() as logs:
+        assert not health.on_reject("rejected", probing=False)
+        assert not health.on_reject("rejected", probing=False)
+        assert health.on_reject("rejected", probing=False)
+        assert health.state == "rejecting"
+        assert health.on_reject("rejected", probing=False)  # in flight: no news
+        delays = []
+        for _ in range(8):
+            before = clock.monotonic()
+            assert health.admit(stop, BATCH) == 1
+            delays.append(clock.monotonic() - before)
+            assert health.on_reject("rejected", probing=True)
+            health.end_probe()
+    assert delays == [5, 10, 20, 40, 80, 160, 300, 300]
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["sensor_rejecting"]
+    assert health.admit(stop, BATCH) == 1
+    health.on_success()
+    assert (health.state, recoveries) == ("ok", ["empty"])
 
 
 # -- end to end: SiteSender + real Spool + FakeSensor ------------------------------------
@@ -424,31 +559,6 @@ def test_a_single_rejection_below_the_threshold_is_retried_later(spool: Spool) -
         assert len(sensor.accepted) == 1
 
 
-@pytest.mark.slow
-def test_outage_of_30_seconds_then_recovery_loses_nothing(spool: Spool) -> None:
-    """Refused connects for 30 s: few attempts (no spinning), then everything is delivered."""
-    events = make_events(40)
-    spool.commit_chunk("outage", events, None)
-    with FakeSensor(api_key=KEY) as sensor:
-        sensor.set_mode("refuse")
-        config = sensor_config(sensor.url, retry_max_delay=8.0)
-        before = counter(metrics.EVENTS_RETRIED, site="outage", reason="connect")
-        with running(config, spool, site="outage") as sender:
-            time.sleep(10)
-            attempts_10s = counter(metrics.EVENTS_RETRIED, site="outage", reason="connect") - before
-            assert 1 <= attempts_10s < 15
-            time.sleep(20)
-            attempts_30s = counter(metrics.EVENTS_RETRIED, site="outage", reason="connect") - before
-            assert attempts_30s < 25
-            assert sender.state == "backing_off"
-            assert spool.stats("outage").depth == 40
-            sensor.set_mode("ok")
-            assert sender.wait_empty(20)
-            assert states_of(sender) == ["ok", "backing_off", "ok"]
-        assert set(sensor.accepted_ids()) == {e.request_id for e in events}
-        assert len(sensor.accepted) == 40
-
-
 def test_500_and_503_then_recovery_loses_nothing(spool: Spool) -> None:
     """Server errors back the site off; after recovery every event is delivered once."""
     events = make_events(20)
@@ -486,62 +596,6 @@ def test_slow_and_hung_sensor_time_out_and_recover(spool: Spool) -> None:
             assert sender.state == "ok"
         # A slow answer after our timeout may still have been stored: at least once.
         assert set(sensor.accepted_ids()) == {e.request_id for e in events}
-
-
-@pytest.mark.slow
-def test_429_storm_is_honoured_with_retry_after(spool: Spool) -> None:
-    """A small server bucket answers 429 with Retry-After; the sender waits, nothing is lost."""
-    events = make_events(50)
-    spool.commit_chunk("storm", events, None)
-    with FakeSensor(api_key=KEY, bucket_capacity=10, bucket_window=1.0) as sensor:
-        started = time.monotonic()
-        with running(sensor_config(sensor.url), spool, site="storm") as sender:
-            assert sender.wait_empty(30)
-        elapsed = time.monotonic() - started
-        assert sorted(sensor.accepted_ids()) == sorted(e.request_id for e in events)  # type: ignore[type-var]
-        assert elapsed >= 4.0
-        # Honouring Retry-After: a few 429s per window (the requests in flight), not a flood.
-        assert 1 <= sensor.count("429") <= 5 * 6
-        for answer in sensor.answer_log():
-            if answer.answer == "429":
-                # No request may start more than `concurrency` times in the second after a 429.
-                window = [
-                    a for a in sensor.answer_log() if answer.time < a.time < answer.time + 0.9
-                ]
-                assert len(window) <= 4 + 1
-
-
-@pytest.mark.slow
-def test_wrong_key_for_a_while_then_the_right_key_loses_nothing(spool: Spool) -> None:
-    """A run of rejections stops the site loudly, keeps every event, and a 204 resumes it."""
-    events = make_events(30)
-    spool.commit_chunk("keys", events, None)
-    with FakeSensor(api_key="some-other-key") as sensor:
-        with (
-            structlog.testing.capture_logs() as logs,
-            running(sensor_config(sensor.url), spool, site="keys") as sender,
-        ):
-            assert wait_until(lambda: sender.state == "rejecting", 10)
-            rejected = sensor.count("200")
-            time.sleep(2)
-            # Stopped: no more requests until the probe (5 s after the threshold).
-            assert sensor.count("200") == rejected
-            assert spool.stats("keys").depth == 30
-            assert spool.stats("keys").dead_letters == 0
-            gauge = metrics.SENSOR_STATE.labels(site="keys", state="rejecting")
-            assert gauge._value.get() == 1
-            sensor.set_api_key(KEY)
-            assert sender.wait_empty(20)
-            assert states_of(sender) == ["ok", "rejecting", "ok"]
-        assert sorted(sensor.accepted_ids()) == sorted(e.request_id for e in events)  # type: ignore[type-var]
-        assert rejected <= 5 + 4
-    errors = [e for e in logs if e["event"] == "sensor_rejecting"]
-    assert len(errors) == 1
-    assert errors[0]["log_level"] == "error"
-    assert errors[0]["site"] == "keys"
-    assert errors[0]["url"] == sensor.url
-    assert "sensor.api_key" in errors[0]["hint"]
-    assert KEY not in repr(logs)
 
 
 def test_invalid_events_go_to_dead_letters_and_never_leave(spool: Spool) -> None:
@@ -606,37 +660,6 @@ def test_max_attempts_dead_letters_after_that_many_failures(spool: Spool) -> Non
     assert all(d.reason.startswith("gave up after 2 attempts") for d in dead)
 
 
-def test_rate_limit_is_held(spool: Spool) -> None:
-    """With rate 20/s and burst 5, no one-second window sees more than 5 + 20 events."""
-    events = make_events(70)
-    spool.commit_chunk("rate", events, None)
-    with FakeSensor(api_key=KEY) as sensor:
-        config = sensor_config(sensor.url, rate_limit=20, burst=5)
-        started = time.monotonic()
-        with running(config, spool, site="rate") as sender:
-            assert sender.wait_empty(20)
-        elapsed = time.monotonic() - started
-        stamps = sorted(r.time for r in sensor.accepted)
-    assert len(stamps) == 70
-    assert elapsed >= (70 - 5) / 20 - 0.1
-    for i, t in enumerate(stamps):
-        in_window = sum(1 for s in stamps[i:] if s < t + 1.0)
-        assert in_window <= 5 + 20 + 1
-
-
-@pytest.mark.slow
-def test_default_rate_limit_never_meets_the_default_tirreno_bucket(spool: Spool) -> None:
-    """The default 9/s burst 10 stays within tirreno's 200 per 20 s: not a single 429."""
-    events = make_events(230)
-    spool.commit_chunk("default", events, None)
-    with FakeSensor(api_key=KEY) as sensor:  # 200 per rolling 20 s, as tirreno
-        config = SensorConfig(url=sensor.url, api_key=SecretStr(KEY))
-        with running(config, spool, site="default") as sender:
-            assert sender.wait_empty(60)
-        assert sensor.count("429") == 0
-        assert len(set(sensor.accepted_ids())) == 230
-
-
 def test_stop_finishes_in_flight_requests_and_releases_the_rest(spool: Spool) -> None:
     """stop(grace) lets in-flight requests finish and gives every unsent lease back."""
     spool.commit_chunk("stop", make_events(60), None)
@@ -695,38 +718,6 @@ def test_stop_past_grace_writes_the_acks_of_events_accepted_before_the_hang(
         assert accepted and not accepted & queued, "an accepted event is still in the spool"
         assert len(accepted) + len(queued) == 5
         sensor.set_mode("ok")
-
-
-def test_workers_waiting_for_a_token_do_not_post_after_a_429(spool: Spool) -> None:
-    """A 429 with Retry-After: the workers queued behind the rate limiter re-check the
-    state after their wait and hold back, instead of each earning a 429 of its own."""
-    spool.commit_chunk("storm", make_events(12), None)
-    with FakeSensor(api_key=KEY, bucket_capacity=3, bucket_window=6) as sensor:
-        config = sensor_config(sensor.url, rate_limit=4, burst=1, concurrency=4)
-        with running(config, spool, site="storm"):
-            assert wait_until(lambda: sensor.count("429") >= 1, 10)
-            time.sleep(2.0)  # well inside Retry-After (about 6 s): nobody may post
-            assert sensor.count("429") == 1, [a.answer for a in sensor.answers]
-            assert len(sensor.accepted) == 3
-
-
-def test_after_a_backoff_the_sender_resumes_at_the_steady_rate_not_in_a_burst(
-    spool: Spool,
-) -> None:
-    """Tokens saved up while backing off (a 503 with Retry-After) are dropped when the
-    probe succeeds: the recovered sensor gets the steady rate, not burst-many at once."""
-    spool.commit_chunk("resume", make_events(30), None)
-    with FakeSensor(api_key=KEY, bucket_capacity=0, retry_after=2) as sensor:
-        sensor.set_mode("503")
-        config = sensor_config(sensor.url, rate_limit=4, burst=10, concurrency=4)
-        with running(config, spool, site="resume"):
-            assert wait_until(lambda: sensor.count("503") >= 1, 10)
-            sensor.set_mode("ok")
-            assert wait_until(lambda: len(sensor.accepted) >= 8, 15)
-        first_ok = min(a.time for a in sensor.answers if a.answer == "204")
-        early = [a for a in sensor.answers if a.answer == "204" and a.time - first_ok < 0.6]
-        # The probe, then 4/s from an empty bucket: 3 at most (10 with the saved-up burst).
-        assert len(early) <= 3, f"{len(early)} requests within 0.6 s of the probe"
 
 
 class _FlakySpool:
@@ -848,33 +839,235 @@ def test_kill_mid_flight_duplicates_only_requests_in_flight(tmp_path: Path) -> N
     assert all(index < accepted_before_kill for index in first_seen.values())
 
 
+# -- simulated: SiteSender + real Spool + MockPoster, on virtual time --------------------
+#
+# The workers, the spool's leases and retry delays and the sensor's bucket all read
+# one SimClock, so a minute of rate limits or backoff passes in a fraction of a second,
+# and every figure below is checked in that virtual time.
+
+TIRRENO = "http://sensor.invalid/sensor/"
+
+
+class RollingBucket:
+    """tirreno's per-key bucket: ``capacity`` requests per rolling ``window`` seconds,
+    429 with Retry-After beyond; accepts everything else."""
+
+    def __init__(self, capacity: int, window: float) -> None:
+        self.capacity, self.window = capacity, window
+        self._stamps: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def __call__(self, posted: Posted) -> tuple[int, bytes, dict[str, str]]:
+        with self._lock:
+            while self._stamps and self._stamps[0] <= posted.time - self.window:
+                self._stamps.popleft()
+            if len(self._stamps) >= self.capacity:
+                wait = self._stamps[0] + self.window - posted.time
+                return 429, b"", {"Retry-After": str(math.ceil(wait))}
+            self._stamps.append(posted.time)
+        return 204, b"", {}
+
+
+@dataclass
+class Sim:
+    sender: SiteSender
+    poster: MockPoster
+    clock: SimClock
+    spool: Spool
+    started: float
+
+    def answered(self, status: int | None) -> list[Posted]:
+        return [p for p in list(self.poster.posted) if p.status == status]
+
+
+@contextlib.contextmanager
+def simulated(
+    tmp_path: Path,
+    events: list[Event],
+    handler: Callable[[Posted], tuple[int, bytes, Mapping[str, str]]] = lambda p: (204, b"", {}),
+    *,
+    config: SensorConfig | None = None,
+    lease_seconds: float = 60.0,
+    **overrides: Any,
+) -> Iterator[Sim]:
+    config = config or sensor_config(TIRRENO)
+    config = config.model_copy(update=overrides)
+    clock = SimClock(parties=config.concurrency)
+    spool = Spool.open(tmp_path / "sim", clock=clock)
+    spool.commit_chunk("sim", events, None)
+    poster = MockPoster(handler, clock=clock)
+    sender = SiteSender(
+        "sim", config, spool, lease_seconds=lease_seconds, clock=clock, poster=poster
+    )
+    sim = Sim(sender, poster, clock, spool, clock.monotonic())
+    sender.start()
+    try:
+        yield sim
+    finally:
+        sender.stop(5)
+        spool.close()
+    assert poster.closed
+
+
+def test_outage_of_30_seconds_then_recovery_loses_nothing(tmp_path: Path) -> None:
+    """Refused connects for 30 s: few attempts (no spinning), then everything is delivered."""
+    events = make_events(40)
+    recovery = {"at": math.inf}
+
+    def refuse_for_30s(posted: Posted) -> tuple[int, bytes, dict[str, str]]:
+        if posted.time < recovery["at"]:
+            raise httpx.ConnectError("refused")
+        return 204, b"", {}
+
+    with simulated(tmp_path, events, refuse_for_30s, retry_max_delay=8.0) as sim:
+        recovery["at"] = sim.started + 30
+        assert sim.sender.wait_empty(20)
+    refused = [p.time - sim.started for p in sim.answered(None)]
+    assert 1 <= sum(t < 10 for t in refused) < 15
+    assert len(refused) < 25
+    assert sorted(sim.poster.accepted_ids()) == sorted(e.request_id for e in events)
+
+
+def test_429_storm_is_honoured_with_retry_after(tmp_path: Path) -> None:
+    """A small server bucket answers 429 with Retry-After; the sender waits, nothing is lost."""
+    events = make_events(50)
+    with simulated(tmp_path, events, RollingBucket(10, 1.0)) as sim:
+        assert sim.sender.wait_empty(20)
+    posted = list(sim.poster.posted)
+    assert sorted(sim.poster.accepted_ids()) == sorted(e.request_id for e in events)
+    assert posted[-1].time - sim.started >= 4.0
+    # Honouring Retry-After: a few 429s per window (the requests in flight), not a flood.
+    throttled = sim.answered(429)
+    assert 1 <= len(throttled) <= 5 * 6
+    for answer in throttled:
+        # No request may start more than `concurrency` times in the second after a 429.
+        window = [p for p in posted if answer.time < p.time < answer.time + 0.9]
+        assert len(window) <= 4 + 1
+
+
+def test_workers_waiting_for_a_token_do_not_post_after_a_429(tmp_path: Path) -> None:
+    """A 429 with Retry-After: the workers queued behind the rate limiter re-check the
+    state after their wait and hold back, instead of each earning a 429 of its own."""
+    with simulated(tmp_path, make_events(12), RollingBucket(3, 6), rate_limit=4, burst=1) as sim:
+        assert sim.sender.wait_empty(20)
+    first_429 = sim.answered(429)[0].time
+    assert [p for p in sim.poster.posted if first_429 < p.time < first_429 + 2.0] == []
+    assert len(sim.answered(429)) <= 3
+    assert len(set(sim.poster.accepted_ids())) == 12
+
+
+def test_after_a_backoff_the_sender_resumes_at_the_steady_rate_not_in_a_burst(
+    tmp_path: Path,
+) -> None:
+    """Tokens saved up while backing off (a 503 with Retry-After) are dropped when the
+    probe succeeds: the recovered sensor gets the steady rate, not burst-many at once."""
+    answers = iter([(503, b"", {"Retry-After": "2"})])
+
+    def one_503(posted: Posted) -> tuple[int, bytes, dict[str, str]]:
+        return next(answers, (204, b"", {}))
+
+    with simulated(tmp_path, make_events(30), one_503, rate_limit=4, burst=10) as sim:
+        assert sim.sender.wait_empty(20)
+    first_ok = sim.answered(204)[0].time
+    early = [p for p in sim.answered(204) if p.time - first_ok < 0.6]
+    # The probe, then 4/s from an empty bucket: 3 at most (10 with the saved-up burst).
+    assert len(early) <= 3, f"{len(early)} requests within 0.6 s of the probe"
+
+
+def test_wrong_key_for_a_while_then_the_right_key_loses_nothing(tmp_path: Path) -> None:
+    """A run of rejections stops the site loudly, keeps every event, and a 204 resumes it."""
+    events = make_events(30)
+    key = {"right": False}
+
+    def keyed(posted: Posted) -> tuple[int, bytes, dict[str, str]]:
+        return (204 if key["right"] else 200), b"", {}
+
+    with (
+        structlog.testing.capture_logs() as logs,
+        simulated(tmp_path, events, keyed) as sim,
+    ):
+        assert wait_until(lambda: sim.sender.state == "rejecting", 10)
+        assert wait_until(lambda: len(sim.answered(200)) >= 5 + 4 + 3, 10)  # a few probes
+        assert sim.spool.stats("sim").depth == 30
+        assert sim.spool.stats("sim").dead_letters == 0
+        gauge = metrics.SENSOR_STATE.labels(site="sim", state="rejecting")
+        assert gauge._value.get() == 1
+        key["right"] = True
+        assert sim.sender.wait_empty(20)
+        assert sim.sender.state == "ok"
+    assert sorted(sim.poster.accepted_ids()) == sorted(e.request_id for e in events)
+    rejected = [p.time for p in sim.answered(200)]
+    # The threshold (5) and what was in flight with it, then one probe at a time, the
+    # first 5 s after the threshold was reached, then 10, 20 ... apart.
+    threshold = rejected[4]
+    probes = [t for t in rejected if t > threshold]
+    assert len(rejected) - len(probes) <= 5 + 4 - 1
+    gaps = [b - a for a, b in itertools.pairwise([threshold, *probes])]
+    assert gaps[:3] == [pytest.approx(5), pytest.approx(10), pytest.approx(20)]
+    errors = [e for e in logs if e["event"] == "sensor_rejecting"]
+    assert len(errors) == 1
+    assert errors[0]["log_level"] == "error"
+    assert errors[0]["site"] == "sim"
+    assert errors[0]["url"] == TIRRENO
+    assert "sensor.api_key" in errors[0]["hint"]
+    assert KEY not in repr(logs)
+
+
+def test_rate_limit_is_held(tmp_path: Path) -> None:
+    """With rate 20/s and burst 5, no one-second window sees more than 5 + 20 events."""
+    with simulated(tmp_path, make_events(70), rate_limit=20, burst=5) as sim:
+        assert sim.sender.wait_empty(20)
+    stamps = sorted(p.time for p in sim.answered(204))
+    assert len(stamps) == 70
+    assert stamps[-1] - sim.started >= (70 - 5) / 20 - 1e-6
+    for i, t in enumerate(stamps):
+        assert sum(1 for s in stamps[i:] if s < t + 1.0) <= 5 + 20
+
+
+def test_default_rate_limit_never_meets_the_default_tirreno_bucket(tmp_path: Path) -> None:
+    """The default 9/s burst 10 stays within tirreno's 200 per 20 s: not a single 429."""
+    events = make_events(230)
+    config = SensorConfig(url=TIRRENO, api_key=SecretStr(KEY))
+    with simulated(tmp_path, events, RollingBucket(200, 20), config=config) as sim:
+        assert sim.sender.wait_empty(30)
+    assert sim.answered(429) == []
+    assert len(set(sim.poster.accepted_ids())) == 230
+    assert sim.answered(204)[-1].time - sim.started >= (230 - 10) / 9 - 1e-6
+
+
 def rate_limited_delivery(
-    spool: Spool, events: int, *, rate: float, timeout: float, concurrency: int, lease: float
+    tmp_path: Path, events: int, *, rate: float, timeout: float, concurrency: int, lease: float
 ) -> Counter[str]:
     """Send ``events`` through a rate-limited sender with a short lease: ids accepted."""
-    spool.commit_chunk("lease", make_events(events), None)
-    config = sensor_config("http://127.0.0.1:1/", rate_limit=rate, burst=1, timeout=timeout)
-    with FakeSensor(api_key=KEY, bucket_capacity=0) as sensor:
-        config = config.model_copy(update={"url": sensor.url, "concurrency": concurrency})
-        with running(config, spool, site="lease", lease_seconds=lease) as sender:
-            assert sender.wait_empty(events * 1.5 / rate)
-        ids = Counter(r.request_id for r in sensor.accepted)
+    with simulated(
+        tmp_path,
+        make_events(events),
+        lease_seconds=lease,
+        rate_limit=rate,
+        burst=1,
+        timeout=timeout,
+        concurrency=concurrency,
+    ) as sim:
+        assert sim.sender.wait_empty(30)
+    ids = Counter(sim.poster.accepted_ids())
     assert sorted(ids) == sorted(e.request_id for e in make_events(events))
+    # It took virtual time: the rate limit, not the lease, set the pace.
+    assert sim.answered(204)[-1].time - sim.started >= (events - 1) / rate - 1e-6
     return ids
 
 
 def test_a_batch_that_would_outlast_its_lease_goes_back_instead_of_being_sent_twice(
-    spool: Spool,
+    tmp_path: Path,
 ) -> None:
     """A low rate limit (one request a second) and a 2.5 s lease: each worker's batch of 8
     takes longer than its lease. The rest of a batch goes back before the lease ends, so no
     other worker leases and sends the same events while the first still holds them."""
-    ids = rate_limited_delivery(spool, 12, rate=1.0, timeout=1.0, concurrency=2, lease=2.5)
+    ids = rate_limited_delivery(tmp_path, 12, rate=1.0, timeout=1.0, concurrency=2, lease=2.5)
     assert max(ids.values()) == 1, ids.most_common(3)
 
 
-def test_workers_racing_for_scarce_tokens_never_send_an_event_twice(spool: Spool) -> None:
+def test_workers_racing_for_scarce_tokens_never_send_an_event_twice(tmp_path: Path) -> None:
     """Eight workers share two tokens a second; some wait longer than their batch's lease.
     A wait is cut before the lease ends, so no worker sends events another has re-leased."""
-    ids = rate_limited_delivery(spool, 80, rate=2.0, timeout=0.5, concurrency=8, lease=2.5)
+    ids = rate_limited_delivery(tmp_path, 80, rate=2.0, timeout=0.5, concurrency=8, lease=2.5)
     assert max(ids.values()) == 1, ids.most_common(3)

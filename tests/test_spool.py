@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.clock import FakeClock
 from tirreno_shipper import spool as spool_module
 from tirreno_shipper.errors import SpoolCorruptError, SpoolError
 from tirreno_shipper.records import Checkpoint, Event, FileId
@@ -431,15 +432,19 @@ def test_lease_ack_release_and_attempts(spool: Spool) -> None:
     assert spool.lease("shop", 0, 60) == []
 
 
-def test_release_delay_holds_the_event_until_not_before(spool: Spool) -> None:
+def test_release_delay_holds_the_event_until_not_before(tmp_path: Path) -> None:
     """A released event is not leased again before its delay has passed."""
-    spool.commit_chunk("shop", make_events(1), None)
-    (event,) = spool.lease("shop", 1, 60)
-    spool.release([event.id], 0.4)
-    assert spool.lease("shop", 1, 60) == []
-    assert spool.stats("shop").leased == 0
-    time.sleep(0.5)
-    assert [e.id for e in spool.lease("shop", 1, 60)] == [event.id]
+    clock = FakeClock()
+    with Spool.open(tmp_path, clock=clock) as spool:
+        spool.commit_chunk("shop", make_events(1), None)
+        (event,) = spool.lease("shop", 1, 60)
+        spool.release([event.id], 0.4)
+        assert spool.lease("shop", 1, 60) == []
+        assert spool.stats("shop").leased == 0
+        clock.advance(0.39)
+        assert spool.lease("shop", 1, 60) == []
+        clock.advance(0.01)
+        assert [e.id for e in spool.lease("shop", 1, 60)] == [event.id]
 
 
 def test_lease_is_oldest_first_and_per_site(spool: Spool) -> None:
@@ -452,19 +457,24 @@ def test_lease_is_oldest_first_and_per_site(spool: Spool) -> None:
     assert {e.site for e in spool.lease("blog", 10, 60)} == {"blog"}
 
 
-def test_expired_lease_is_leased_again_and_recovered(spool: Spool) -> None:
+def test_expired_lease_is_leased_again_and_recovered(tmp_path: Path) -> None:
     """A lease that outlives its timeout goes back: leasable at once, cleared by recover_leases."""
-    spool.commit_chunk("shop", make_events(5), None)
-    held = spool.lease("shop", 3, 0.2)
-    assert spool.stats("shop").leased == 3
-    assert spool.recover_leases() == 0
-    time.sleep(0.3)
-    assert spool.stats("shop").leased == 0
-    assert spool.recover_leases() == 3
-    assert spool.recover_leases() == 0
-    again = spool.lease("shop", 10, 60)
-    assert {e.id for e in held} <= {e.id for e in again}
-    assert len(again) == 5
+    clock = FakeClock()
+    with Spool.open(tmp_path, clock=clock) as spool:
+        spool.commit_chunk("shop", make_events(5), None)
+        held = spool.lease("shop", 3, 0.2)
+        assert spool.stats("shop").leased == 3
+        assert spool.recover_leases() == 0
+        clock.advance(0.19)
+        assert spool.stats("shop").leased == 3
+        assert spool.recover_leases() == 0
+        clock.advance(0.01)
+        assert spool.stats("shop").leased == 0
+        assert spool.recover_leases() == 3
+        assert spool.recover_leases() == 0
+        again = spool.lease("shop", 10, 60)
+        assert {e.id for e in held} <= {e.id for e in again}
+        assert len(again) == 5
 
 
 def test_a_late_ack_after_expiry_only_deletes_that_event(spool: Spool) -> None:
@@ -698,17 +708,17 @@ def test_is_full_by_events_and_by_bytes(spool: Spool) -> None:
     assert not spool.is_full("blog", 1, 1)
 
 
-def test_drop_oldest_drops_the_oldest_unleased(spool: Spool) -> None:
-    """drop_oldest deletes the oldest events that no sender holds, and says how many."""
+def test_make_room_drops_the_oldest_unleased_of_that_site_only(spool: Spool) -> None:
+    """make_room deletes the oldest events that no sender holds, and says how many."""
     spool.commit_chunk("shop", make_events(3, "old"), None)
     spool.commit_chunk("shop", make_events(3, "new"), None)
     spool.commit_chunk("blog", make_events(3, "b"), None)
     held = spool.lease("shop", 1, 60)  # the very oldest, in flight
-    assert spool.drop_oldest("shop", 3) == 3
+    assert spool.make_room("shop", 3, 10**9) == 3
     left = {e.request_id for e in spool.lease("shop", 10, 60)}
     assert left == {e.request_id for e in make_events(3, "new")[1:]}
     assert spool.stats("shop").depth == 3  # the held one and two new
-    assert spool.drop_oldest("shop", 0) == 0
+    assert spool.make_room("shop", 3, 10**9) == 0
     spool.ack([e.id for e in held])
     assert spool.stats("blog").depth == 3
     assert_totals_match_rows(spool)
@@ -758,21 +768,22 @@ def test_counters_match_the_rows_after_random_operations(spool: Spool) -> None:
         elif op == 4:
             spool.dead_letter([e.id for e in spool.lease(site, 2, 60)], "bad")
         elif op == 5:
-            spool.drop_oldest(site, rng.randrange(0, 4))
+            depth = spool.stats(site).depth
+            spool.make_room(site, max(0, depth - rng.randrange(0, 4)), 10**9)
         else:
             spool.retry_dead_letters(site)
     assert_totals_match_rows(spool)
 
 
 def test_lease_reads_the_index_in_order_without_sorting(spool: Spool) -> None:
-    """The lease query walks the (site, not_before, id) index: no full scan, no temp sort."""
+    """The lease's UPDATE ... RETURNING walks the (site, not_before, id) index: no full
+    scan, no temp sort."""
     with raw(spool) as conn:
         plan = " ".join(
             str(row[3])
             for row in conn.execute(
-                "EXPLAIN QUERY PLAN SELECT id, request_id, fields, attempts, created FROM events "
-                "WHERE site = ? AND not_before <= ? ORDER BY not_before, id LIMIT ?",
-                ("shop", time.time(), 10),
+                "EXPLAIN QUERY PLAN " + spool_module.LEASE_SQL,
+                (time.time() + 60, "me", "shop", time.time(), 10),
             )
         )
     assert "events_ready" in plan

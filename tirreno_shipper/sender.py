@@ -36,15 +36,17 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 import structlog
 
 from tirreno_shipper import metrics, tirreno
 from tirreno_shipper._version import __version__
+from tirreno_shipper.clock import SYSTEM, Clock
 from tirreno_shipper.config import SensorConfig
 from tirreno_shipper.errors import ConfigError, SpoolError
+from tirreno_shipper.health import OK, SensorHealth
 from tirreno_shipper.logs import Throttle
 from tirreno_shipper.records import LeasedEvent
 
@@ -209,11 +211,12 @@ class TokenBucket:
     events pass. ``rate`` 0 means unlimited.
     """
 
-    def __init__(self, rate: float, burst: int) -> None:
+    def __init__(self, rate: float, burst: int, *, clock: Clock = SYSTEM) -> None:
         self.rate = float(rate)
         self.burst = max(1, int(burst))
+        self._clock = clock
         self._tokens = float(self.burst)
-        self._stamp = time.monotonic()
+        self._stamp = clock.monotonic()
         self._lock = threading.Lock()
 
     def acquire(self, stop: threading.Event, until: float = math.inf) -> bool:
@@ -223,14 +226,14 @@ class TokenBucket:
             return not stop.is_set()
         while not stop.is_set():
             with self._lock:
-                now = time.monotonic()
+                now = self._clock.monotonic()
                 self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
                 self._stamp = now
                 if self._tokens >= 1.0:
                     self._tokens -= 1.0
                     return True
                 wait = (1.0 - self._tokens) / self.rate
-            if now >= until or stop.wait(min(wait, until - now)):
+            if now >= until or self._clock.wait(stop, min(wait, until - now)):
                 return False
         return False
 
@@ -245,7 +248,7 @@ class TokenBucket:
         """Drop the saved-up tokens: from now on, the steady rate only."""
         with self._lock:
             self._tokens = 0.0
-            self._stamp = time.monotonic()
+            self._stamp = self._clock.monotonic()
 
 
 # -- HTTP ----------------------------------------------------------------------
@@ -309,7 +312,17 @@ def _safe_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
-class _Poster:
+class Poster(Protocol):
+    """What the sender posts through (as httpx's ``BaseTransport``): `HTTPPoster` for a
+    real sensor; tests hand in one that answers without sockets."""
+
+    def post(self, body: bytes, request_id: str) -> Verdict:
+        """POST one form-encoded event; never raises: a failure is a RETRY verdict."""
+
+    def close(self) -> None: ...
+
+
+class HTTPPoster:
     """One sensor endpoint over a keep-alive connection pool; the single httpx boundary."""
 
     def __init__(self, config: SensorConfig, connections: int) -> None:
@@ -355,7 +368,7 @@ class _Poster:
 
 def send_one(config: SensorConfig, fields: Mapping[str, str], request_id: str) -> Verdict:
     """Post one event synchronously (for ``check --send-test-event``)."""
-    poster = _Poster(config, 1)
+    poster = HTTPPoster(config, 1)
     try:
         return poster.post(encode_form(fields), request_id)
     finally:
@@ -386,32 +399,39 @@ class _Worker:
 class SiteSender:
     """Sends one site's spooled events with ``config.concurrency`` worker threads.
 
-    States: ``ok``; ``backing_off`` after a retryable failure (workers wait,
-    then a single probe event goes out); ``rejecting`` after
-    ``reject_threshold`` rejections in a row of valid events (a wrong key or
-    URL: one probe with backoff from `PROBE_MIN` to `PROBE_MAX`). A 204 returns
-    to ``ok``.
+    Whether they may send is `SensorHealth`'s call (ok, backing off, rejecting);
+    how fast, the `TokenBucket`'s. ``clock`` and ``poster`` are the seams tests
+    use to run it without waiting and without sockets.
     """
 
-    BACKOFF_BASE = 0.5
-    PROBE_MIN = 5.0
-    PROBE_MAX = 300.0
-
     def __init__(
-        self, site: str, config: SensorConfig, spool: Spool, *, lease_seconds: float = 60.0
+        self,
+        site: str,
+        config: SensorConfig,
+        spool: Spool,
+        *,
+        lease_seconds: float = 60.0,
+        clock: Clock = SYSTEM,
+        poster: Poster | None = None,
     ) -> None:
         self.site = site
         self.config = config
         self.spool = spool
         self.lease_seconds = lease_seconds
-        self.bucket = TokenBucket(config.rate_limit, config.burst)
+        self._clock = clock
+        self.bucket = TokenBucket(config.rate_limit, config.burst, clock=clock)
         # The longest one request may take: a connect and a response, each up to
         # the timeout (config requires the lease to be longer).
         self._request_budget = 2 * config.timeout
         self._url = _safe_url(config.url)
+        self.health = SensorHealth(
+            site, self._url, config, clock=clock, on_recovery=self.bucket.empty
+        )
         # Built here, not in start(): a bad CA bundle fails at construction, and
         # loading the CA store (tens of ms) is not paid while events wait.
-        self._poster = _Poster(config, config.concurrency)
+        self._poster: Poster = (
+            poster if poster is not None else HTTPPoster(config, config.concurrency)
+        )
         self._stop = threading.Event()
         # Bumped by wake() (new events spooled) under _cond. A worker notes it
         # before leasing and sleeps only if it has not moved since: a wake-up
@@ -425,14 +445,6 @@ class SiteSender:
         # be written. Guarded by _cond.
         self._accepted: set[int] = set()
         self._spool_error = Throttle(30.0)
-        # Guarded by _cond:
-        self._state = "ok"
-        self._resume_at = 0.0
-        self._failures = 0
-        self._last_failure = 0.0
-        self._rejects = 0
-        self._probe_delay = self.PROBE_MIN
-        self._prober = False
         self._sent = metrics.EVENTS_SENT.labels(site=site)
         self._last_sent = metrics.LAST_SENT.labels(site=site)
         self._rejected = metrics.EVENTS_REJECTED.labels(site=site)
@@ -446,7 +458,7 @@ class SiteSender:
             raise RuntimeError(f"sender for site {self.site!r} already started")
         if self._stop.is_set():
             raise RuntimeError(f"sender for site {self.site!r} was stopped; make a new one")
-        metrics.set_sensor_state(self.site, self._state)
+        self.health.publish()
         for n in range(self.config.concurrency):
             worker = _Worker()
             worker.thread = threading.Thread(
@@ -470,6 +482,7 @@ class SiteSender:
         with self._cond:
             self._work += 1
             self._cond.notify_all()
+        self.health.interrupt()
         deadline = time.monotonic() + grace
         threads = [w.thread for w in self._workers if w.thread is not None]
         for thread in threads:
@@ -512,7 +525,7 @@ class SiteSender:
 
     @property
     def state(self) -> str:
-        return self._state
+        return self.health.state
 
     def alive(self) -> bool:
         return bool(self._workers) and all(
@@ -539,7 +552,7 @@ class SiteSender:
             probing = False
             try:
                 self._ack_accepted()
-                limit = self._admit()
+                limit = self.health.admit(self._stop, BATCH)
                 if limit is None:
                     break
                 probing = limit == 1
@@ -548,7 +561,7 @@ class SiteSender:
                     if not self.bucket.acquire(self._stop):
                         break
                     worker.token = True
-                leased_at = time.monotonic()
+                leased_at = self._clock.monotonic()
                 batch = self.spool.lease(self.site, limit, self.lease_seconds)
                 with self._cond:
                     done = self._accepted.intersection(e.id for e in batch)
@@ -562,11 +575,11 @@ class SiteSender:
                     self._flush_acks(worker)
                     self._give_back(worker)
                     if probing:
-                        self._end_probe()
+                        self.health.end_probe()
                         probing = False
                     with self._cond:
                         if self._work == seen and not self._stop.is_set():
-                            self._cond.wait(IDLE_WAIT * random.uniform(0.8, 1.2))
+                            self._clock.wait_on(self._cond, IDLE_WAIT * random.uniform(0.8, 1.2))
                     continue
                 with worker.lock:
                     worker.pending.extend(batch)
@@ -583,40 +596,19 @@ class SiteSender:
                         hint="sending waits until the spool can be written again; events "
                         "the sensor accepted meanwhile are not sent again",
                     )
-                self._stop.wait(1.0)
+                self._clock.wait(self._stop, 1.0)
             except Exception:
                 log.exception("sender_worker_error", site=self.site, worker=n)
-                self._stop.wait(1.0)
+                self._clock.wait(self._stop, 1.0)
             finally:
                 if probing:
-                    self._end_probe()
+                    self.health.end_probe()
         self._release_pending(worker)
-
-    def _admit(self) -> int | None:
-        """Wait until this worker may send; the batch size (1 for a probe), None to stop."""
-        with self._cond:
-            while not self._stop.is_set():
-                if self._state == "ok":
-                    return BATCH
-                wait = self._resume_at - time.monotonic()
-                if wait > 0:
-                    self._cond.wait(wait)
-                elif not self._prober:
-                    self._prober = True
-                    return 1
-                else:
-                    self._cond.wait(1.0)
-        return None
-
-    def _end_probe(self) -> None:
-        with self._cond:
-            self._prober = False
-            self._cond.notify_all()
 
     def _send_batch(self, worker: _Worker, probing: bool) -> None:
         try:
             while not self._stop.is_set():
-                if not probing and self._state != "ok":
+                if not probing and self.health.state != OK:
                     break  # the site is backing off: the rest goes back unsent
                 with worker.lock:
                     if not worker.pending:
@@ -645,11 +637,11 @@ class SiteSender:
                             self._stop, worker.lease_until - self._request_budget
                         ):
                             break
-                if not probing and self._state != "ok":
+                if not probing and self.health.state != OK:
                     # The wait for a token can be long: a 429 or an outage seen by
                     # another worker meanwhile means this one must not post now.
                     break
-                if time.monotonic() + self._request_budget >= worker.lease_until:
+                if self._clock.monotonic() + self._request_budget >= worker.lease_until:
                     # A slow sensor or a low rate limit: the next request could
                     # outlast the batch's lease, and another worker send the same
                     # events. The rest goes back while the lease still holds.
@@ -663,9 +655,9 @@ class SiteSender:
                 if invalid is not None:
                     self._dead_letter(event, invalid, attempted=False)  # never sent
                     continue
-                started = time.monotonic()
+                started = self._clock.monotonic()
                 verdict = self._poster.post(body, event.request_id)
-                self._latency.observe(time.monotonic() - started)
+                self._latency.observe(self._clock.monotonic() - started)
                 if verdict.outcome is Outcome.ACCEPTED:
                     with worker.lock:
                         if not worker.acks:
@@ -673,13 +665,13 @@ class SiteSender:
                         worker.acks.append(event.id)
                     self._sent.inc()
                     self._last_sent.set_to_current_time()
-                    self._on_success()
+                    self.health.on_success()
                     # Against a fast sensor one ack per batch saves write
                     # transactions; against a slow one, an unacked 204 is a
                     # duplicate after a crash, so it is not held for long. (Held
                     # acks live on the worker: a stop whose grace ends while the
                     # next request hangs still writes them.)
-                    if time.monotonic() - worker.first_ack >= ACK_WITHIN:
+                    if self._clock.monotonic() - worker.first_ack >= ACK_WITHIN:
                         self._flush_acks(worker)
                 else:
                     self._flush_acks(worker)
@@ -754,7 +746,7 @@ class SiteSender:
             return
         if verdict.outcome is Outcome.REJECTED:
             self._rejected.inc()
-            rejecting = self._on_reject(verdict, probing)
+            rejecting = self.health.on_reject(verdict.reason, probing)
             delay = 0.0 if rejecting else REJECT_RETRY_DELAY
             self.spool.release([event.id], delay, count_attempt=False)
             return
@@ -768,7 +760,7 @@ class SiteSender:
             self._dead_letter(event, f"gave up after {attempts} attempts (last: {verdict.reason})")
         else:
             self.spool.release([event.id], self._event_delay(event, verdict), count_attempt=True)
-        self._on_retry(verdict, started)
+        self.health.on_retry(verdict.reason, verdict.retry_after, started)
 
     def _event_delay(self, event: LeasedEvent, verdict: Verdict) -> float:
         cap = self.config.retry_max_delay
@@ -776,83 +768,3 @@ class SiteSender:
             return min(cap, verdict.retry_after)
         # Full jitter: spreads retries of many events that failed together.
         return random.uniform(0.0, min(cap, EVENT_RETRY_BASE * 2.0 ** min(event.attempts, 30)))
-
-    def _on_success(self) -> None:
-        if self._state == "ok" and self._failures == 0 and self._rejects == 0:
-            return  # the common case, without taking the lock
-        with self._cond:
-            previous = self._state
-            self._failures = 0
-            self._rejects = 0
-            self._probe_delay = self.PROBE_MIN
-            if previous != "ok":
-                # The tokens saved up during the backoff would let a burst out at
-                # once, into a sensor that has just recovered or rate-limited us.
-                self.bucket.empty()
-                self._set_state("ok")
-                self._cond.notify_all()
-        if previous != "ok":
-            log.info("sensor_ok", site=self.site, url=self._url, previous=previous)
-
-    def _on_retry(self, verdict: Verdict, started: float) -> None:
-        now = time.monotonic()
-        with self._cond:
-            # Requests that were in flight together fail together: count them once,
-            # or four workers would quadruple the backoff exponent at once.
-            if started >= self._last_failure:
-                self._failures += 1
-            self._last_failure = now
-            if self._state == "rejecting":
-                delay = self._probe_delay
-            elif verdict.retry_after is not None:
-                delay = min(self.config.retry_max_delay, max(verdict.retry_after, 0.1))
-            else:
-                exp = self.BACKOFF_BASE * 2.0 ** min(self._failures - 1, 30)
-                top = min(self.config.retry_max_delay, exp)
-                # Half jitter: spread, yet never near zero, so an outage cannot spin.
-                delay = random.uniform(top / 2, top)
-            self._resume_at = max(self._resume_at, now + delay)
-            entering = self._state == "ok"
-            if entering:
-                self._set_state("backing_off")
-        (log.warning if entering else log.info)(
-            "sensor_backing_off",
-            site=self.site,
-            url=self._url,
-            reason=verdict.reason,
-            delay=round(delay, 2),
-            failures=self._failures,
-        )
-
-    def _on_reject(self, verdict: Verdict, probing: bool) -> bool:
-        """Count a rejection; True when the site is (now) in the rejecting state."""
-        now = time.monotonic()
-        with self._cond:
-            self._rejects += 1
-            if self._state == "rejecting":
-                if not probing:
-                    return True  # in flight when the state changed: no news
-                self._probe_delay = min(self.PROBE_MAX, self._probe_delay * 2)
-                self._resume_at = now + self._probe_delay
-                log.info(
-                    "sensor_still_rejecting", site=self.site, next_probe=round(self._probe_delay, 1)
-                )
-                return True
-            if self._rejects < self.config.reject_threshold:
-                return False
-            self._probe_delay = self.PROBE_MIN
-            self._resume_at = now + self._probe_delay
-            self._set_state("rejecting")
-        log.error(
-            "sensor_rejecting",
-            site=self.site,
-            url=self._url,
-            reason=verdict.reason,
-            rejected_in_a_row=self._rejects,
-            hint="check sensor.api_key / api_key_file and sensor.url; events are kept",
-        )
-        return True
-
-    def _set_state(self, state: str) -> None:
-        self._state = state
-        metrics.set_sensor_state(self.site, state)

@@ -41,6 +41,7 @@ from typing import Any, Final, cast
 
 import structlog
 
+from tirreno_shipper.clock import SYSTEM, Clock
 from tirreno_shipper.errors import SpoolCorruptError, SpoolError
 from tirreno_shipper.records import Checkpoint, Event, FileId, LeasedEvent
 from tirreno_shipper.state import SPOOL_FILE
@@ -152,6 +153,15 @@ _I64: Final = 1 << 63
 
 _umask_lock = threading.Lock()
 
+# Picks the oldest ready rows of a site (the events_ready index, in order, so no
+# sort) and claims them in the same statement.
+LEASE_SQL: Final = (
+    "UPDATE events SET leased_until = ?1, not_before = ?1, leased_by = ?2 "
+    "WHERE id IN (SELECT id FROM events WHERE site = ?3 AND not_before <= ?4 "
+    "ORDER BY not_before, id LIMIT ?5) "
+    "RETURNING id, request_id, fields, attempts, created"
+)
+
 
 @dataclass(slots=True, frozen=True)
 class SpoolStats:
@@ -254,8 +264,10 @@ def _ids_json(ids: Sequence[int]) -> str:
 class Spool:
     """The spool file ``path``; see the module docstring. Safe to share between threads."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, clock: Clock = SYSTEM) -> None:
         self.path = Path(path)
+        # Its time() stamps rows and runs leases and retry delays (tests move it).
+        self._clock = clock
         self._local = threading.local()
         self._lock = threading.Lock()
         self._conns: list[tuple[threading.Thread, sqlite3.Connection]] = []
@@ -270,9 +282,9 @@ class Spool:
             raise
 
     @classmethod
-    def open(cls, state_dir: Path) -> Spool:
+    def open(cls, state_dir: Path, *, clock: Clock = SYSTEM) -> Spool:
         """The spool in ``state_dir`` (``spool.sqlite``), creating the directory 0700 if missing."""
-        return cls(Path(state_dir) / SPOOL_FILE)
+        return cls(Path(state_dir) / SPOOL_FILE, clock=clock)
 
     def __enter__(self) -> Spool:
         return self
@@ -547,7 +559,7 @@ class Spool:
         """
         if not events and checkpoint is None:
             return 0
-        now = time.time()
+        now = self._clock.time()
         rows = []
         total = 0
         for event in events:
@@ -613,28 +625,21 @@ class Spool:
     # -- the sender's side ---------------------------------------------------
 
     def lease(self, site: str, limit: int, lease_seconds: float) -> list[LeasedEvent]:
-        """Take up to ``limit`` ready events for ``lease_seconds``, oldest first.
+        """Take up to ``limit`` ready events for ``lease_seconds``: the oldest, in id order.
 
         Ready: not leased (or the lease expired) and past ``not_before``. "Oldest"
         is the time a row became ready: its creation, or the end of its retry
-        delay; that order is the lease index's own, so no sort is needed.
+        delay; that order is the lease index's own, so no sort is needed. One
+        ``UPDATE ... RETURNING`` picks and claims them (as litequeue does).
         """
         if limit <= 0:
             return []
-        now = time.time()
+        now = self._clock.time()
         until = now + lease_seconds
         with self._write() as conn:
-            rows = conn.execute(
-                "SELECT id, request_id, fields, attempts, created FROM events "
-                "WHERE site = ? AND not_before <= ? ORDER BY not_before, id LIMIT ?",
-                (site, now, limit),
-            ).fetchall()
-            if rows:
-                conn.execute(
-                    "UPDATE events SET leased_until = ?, not_before = ?, leased_by = ? "
-                    "WHERE id IN (SELECT value FROM json_each(?))",
-                    (until, until, self._owner, _ids_json([r[0] for r in rows])),
-                )
+            rows = conn.execute(LEASE_SQL, (until, self._owner, site, now, limit)).fetchall()
+        # RETURNING's order is SQLite's to choose.
+        rows.sort()
         return [
             LeasedEvent(id_, site, request_id, _decode_fields(fields), attempts, created)
             for id_, request_id, fields, attempts, created in rows
@@ -655,7 +660,7 @@ class Spool:
             conn.execute(
                 "UPDATE events SET leased_until = NULL, leased_by = NULL, not_before = ?, "
                 "attempts = attempts + ? WHERE id IN (SELECT value FROM json_each(?))",
-                (time.time() + max(0.0, delay), 1 if count_attempt else 0, _ids_json(ids)),
+                (self._clock.time() + max(0.0, delay), 1 if count_attempt else 0, _ids_json(ids)),
             )
 
     def dead_letter(self, ids: Sequence[int], reason: str, *, attempted: bool = False) -> None:
@@ -666,7 +671,7 @@ class Spool:
         """
         if not ids:
             return
-        now = time.time()
+        now = self._clock.time()
         payload = _ids_json(ids)
         with self._write() as conn:
             conn.execute(
@@ -685,7 +690,7 @@ class Spool:
         restarted) comes back at once instead of after its timeout; a lease of a
         live process, including another one sharing the file, is left alone.
         """
-        now = time.time()
+        now = self._clock.time()
         with self._write() as conn:
             recovered = conn.execute(
                 "UPDATE events SET leased_until = NULL, leased_by = NULL WHERE leased_until <= ?",
@@ -713,7 +718,7 @@ class Spool:
 
     def stats(self, site: str) -> SpoolStats:
         """Depth (leased rows included), bytes, oldest creation time, leases, dead letters."""
-        now = time.time()
+        now = self._clock.time()
         with self._read() as conn:
             totals = conn.execute(
                 "SELECT events, bytes FROM site_totals WHERE site = ?", (site,)
@@ -763,21 +768,11 @@ class Spool:
         ).fetchone()
         return (int(row[0]), int(row[1])) if row is not None else (0, 0)
 
-    def drop_oldest(self, site: str, count: int) -> int:
-        """Delete the ``count`` oldest events not leased right now; how many went."""
-        if count <= 0:
-            return 0
-        with self._write() as conn:
-            dropped = self._drop_oldest(conn, site, count)
-        if dropped:
-            log.warning("spool_dropped_oldest", site=site, count=dropped)
-        return dropped
-
     def make_room(self, site: str, keep_events: int, keep_bytes: int) -> int:
         """Delete the oldest events not leased right now until the site holds at most
         ``keep_events`` events and ``keep_bytes`` bytes (or none is left to delete);
         how many went (the caller says so: at every chunk, it would flood the log)."""
-        now = time.time()
+        now = self._clock.time()
         with self._write() as conn:
             depth, size = self._totals(conn, site)
             count = 0
@@ -800,7 +795,7 @@ class Spool:
             conn,
             "id IN (SELECT id FROM events WHERE site = ? AND "
             "(leased_until IS NULL OR leased_until <= ?) ORDER BY created, id LIMIT ?)",
-            (site, time.time(), count),
+            (site, self._clock.time(), count),
         )
 
     @staticmethod
@@ -848,7 +843,7 @@ class Spool:
         if ids is not None and not ids:
             return 0
         where, params = self._dead_where(site, ids)
-        now = time.time()
+        now = self._clock.time()
         with self._write() as conn:
             seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'")
             before = (seq.fetchone() or (0,))[0]
