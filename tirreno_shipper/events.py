@@ -154,6 +154,8 @@ class EventMapper:
         out = self._url_memo.get(uri)
         if out is None:
             out = self._redact(uri)
+            if out == uri:
+                out = uri  # the same object: `build` counts a redaction by identity
             self._url_memo.put(uri, out, 2 * len(uri))
         return out
 
@@ -175,6 +177,8 @@ class EventMapper:
         """
         assert req.uri is not None
         url = self.url(req.uri)
+        if url is not req.uri:
+            self.fixed["url:redacted"] += 1
         fields: dict[str, str] = {
             "ipAddress": ip,
             "url": url if _plain(url, 2047) else self._fit("url", url),
@@ -185,7 +189,10 @@ class EventMapper:
             ua = req.user_agent
             fields["userAgent"] = ua if _plain(ua, 511) else self._fit("userAgent", ua)
         if req.referer is not None:
-            ref, reason = tirreno.referer(self.url(req.referer))
+            redacted = self.url(req.referer)
+            if redacted is not req.referer:
+                self.fixed["httpReferer:redacted"] += 1
+            ref, reason = tirreno.referer(redacted)
             if reason is not None:
                 self.fixed[f"httpReferer:{reason}"] += 1
             fields["httpReferer"] = ref
