@@ -392,3 +392,35 @@ def test_wordpress_logged_in_cookie(wordpress_db: str) -> None:
     )
     forged = data["cookie"].replace(data["token"], "x" * 43)
     assert r.resolve(r.key_for(request(forged)) or "") is None
+
+
+def test_laravel_redis_sessions_serialized_twice(tmp_path: Path, redis_keys: list[str]) -> None:
+    """framework: laravel, store: redis: the recorded value is serialize()d twice
+    (``s:239:"a:4:{...}";``); the php_session decoder unwraps the outer string once."""
+    data = fixture("laravel")
+    in_redis = next(s for s in data["sessions"] if s["driver"] == "redis")
+    assert in_redis["redis_value"].startswith("s:")
+    prefix = f"t{secrets.token_hex(3)}"
+    redis_set(redis_keys, prefix + in_redis["redis_key"], in_redis["redis_value"].encode())
+    url = sqlite_db(
+        tmp_path,
+        "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT, email TEXT, created_at TEXT)",
+        params=[("INSERT INTO users VALUES (5, 'alice', 'alice@example.com', NULL)", ())],
+    )
+    r = resolver(
+        {
+            "framework": "laravel",
+            "database": url,
+            "secret": data["app_key"],
+            "store": {
+                "redis": {"url": REDIS_URL, "key": prefix + "laravel_database_laravel_cache:{key}"}
+            },
+        }
+    )
+    user = r.resolve(r.key_for(request(in_redis["cookie"])) or "")
+    assert user is not None and user.user_name == "alice@example.com"
+    # Wrapped twice, or a length that does not match: no session.
+    wrapped = in_redis["redis_value"]
+    for bad in (f's:{len(wrapped)}:"{wrapped}";', wrapped.replace("s:", "s:9", 1)):
+        redis_set(redis_keys, prefix + "laravel_database_laravel_cache:bad", bad.encode())
+        assert r.resolve("bad") is None

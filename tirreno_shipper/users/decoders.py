@@ -169,8 +169,25 @@ class _Php:
             self.depth -= 1
 
 
+def _unwrap_php_string(data: bytes) -> bytes:
+    """The inner bytes when ``data`` is one serialize()d string, else ``data``.
+
+    Laravel's Redis (cache) session driver serialize()s the already serialized
+    attributes: ``s:239:"a:4:{...}";``. Unwrapped once only: Laravel wraps once,
+    and a visitor's value nested deeper is no session.
+    """
+    if data[:2] != b"s:":
+        return data
+    length, colon, rest = data[2:].partition(b":")
+    if colon and length.isdigit() and rest[:1] == b'"' and rest[-2:] == b'";':
+        inner = rest[1:-2]
+        if len(inner) == int(length):
+            return inner
+    return data
+
+
 def _php_session(value: object, secret: str) -> object:
-    data = _bytes(value)
+    data = _unwrap_php_string(_bytes(value))
     if not data:
         return {}
     if data[:2] in (b"a:", b"O:"):  # serialize()d (Laravel's file and Redis drivers)
