@@ -665,3 +665,16 @@ def test_the_sink_reads_the_form_as_php_does() -> None:
 
     assert form_fields(b"a=x%FFy&b=1+2&a=last") == {"a": "last", "b": "1 2"}
     assert form_fields(b"u=caf%C3%A9%C3") == {"u": "café?"}
+
+
+@settings(max_examples=3, deadline=None)
+@given(st.lists(st.binary(max_size=40), min_size=200, max_size=200))
+def test_the_sink_decodes_invalid_utf8_as_php_does(blobs: list[bytes]) -> None:
+    """`form_fields` turns invalid UTF-8 into '?' exactly as mb_convert_encoding does."""
+    import urllib.parse
+
+    from tirreno_shipper.sink import form_fields
+
+    answers = php([("clean", b) for b in blobs])
+    ours = [form_fields(b"v=" + urllib.parse.quote_from_bytes(b).encode())["v"] for b in blobs]
+    assert ours == [a["out"].decode() for a in answers]

@@ -429,8 +429,8 @@ def validate_fields(fields: Mapping[str, str], request_id: str) -> str | None:
     ip = fields.get("ipAddress")
     if not ip:
         return "missing ipAddress"
-    if ip_address(ip) != ip:
-        return "ipAddress is not an IP address tirreno accepts"
+    if not _php_ip(ip):
+        return "ipAddress is not an IP address tirreno accepts (it would store 0.0.0.0)"
     if not fields.get("url"):
         return "missing url"
     for name, value in fields.items():
