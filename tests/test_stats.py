@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from structlog.testing import capture_logs
 
+from tests.support.fake_sensor import FakeSensor
+from tests.support.shipper import append, nginx_line, run_cli, site, write_config
 from tirreno_shipper import metrics
 from tirreno_shipper.stats import StatsLine
 
@@ -95,3 +100,25 @@ def test_zero_turns_it_off_and_a_re_added_site_counts_from_zero() -> None:
         clock.now += 10
         on.tick(["st-c"])
     assert [e["lines"] for e in logs] == [50, 4]
+
+
+def test_the_daemon_says_its_stats_line(tmp_path: Path) -> None:
+    """Wired into the supervisor: a daemon whose interval has passed logs `stats` per site
+    with what it shipped (the interval tiny, so no test waits a minute)."""
+    log = tmp_path / "a.log"
+    append(log, [nginx_line(f"/s/{i}") for i in range(3)])
+    with FakeSensor(bucket_capacity=0) as sensor:
+        cfg = write_config(
+            tmp_path / "c.yaml",
+            [site("shop", sensor.url, log)],
+            log={"level": "info", "format": "json", "stats_interval": 0.001},
+        )
+        r = run_cli("run", "-c", str(cfg), "--once")
+    assert r.returncode == 0, r.stderr[-3000:]
+    stats = [
+        line
+        for line in (json.loads(x) for x in r.stderr.splitlines() if x.startswith("{"))
+        if line.get("event") == "stats"
+    ]
+    assert stats and all(s["site"] == "shop" for s in stats), r.stderr[-3000:]
+    assert sum(s["lines"] for s in stats) <= 3 and {"backlog", "lag_bytes"} <= set(stats[0])
