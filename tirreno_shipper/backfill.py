@@ -126,7 +126,8 @@ def pick_source(site: SiteConfig, path: str, index: int | None) -> int:
     found = [
         i
         for i, src in enumerate(site.logs)
-        if fnmatch.fnmatchcase(folder, os.path.dirname(os.path.abspath(src.path)))
+        if src.path  # a syslog listener has no files
+        and fnmatch.fnmatchcase(folder, os.path.dirname(os.path.abspath(src.path)))
         and fnmatch.fnmatchcase(name, os.path.basename(src.path) + "*")
     ]
     if len(found) == 1:

@@ -255,7 +255,9 @@ class ContainerSelect(_Model):
 
 
 class LogSource(_Model):
-    path: str
+    path: str = ""
+    # Or a syslog listener: unix:/run/x.sock or udp://127.0.0.1:5140.
+    syslog: str | None = None
     format: FormatSpec = "nginx_combined"
     start_at: Literal["end", "beginning"] = "end"
     max_line_bytes: int = Field(default=65536, ge=256)
@@ -264,6 +266,31 @@ class LogSource(_Model):
     streams: list[Literal["stdout", "stderr"]] = Field(default_factory=_stdout_only)
     include: ContainerSelect = Field(default_factory=ContainerSelect)
     exclude: ContainerSelect = Field(default_factory=ContainerSelect)
+
+    @property
+    def where(self) -> str:
+        """The file pattern, or ``syslog:<address>``: how logs, checkpoints and status name it."""
+        return self.path or f"syslog:{self.syslog}"
+
+    @field_validator("syslog")
+    @classmethod
+    def _syslog_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            from tirreno_shipper.syslog.address import Address
+
+            return str(Address.parse(value))
+        return value
+
+    @model_validator(mode="after")
+    def _path_or_syslog(self) -> LogSource:
+        if bool(self.path) == (self.syslog is not None):
+            raise ValueError(
+                "set exactly one of path (a file or a glob) and syslog "
+                "(unix:/run/x.sock or udp://127.0.0.1:5140)"
+            )
+        if self.syslog is not None and self.container is not None:
+            raise ValueError("container applies to files; a syslog message has no runtime framing")
+        return self
 
     @model_validator(mode="after")
     def _container_keys(self) -> LogSource:
@@ -291,7 +318,7 @@ class LogSource(_Model):
     def _not_a_folder(cls, value: str) -> str:
         # The tail follows regular files only: a folder would be watched forever
         # and never read, with nothing to say why.
-        if not any(c in value for c in "*?[") and os.path.isdir(value):
+        if value and not any(c in value for c in "*?[") and os.path.isdir(value):
             folder = value.rstrip("/")
             raise ValueError(
                 f"{value} is a folder: name the log file in it (e.g. {folder}/access.log) "

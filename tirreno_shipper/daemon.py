@@ -17,7 +17,6 @@ and handles signals:
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 import signal
@@ -42,6 +41,7 @@ from tirreno_shipper.errors import (
     SpoolError,
 )
 from tirreno_shipper.ingest import SiteIngest, SpoolFull
+from tirreno_shipper.inputs import LogInput, open_input
 from tirreno_shipper.logs import Throttle
 from tirreno_shipper.notify import Notifier
 from tirreno_shipper.pipeline import Counts
@@ -50,16 +50,11 @@ from tirreno_shipper.sender import SiteSender
 from tirreno_shipper.spool import Spool
 from tirreno_shipper.state import DaemonState, FileState, SiteState, lock_state_dir, write_status
 from tirreno_shipper.stats import StatsLine
-from tirreno_shipper.tail import FileStatus, Tailer, Waker
-from tirreno_shipper.tail.container import container_input
+from tirreno_shipper.tail import FileStatus, Waker
 
 log = structlog.get_logger(__name__)
 
 RESOLVER_BACKOFF_MAX = 30.0
-
-
-def _owns(pattern: str, cp: Checkpoint) -> bool:
-    return cp.path == pattern or fnmatch.fnmatch(cp.path, pattern)
 
 
 class SiteRunner:
@@ -84,7 +79,7 @@ class SiteRunner:
         self._thread: threading.Thread | None = None
         self._waker: Waker | None = None
         self._ingest: SiteIngest | None = None  # made by the tail thread (see _tail_main)
-        self._tailers: list[Tailer] = []
+        self._tailers: list[LogInput] = []
         self._pending: list[Chunk | None] = []
         self.sender = self._new_sender()
         self._sender_started = False
@@ -106,19 +101,7 @@ class SiteRunner:
     def start(self) -> None:
         checkpoints = self.spool.get_checkpoints(self.name)
         for src in self.site.logs:
-            mine = [cp for cp in checkpoints if _owns(src.path, cp)]
-            framing, select = container_input(src)
-            self._tailers.append(
-                Tailer(
-                    self.name,
-                    [src.path],
-                    start_at=src.start_at,
-                    max_line_bytes=src.max_line_bytes,
-                    checkpoints=mine,
-                    framing=framing,
-                    select=select,
-                )
-            )
+            self._tailers.append(open_input(self.name, src, checkpoints, self._wake))
             self._pending.append(None)
         # Record every file found now, before the first line is processed: if we
         # are stopped before that (a slow user database at start-up) and the log
@@ -138,7 +121,7 @@ class SiteRunner:
         self.sender.start()
         self._sender_started = True
         self._start_tail()
-        log.info("site_started", site=self.name, logs=[s.path for s in self.site.logs])
+        log.info("site_started", site=self.name, logs=[s.where for s in self.site.logs])
 
     def _start_tail(self) -> None:
         self._thread = threading.Thread(
@@ -319,7 +302,7 @@ class SiteRunner:
             progressed = True
         return progressed
 
-    def _retire(self, tailer: Tailer) -> bool:
+    def _retire(self, tailer: LogInput) -> bool:
         """Delete the checkpoints ``tailer`` no longer needs; False once stopped."""
         retired = tailer.retired()
         if retired:

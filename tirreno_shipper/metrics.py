@@ -151,6 +151,12 @@ FILE_ROTATIONS = Counter(
     ["site", "kind"],
     registry=REGISTRY,
 )
+SYSLOG_DROPPED = Counter(
+    _P + "syslog_dropped",
+    "Syslog datagrams the kernel dropped because the listener's buffer was full (SO_RXQ_OVFL)",
+    ["site"],
+    registry=REGISTRY,
+)
 SENSOR_STATE = Gauge(
     _P + "sensor_state",
     "1 for the sensor's current state (ok, backing_off, rejecting), 0 for the others",

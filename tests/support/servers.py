@@ -236,8 +236,13 @@ class Nginx(WebServer):
 
     name = "nginx"
 
-    def __init__(self, workdir: Path, binary: str = NGINX_BIN) -> None:
+    def __init__(
+        self, workdir: Path, binary: str = NGINX_BIN, *, syslog: str | None = None
+    ) -> None:
         self.binary = _require_binary(binary, "nginx")
+        # ``syslog``: also send the nginx_cookie lines to ``syslog:server=<this>``
+        # (``unix:/path.sock`` or ``127.0.0.1:5140``), as the README shows.
+        self.syslog = syslog
         super().__init__(workdir)
         self.access_logs = {
             "nginx_cookie": self.logs_dir / "nginx_cookie.log",
@@ -272,6 +277,7 @@ http {{
     log_format tirreno_json {NGINX_JSON_FORMAT};
     access_log {self.access_logs["nginx_cookie"]} tirreno;
     access_log {self.access_logs["json"]} tirreno_json;
+{f"    access_log syslog:server={self.syslog} tirreno;" if self.syslog else ""}
     keepalive_timeout 5;
     server {{
         listen 127.0.0.1:{self.port};
