@@ -103,20 +103,69 @@ def test_the_package_has_no_import_cycle() -> None:
     assert cycle is None, "import cycle: " + " -> ".join(cycle or ())
 
 
+# Run in a fresh interpreter: the third-party libraries the package uses are imported
+# first (that takes most of a second each time, so once), then each package module is
+# imported alone in a forked child, where nothing of the package was imported before.
+_IMPORT_EACH = """
+import importlib, os, sys, traceback
+for lib in sys.argv[1].split(","):
+    try:
+        importlib.import_module(lib)
+    except Exception:
+        pass  # an optional library: the package module that needs it says so below
+for module in sys.argv[2].split(","):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            importlib.import_module(module)
+        except BaseException:
+            print(module, traceback.format_exc(), sep="\\n", flush=True)
+            os._exit(1)
+        os._exit(0)
+    os.waitpid(pid, 0)
+"""
+
+
+def _third_party() -> set[str]:
+    """Top-level names of what the package imports from outside itself."""
+    names: set[str] = set()
+    for path in MODULES.values():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.partition(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names.add(node.module.partition(".")[0])
+    return {n for n in names if n != NAME and n not in sys.stdlib_module_names}
+
+
 def test_each_module_imports_alone() -> None:
-    """Each in a fresh interpreter, with nothing imported before it (a few at a time)."""
+    """Each with nothing of the package imported before it (see _IMPORT_EACH)."""
     # __main__ runs the command line when imported: that is its job.
     modules = [m for m in sorted(MODULES) if not m.endswith(".__main__")]
-    failed: dict[str, str] = {}
-    for i in range(0, len(modules), 4):
-        running = {
-            m: subprocess.Popen(
-                [sys.executable, "-c", f"import {m}"], stderr=subprocess.PIPE, text=True
-            )
-            for m in modules[i : i + 4]
-        }
-        for m, proc in running.items():
-            _, err = proc.communicate(timeout=120)
-            if proc.returncode != 0:
-                failed[m] = err
-    assert not failed, failed
+    r = subprocess.run(
+        [sys.executable, "-c", _IMPORT_EACH, ",".join(sorted(_third_party())), ",".join(modules)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert r.returncode == 0 and not r.stdout, r.stdout + r.stderr
+
+
+def test_the_isolated_import_check_catches_a_module_that_fails_alone(tmp_path: Path) -> None:
+    """Modules that import each other and read a name the other has not set yet fail
+    when imported first: the check reports them."""
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("import pkg.b\nX = pkg.b.Y\n")
+    (pkg / "b.py").write_text("import pkg.a\nY = 1\nZ = pkg.a.X\n")
+    r = subprocess.run(
+        [sys.executable, "-c", _IMPORT_EACH, "", "pkg.a,pkg.b"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert "pkg.b" in r.stdout and "AttributeError" in r.stdout, r.stdout + r.stderr
