@@ -661,6 +661,8 @@ class Config(_Model):
     poll_interval: float = Field(default=1.0, gt=0, le=60)
     shutdown_grace: float = Field(default=10.0, ge=0)
     once_timeout: float = Field(default=300.0, gt=0)
+    # Reload when the file changes (a ConfigMap update), as on SIGHUP.
+    reload_on_change: bool = True
     sites: list[SiteConfig] = Field(min_length=1)
 
     def site(self, name: str) -> SiteConfig:

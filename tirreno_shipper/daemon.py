@@ -30,6 +30,7 @@ import structlog
 
 from tirreno_shipper import metrics
 from tirreno_shipper.config import Config, SiteConfig, load_config
+from tirreno_shipper.config_watch import ConfigWatch
 from tirreno_shipper.errors import (
     EX_CANTCREAT,
     EX_FAILURE,
@@ -394,6 +395,7 @@ class Daemon:
         self._last_recover = 0.0
         self._lock_fd: int | None = None
         self._stats = StatsLine(config.log.stats_interval)
+        self._watch = ConfigWatch(config_path) if config_path is not None else None
 
     # -- signals ----------------------------------------------------------------
 
@@ -733,6 +735,12 @@ class Daemon:
                 self._tick.clear()
                 now = time.monotonic()
                 self._heartbeat = now
+                # Asked at every tick, so a change made while reloading on change is
+                # off is not acted on later, when a SIGHUP turns it on.
+                changed = self._watch is not None and self._watch.changed()
+                if changed and self.config.reload_on_change and not self.once:
+                    log.info("config_changed", path=str(self.config_path), reloading=True)
+                    self.request_reload()
                 self._reload_step()
                 for runner in self.runners.values():
                     runner.restart_dead_stages()

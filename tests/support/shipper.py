@@ -100,7 +100,11 @@ def write_config(path: Path, sites: list[dict[str, Any]], **top: Any) -> Path:
         **top,
         "sites": sites,
     }
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    # Replaced whole, as an editor or a ConfigMap does: a running daemon that reloads
+    # on change never reads it half written.
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    os.replace(tmp, path)
     return path
 
 
