@@ -47,7 +47,8 @@ class UserRow:
     valid_email: bool  # whether tirreno would accept the address as it is
 
     def expected_fields(self) -> dict[str, str]:
-        out = {"userName": self.username[:100]}
+        # tirreno's limit is 100 bytes; cut at a character boundary (ł is 2 bytes).
+        out = {"userName": self.username.encode()[:100].decode("utf-8", "ignore")}
         if self.email and self.valid_email:
             out["emailAddress"] = self.email
         if self.first_name:
