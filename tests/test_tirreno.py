@@ -678,3 +678,23 @@ def test_the_sink_decodes_invalid_utf8_as_php_does(blobs: list[bytes]) -> None:
     answers = php([("clean", b) for b in blobs])
     ours = [form_fields(b"v=" + urllib.parse.quote_from_bytes(b).encode())["v"] for b in blobs]
     assert ours == [a["out"].decode() for a in answers]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_invalid_bytes_in_a_json_log_are_stored_as_sent(raw: bytes) -> None:
+    """nginx escape=json writes bytes >= 0x80 raw and controls as \\uXXXX: no event is lost."""
+    from tirreno_shipper.formats import compile_format
+    from tirreno_shipper.parse import line_parser
+
+    esc = b"".join(b"\\u%04x" % b if b < 0x20 or b in b'"\\' else bytes((b,)) for b in raw)
+    line = (
+        b'{"remote_addr":"192.0.2.7","time_iso8601":"2026-11-29T10:00:00+00:00",'
+        b'"request":"GET / HTTP/1.1","status":"200","http_user_agent":"' + esc + b'",'
+        b'"http_referer":"' + esc + b'"}'
+    )
+    req = line_parser(compile_format("json", cookie_name=None)).fast(line)
+    assert isinstance(req, Request)
+    mapper = EventMapper(ClientIpConfig(), [])
+    fields = mapper.build(req, None, "192.0.2.7", "page_view", "x").fields
+    assert tirreno.tirreno_stores(fields, "x").lost is None
