@@ -424,3 +424,48 @@ def test_laravel_redis_sessions_serialized_twice(tmp_path: Path, redis_keys: lis
     for bad in (f's:{len(wrapped)}:"{wrapped}";', wrapped.replace("s:", "s:9", 1)):
         redis_set(redis_keys, prefix + "laravel_database_laravel_cache:bad", bad.encode())
         assert r.resolve("bad") is None
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_logout_is_credited_after_the_session_is_gone_from_any_store(
+    tmp_path: Path, redis_keys: list[str]
+) -> None:
+    """The user last seen with a session is remembered (a day): the logout line, read
+    after the application deleted the Redis value or the session file, still names them."""
+    prefix = f"t{secrets.token_hex(3)}:"
+    redis_set(redis_keys, prefix + "sess:k1", b'{"passport": {"user": "alice"}}')
+    folder = tmp_path / "php"
+    folder.mkdir()
+    (folder / "sess_k1").write_text('user_id|s:5:"alice";')
+    stores = {
+        "redis": {"redis": {"url": REDIS_URL, "key": prefix + "sess:{key}"}},
+        "file": {"file": f"{folder}/sess_{{key}}"},
+    }
+    decoders = {
+        "redis": {"json": {"path": "passport.user"}},
+        "file": {"php_session": {"path": "user_id"}},
+    }
+    for kind, store in stores.items():
+        clock = Clock()
+        config = UsersConfig.model_validate(
+            {"key": {"cookie": "sessionid"}, "store": store, "decode": decoders[kind]}
+        )
+        r = UserResolver(f"logout-{kind}", config, clock=clock)
+        assert r.resolve("k1") == User(user_name="alice")
+        if kind == "redis":
+            client = redis.Redis.from_url(REDIS_URL)
+            client.delete(prefix + "sess:k1")
+            client.close()
+        else:
+            (folder / "sess_k1").unlink()
+        clock.now += 3600  # past cache_ttl: the store is asked again, and has nothing
+        assert r.resolve("k1") == User(user_name="alice"), kind
+        clock.now += 2 * 86400
+        assert r.resolve("k1") is None, kind

@@ -68,6 +68,10 @@ UNDECODABLE = "undecodable"  # a step could not read the value (base64, URL, dec
 BAD_KEY = "bad_key"  # no key left (a split without that part, a regex that does not match)
 
 
+# Characters at a cookie value's ends that `normalise_cookie` would remove.
+_EDGE = frozenset(' \t"')
+
+
 def normalise_cookie(value: str) -> str:
     """A cookie value as browsers and frameworks read it: trimmed, then unquoted once."""
     value = value.strip(" \t")
@@ -198,7 +202,7 @@ def _key_getter(config: UsersConfig) -> Callable[[Request], str | None]:
 class KeyExtractor:
     """A request's (transformed) lookup key, as the configuration describes it."""
 
-    __slots__ = ("_cookie", "_get", "_response", "_response_fields", "_steps", "problem")
+    __slots__ = ("_cookie", "_get", "_plain", "_response", "_response_fields", "_steps", "problem")
 
     def __init__(self, config: UsersConfig) -> None:
         self._get = _key_getter(config)
@@ -214,6 +218,8 @@ class KeyExtractor:
         self._cookie = cookie
         self._response = config.key.response if cookie else "off"
         self._response_fields = response_fields(cookie) if cookie else ()
+        # A cookie key with no transforms, read from the request first.
+        self._plain = bool(cookie) and not self._steps and self._response != "prefer"
 
     def raw(self, request: Request, *, response: str | None = None) -> str | None:
         """The key as logged, normalised (before the transforms), or ``None``."""
@@ -251,6 +257,19 @@ class KeyExtractor:
     def __call__(self, request: Request, *, response: str | None = None) -> str | None:
         """The lookup key of ``request``, or ``None`` when it has none; raises
         `KeyRejected` when it has one that no step can read."""
+        if self._plain and response is None:
+            # The common case, per line: the request's own cookie, already clean.
+            value = request.session
+            if (
+                value
+                and value != "-"
+                and value.isascii()
+                and value[0] not in _EDGE
+                and value[-1] not in _EDGE
+                and len(value) <= MAX_KEY_CHARS
+                and "\x00" not in value
+            ):
+                return value
         value = self.raw(request, response=response)
         if value is None:
             return None

@@ -23,7 +23,6 @@ debug logs).
 from __future__ import annotations
 
 import secrets
-import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -92,7 +91,6 @@ class UserResolver:
             raise ResolverError(f"users.key.transforms: {self._key_of.problem}")
         self._cache = TtlLru(config.cache_size)
         self._last_seen = TtlLru(max(config.cache_size, LAST_SEEN_MIN_SIZE))
-        self._lock = threading.Lock()
         self._failing = False
         # When the query in flight began (monotonic), for the daemon to notice one
         # that hangs past every timeout; None between queries.
@@ -137,11 +135,13 @@ class UserResolver:
     # --- resolving -------------------------------------------------------------
 
     def resolve(self, key: str) -> User | None:
-        """The user for ``key``, or ``None``; raises `ResolverError` if the database fails."""
+        """The user for ``key``, or ``None``; raises `ResolverError` if the database fails.
+
+        Not thread-safe, as the pipeline that calls it: one resolver per site thread.
+        """
         now = self._clock()
         ck = key if len(key) <= _CACHE_KEY_CHARS else "#" + sha256_hex(key)
-        with self._lock:
-            found, user = self._cache.get(ck, now)
+        found, user = self._cache.get(ck, now)
         if found:
             self._hit.inc()
             if user is not None:
@@ -153,13 +153,11 @@ class UserResolver:
             user = self._query(key)
             ttl = self.config.cache_ttl if user is not None else self.config.negative_ttl
             if ttl > 0:
-                with self._lock:
-                    self._cache.put(ck, user, now + ttl)
-        with self._lock:
-            if user is not None:
-                self._last_seen.put(ck, user, now + LAST_SEEN_TTL)
-                return user
-            seen, last = self._last_seen.get(ck, now)
+                self._cache.put(ck, user, now + ttl)
+        if user is not None:
+            self._last_seen.put(ck, user, now + LAST_SEEN_TTL)
+            return user
+        seen, last = self._last_seen.get(ck, now)
         if seen and last is not None:
             log.debug("resolver_last_seen_used", site=self.site, key_tag=key_digest(key))
             return last

@@ -320,6 +320,9 @@ class Database:
         _read_only(self.engine)
         self._conn: Connection | None = None
         self._used = 0.0
+        self._statements: dict[sqlalchemy.TextClause, tuple[str, list[str] | None]] = {}
+        self._cursor: Any = None
+        self._dbapi_error: type[Exception] = self.engine.dialect.loaded_dbapi.Error
 
     def scrub(self, text: str) -> str:
         """``text`` without this URL's credentials (nor those of any URL it quotes)."""
@@ -369,21 +372,49 @@ class Database:
             # Whatever failed while connecting (an option the server refuses
             # included) is no value's fault.
             raise ResolverError(self.describe(exc, None)) from None
+        sql, names = self._compiled(statement)
+        values: Any = (
+            [params[n] for n in names] if names is not None else {n: params[n] for n in params}
+        )
+        dbapi_error = self._dbapi_error
         try:
-            result = conn.execute(statement, dict(params))
-            columns = [str(c) for c in result.keys()]  # noqa: SIM118 - a Result, not a dict
-            row = result.mappings().first()
-        except (SQLAlchemyError, OSError, UnicodeError) as exc:
-            message = self.describe(exc, key)
-            if value_error(exc):
+            # The driver's own cursor, on the held connection: SQLAlchemy's result
+            # machinery costs several times the query on a small SQLite lookup.
+            cursor = self._cursor
+            if cursor is None:
+                cursor = self._cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            cursor.execute(sql, values)
+            columns = [str(d[0]) for d in cursor.description or ()]
+            row = cursor.fetchone()
+            if row is not None:
+                cursor.fetchall()  # the rest, so that the cursor is free for the next
+        except (dbapi_error, OSError, UnicodeError) as raw:
+            error: BaseException = raw
+            if isinstance(raw, dbapi_error):
+                error = DBAPIError.instance(
+                    sql, None, raw, dbapi_error, hide_parameters=True, dialect=self.engine.dialect
+                )
+            message = self.describe(error, key)
+            if value_error(error):
                 raise ValueFailed(message) from None
             self.drop()
             raise ResolverError(message) from None
-        return columns, None if row is None else dict(row)
+        return columns, None if row is None else dict(zip(columns, row, strict=False))
+
+    def _compiled(self, statement: sqlalchemy.TextClause) -> tuple[str, list[str] | None]:
+        """The driver's SQL text of ``statement`` and, for a positional paramstyle, the
+        order of its parameters (``None``: named), compiled once."""
+        found = self._statements.get(statement)
+        if found is None:
+            compiled = statement.compile(dialect=self.engine.dialect)
+            positional = compiled.positiontup
+            found = (compiled.string, list(positional or ()) if compiled.positional else None)
+            self._statements[statement] = found
+        return found
 
     def drop(self) -> None:
         """Forget the held connection (after an error: the next use opens another)."""
-        conn, self._conn = self._conn, None
+        conn, self._conn, self._cursor = self._conn, None, None
         if conn is not None:
             try:
                 conn.invalidate()
