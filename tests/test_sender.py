@@ -879,6 +879,20 @@ class Sim:
     def answered(self, status: int | None) -> list[Posted]:
         return [p for p in list(self.poster.posted) if p.status == status]
 
+    def run_for(self, seconds: float) -> None:
+        """Let ``seconds`` of virtual time pass (only in a test that joined as a party)."""
+        self.clock.wait(threading.Event(), seconds)
+
+    def run_until_empty(self, limit: float) -> bool:
+        """Let virtual time pass until the spool is empty; False after ``limit`` seconds."""
+        deadline = self.clock.monotonic() + limit
+        while self.clock.monotonic() < deadline:
+            stats = self.spool.stats("sim")
+            if stats.depth == 0 and stats.leased == 0:
+                return True
+            self.run_for(0.5)
+        return False
+
 
 @contextlib.contextmanager
 def simulated(
@@ -888,16 +902,28 @@ def simulated(
     *,
     config: SensorConfig | None = None,
     lease_seconds: float = 60.0,
+    backfill: list[Event] = [],  # noqa: B006 - never mutated
+    backfill_share: float = 0.05,
+    observer: bool = False,
     **overrides: Any,
 ) -> Iterator[Sim]:
+    """A sender on virtual time. With ``observer`` the test's thread is a party of the
+    clock too: time stands still while it looks, and passes only in `Sim.run_for`."""
     config = config or sensor_config(TIRRENO)
     config = config.model_copy(update=overrides)
-    clock = SimClock(parties=config.concurrency)
+    clock = SimClock(parties=config.concurrency + observer)
     spool = Spool.open(tmp_path / "sim", clock=clock)
+    spool.commit_chunk("sim", backfill, None, backfill=True)
     spool.commit_chunk("sim", events, None)
     poster = MockPoster(handler, clock=clock)
     sender = SiteSender(
-        "sim", config, spool, lease_seconds=lease_seconds, clock=clock, poster=poster
+        "sim",
+        config,
+        spool,
+        lease_seconds=lease_seconds,
+        backfill_share=backfill_share,
+        clock=clock,
+        poster=poster,
     )
     sim = Sim(sender, poster, clock, spool, clock.monotonic())
     sender.start()
@@ -1071,3 +1097,61 @@ def test_workers_racing_for_scarce_tokens_never_send_an_event_twice(tmp_path: Pa
     A wait is cut before the lease ends, so no worker sends events another has re-leased."""
     ids = rate_limited_delivery(tmp_path, 80, rate=2.0, timeout=0.5, concurrency=8, lease=2.5)
     assert max(ids.values()) == 1, ids.most_common(3)
+
+
+# -- lanes and the adaptive rate ----------------------------------------------------------
+
+
+def typed(events: list[Event], event_type: str) -> list[Event]:
+    return [Event(e.request_id, {**e.fields, "eventType": event_type}) for e in events]
+
+
+def test_live_events_overtake_a_queued_backfill(tmp_path: Path) -> None:
+    """1000 backfilled events queued at 9/s: live page views and logins that come in are
+    accepted within a second each, while the backfill keeps draining in the gaps."""
+    backfill = make_events(1000, start=1000)
+    with simulated(tmp_path, [], backfill=backfill, rate_limit=9, burst=1, observer=True) as sim:
+        latencies = []
+        for n in range(12):
+            sim.run_for(3.3)
+            live = typed(make_events(1, start=n), "account_login_fail" if n % 2 else "page_view")
+            since = sim.clock.monotonic()
+            sim.spool.commit_chunk("sim", live, None)
+            sim.sender.wake()
+            sim.run_for(5)
+            [when] = [p.time for p in sim.answered(204) if p.request_id == live[0].request_id]
+            latencies.append(when - since)
+        backfilled = len(sim.answered(204)) - 12
+        assert sim.run_until_empty(200)
+    # A worker may still send the backfilled event it holds a token for: 4 x 1/9 s.
+    assert max(latencies) <= 1.0, latencies
+    assert backfilled >= 12 * 8.3 * 9 * 0.8  # the backfill drained in the gaps
+    assert len(set(sim.poster.accepted_ids())) == 1012
+
+
+@pytest.mark.parametrize(("share", "low", "high"), [(0.05, 5, 20), (0.2, 35, 65)])
+def test_backfill_gets_its_share_while_live_events_wait(
+    tmp_path: Path, share: float, low: int, high: int
+) -> None:
+    """200 live and 200 backfilled events queued: while live ones wait, about `share` of
+    the sends go to backfill: 200 x share / (1 - share) of them before the last live one."""
+    live, backfill = make_events(200), make_events(200, start=1000)
+    with simulated(tmp_path, live, backfill=backfill, backfill_share=share) as sim:
+        assert sim.sender.wait_empty(20)
+    order = sim.poster.accepted_ids()
+    last_live = max(order.index(e.request_id) for e in live)
+    backfilled = {e.request_id for e in backfill}
+    early = sum(1 for rid in order[:last_live] if rid in backfilled)
+    assert low <= early <= high, early
+
+
+def test_429s_lower_the_rate_and_it_grows_back(tmp_path: Path) -> None:
+    """A bucket of 5/s against a ceiling of 9/s: the rate falls below the ceiling after
+    429s (exported as a gauge) and few requests are refused."""
+    with simulated(tmp_path, make_events(400), RollingBucket(50, 10), rate_limit=9) as sim:
+        assert sim.sender.wait_empty(30)
+        lowered = sim.sender.rate.rate
+        gauge = metrics.SEND_RATE_LIMIT.labels(site="sim")._value.get()
+    assert lowered < 9 and gauge == pytest.approx(lowered)
+    assert len(sim.answered(429)) < 0.1 * len(sim.answered(204))
+    assert len(set(sim.poster.accepted_ids())) == 400

@@ -22,7 +22,7 @@ from tests.support.clock import FakeClock
 from tirreno_shipper import spool as spool_module
 from tirreno_shipper.errors import SpoolCorruptError, SpoolError
 from tirreno_shipper.records import Checkpoint, Event, FileId
-from tirreno_shipper.spool import SCHEMA_VERSION, Spool, SpoolStats
+from tirreno_shipper.spool import SCHEMA_VERSION, LaneStats, Spool, SpoolStats
 
 ROOT = Path(__file__).resolve().parent.parent
 NS = uuid.UUID("6ba7b811-9dad-11d1-80b4-00c04fd430c8")
@@ -783,7 +783,7 @@ def test_lease_reads_the_index_in_order_without_sorting(spool: Spool) -> None:
             str(row[3])
             for row in conn.execute(
                 "EXPLAIN QUERY PLAN " + spool_module.LEASE_SQL,
-                (time.time() + 60, "me", "shop", time.time(), 10),
+                (time.time() + 60, "me", "shop", time.time(), 10, spool_module.LIVE),
             )
         )
     assert "events_ready" in plan
@@ -890,3 +890,104 @@ def test_make_room_drops_the_oldest_until_both_caps_hold(spool: Spool) -> None:
         events[9].request_id,
     ]
     assert spool.make_room("shop", 0, 0) == 0  # all three are leased now
+
+
+# -- lanes ------------------------------------------------------------------------------
+
+
+def typed(n: int, tag: str, event_type: str) -> list[Event]:
+    return [Event(e.request_id, {**e.fields, "eventType": event_type}) for e in make_events(n, tag)]
+
+
+def test_lease_takes_the_highest_lane_first_then_the_next(spool: Spool) -> None:
+    """Backfill queued first, then page views, then logins: logins go first, then page
+    views, then backfill; a batch larger than a lane goes on into the next."""
+    spool.commit_chunk("shop", typed(3, "old", "page_view"), None, backfill=True)
+    spool.commit_chunk("shop", typed(3, "pv", "page_view"), None)
+    spool.commit_chunk("shop", typed(2, "login", "account_login_fail"), None)
+    first = spool.lease("shop", 3, 60)
+    assert [e.request_id for e in first] == [
+        *(e.request_id for e in typed(2, "login", "x")),
+        typed(1, "pv", "x")[0].request_id,
+    ]
+    assert [e.lane for e in first] == [spool_module.SECURITY] * 2 + [spool_module.LIVE]
+    rest = spool.lease("shop", 10, 60)
+    assert [e.lane for e in rest] == [spool_module.LIVE] * 2 + [spool_module.BACKFILL] * 3
+    assert [s.depth for s in spool.lane_stats("shop")] == [2, 3, 3]
+
+
+def test_lease_in_the_order_of_the_lanes_asked_for(spool: Spool) -> None:
+    """A sender giving backfill its share asks for the backfill lane first."""
+    spool.commit_chunk("shop", typed(2, "old", "page_view"), None, backfill=True)
+    spool.commit_chunk("shop", typed(2, "pv", "page_view"), None)
+    order = (spool_module.BACKFILL, spool_module.SECURITY, spool_module.LIVE)
+    assert [e.lane for e in spool.lease("shop", 1, 60, order)] == [spool_module.BACKFILL]
+    assert [e.lane for e in spool.lease("shop", 1, 60)] == [spool_module.LIVE]
+
+
+def test_lane_stats_depth_and_oldest_per_lane(tmp_path: Path) -> None:
+    """Per lane: depth (leased included) and the oldest creation time."""
+    clock = FakeClock()
+    with Spool.open(tmp_path, clock=clock) as spool:
+        spool.commit_chunk("shop", typed(4, "old", "page_view"), None, backfill=True)
+        clock.advance(10)
+        spool.commit_chunk("shop", typed(1, "login", "account_login"), None)
+        spool.lease("shop", 1, 60)
+        assert spool.lane_stats("shop") == [
+            LaneStats("security", 1, clock.time()),
+            LaneStats("live", 0, None),
+            LaneStats("backfill", 4, clock.time() - 10),
+        ]
+        assert spool.lane_stats("blog") == [LaneStats(name, 0, None) for name in spool_module.LANES]
+
+
+def test_purge_removes_queued_events_of_a_lane_never_leased_ones_or_checkpoints(
+    tmp_path: Path,
+) -> None:
+    """purge by lane and age: leased events, other sites, checkpoints, dead letters stay."""
+    clock = FakeClock()
+    with Spool.open(tmp_path, clock=clock) as spool:
+        spool.commit_chunk("shop", typed(5, "old", "page_view"), checkpoint(10), backfill=True)
+        clock.advance(100)
+        spool.commit_chunk("shop", typed(3, "new", "page_view"), None, backfill=True)
+        spool.commit_chunk("shop", typed(2, "pv", "page_view"), None)
+        spool.commit_chunk("blog", typed(2, "b", "page_view"), None, backfill=True)
+        (held,) = spool.lease("shop", 1, 60, (spool_module.BACKFILL,))
+        spool.dead_letter([held.id], "bad")
+        (held,) = spool.lease("shop", 1, 60, (spool_module.BACKFILL,))
+        before = clock.time() - 50
+        removed = spool.purge("shop", lanes=(spool_module.BACKFILL,), before=before)
+        assert removed == {"backfill": 3}  # 5 old: one dead-lettered, one leased
+        assert [s.depth for s in spool.lane_stats("shop")] == [0, 2, 4]
+        assert spool.purge("shop", lanes=(spool_module.BACKFILL,)) == {"backfill": 3}
+        assert spool.purge("shop") == {"security": 0, "live": 2, "backfill": 0}
+        assert spool.stats("shop").depth == 1 and spool.stats("shop").leased == 1
+        assert spool.stats("shop").dead_letters == 1
+        assert spool.get_checkpoints("shop") == [checkpoint(10)]
+        assert spool.stats("blog").depth == 2
+        spool.ack([held.id])
+        assert_totals_match_rows(spool)
+
+
+def test_version_2_spool_is_migrated_into_lanes_in_place(tmp_path: Path) -> None:
+    """A spool of schema 2 (no lanes) with queued, leased and dead events opens as lanes:
+    its account_* events in the security lane, the rest live; leases kept."""
+    clock = FakeClock()
+    db = tmp_path / "spool.sqlite"
+    with Spool(db, clock=clock) as spool:
+        spool.commit_chunk("shop", typed(2, "pv", "page_view"), checkpoint(5))
+        spool.commit_chunk("shop", typed(2, "login", "account_login_fail"), None)
+        (held,) = spool.lease("shop", 1, 60, (spool_module.LIVE,))
+    with raw(spool) as conn:  # back to schema 2, as an older release left it
+        conn.execute("DROP INDEX events_ready")
+        conn.execute("ALTER TABLE events DROP COLUMN lane")
+        conn.execute("CREATE INDEX events_ready ON events (site, not_before)")
+        conn.execute("PRAGMA user_version = 2")
+    with Spool(db, clock=clock) as spool:
+        assert [s.depth for s in spool.lane_stats("shop")] == [2, 2, 0]
+        assert spool.stats("shop").leased == 1
+        got = spool.lease("shop", 10, 60)
+        assert [e.lane for e in got] == [spool_module.SECURITY] * 2 + [spool_module.LIVE]
+        assert held.id not in {e.id for e in got}
+        assert spool.get_checkpoints("shop") == [checkpoint(5)]
+        assert_totals_match_rows(spool)

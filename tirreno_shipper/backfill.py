@@ -157,7 +157,7 @@ def backfill(
     site = config.site(site_name)
     if sources is None:  # which logs entry each file is an old file of (see pick_source)
         sources = [pick_source(site, path, None) for path in files]
-    ingest = SiteIngest(site, spool)
+    ingest = SiteIngest(site, spool, backfill=True)
     total = Counts()
     marker = backfill_marker(site_name)
     shipped = {cp.file: cp.offset for cp in spool.get_checkpoints(marker)}

@@ -299,6 +299,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     dl.add_argument("--json", action="store_true", help="list as JSON lines")
 
+    sp = command("spool", "remove queued events on purpose (a mistaken backfill)")
+    sp.add_argument("action", choices=["purge"])
+    sp.add_argument("--site", required=True, help="the site whose queued events to remove")
+    sp.add_argument("--lane", choices=["security", "live", "backfill"], help="only this lane")
+    sp.add_argument("--before", metavar="TIME", help="only events spooled before (ISO 8601)")
+    sp.add_argument("--yes", action="store_true", help="do not ask (needed without a terminal)")
+
     det = command(
         "detect-format",
         "name the presets that parse a log file, and what is wrong with it",
@@ -430,13 +437,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     # backfill resolves users (it needs the database) but never sends (no API key).
     unused: bool | frozenset[str] = (
         True
-        if args.command in ("status", "dead-letters")
+        if args.command in ("status", "dead-letters", "spool")
         else frozenset({"api_key"})
         if args.command == "backfill"
         else False
     )
     config = _load(path, no_secrets=unused)
-    if args.command in ("status", "dead-letters"):
+    if args.command in ("status", "dead-letters", "spool"):
         # Their output is data (JSON with --json): log lines go to stderr, and
         # only warnings, never the spool's own info events.
         _setup_logging(args, config, "warning")
@@ -464,6 +471,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
     if args.command == "dead-letters":
         return _dead_letters(config, args.action, args.site, args.ids, as_json=args.json)
+    if args.command == "spool":
+        from tirreno_shipper.purge import run_purge
+
+        return run_purge(config, args.site, args.lane, args.before, yes=args.yes)
     raise AssertionError(args.command)  # pragma: no cover - argparse enforces the choices
 
 

@@ -623,6 +623,9 @@ class SpoolConfig(_Model):
     max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
     on_full: Literal["pause", "drop_oldest"] = "pause"
     lease_timeout: float = Field(default=60.0, gt=0)
+    # While live events wait, this share of the sends goes to backfilled events;
+    # at least 1 %, so a backfill always progresses.
+    backfill_share: float = Field(default=0.05, ge=0.01, le=0.9)
 
 
 class SiteConfig(_Model):

@@ -48,7 +48,7 @@ from tirreno_shipper.notify import Notifier
 from tirreno_shipper.pipeline import Counts
 from tirreno_shipper.records import Checkpoint, Chunk
 from tirreno_shipper.sender import SiteSender
-from tirreno_shipper.spool import Spool
+from tirreno_shipper.spool import Spool, drain_seconds
 from tirreno_shipper.state import DaemonState, FileState, SiteState, lock_state_dir, write_status
 from tirreno_shipper.stats import StatsLine
 from tirreno_shipper.tail import FileStatus, Waker
@@ -94,7 +94,11 @@ class SiteRunner:
 
     def _new_sender(self) -> SiteSender:
         return SiteSender(
-            self.name, self.site.sensor, self.spool, lease_seconds=self.site.spool.lease_timeout
+            self.name,
+            self.site.sensor,
+            self.spool,
+            lease_seconds=self.site.spool.lease_timeout,
+            backfill_share=self.site.spool.backfill_share,
         )
 
     # -- lifecycle ------------------------------------------------------------
@@ -468,6 +472,8 @@ class Daemon:
                     )
                     for f in runner.files
                 ),
+                send_rates={k: round(v, 2) for k, v in runner.sender.lanes.rates().items()},
+                rate_limit=round(runner.sender.rate.rate, 2),
             )
             for name, runner in self.runners.items()
         }
@@ -492,6 +498,24 @@ class Daemon:
             metrics.SPOOL_BYTES.labels(site=name).set(stats.bytes)
             age = now - stats.oldest_created if stats.oldest_created else 0.0
             metrics.SPOOL_OLDEST_AGE.labels(site=name).set(max(0.0, age))
+            self._publish_lanes(name, now)
+
+    def _publish_lanes(self, name: str, now: float) -> None:
+        assert self.spool is not None
+        try:
+            lanes = self.spool.lane_stats(name)
+        except SpoolError as exc:
+            log.warning("spool_stats_failed", site=name, error=str(exc))
+            return
+        rates = self.runners[name].sender.lanes.rates()
+        drains = drain_seconds([lane.depth for lane in lanes], sum(rates.values()))
+        for lane, drain in zip(lanes, drains, strict=True):
+            labels = {"site": name, "lane": lane.lane}
+            metrics.LANE_DEPTH.labels(**labels).set(lane.depth)
+            age = now - lane.oldest_created if lane.oldest_created else 0.0
+            metrics.LANE_OLDEST_AGE.labels(**labels).set(max(0.0, age))
+            metrics.LANE_SEND_RATE.labels(**labels).set(rates.get(lane.lane, 0.0))
+            metrics.LANE_DRAIN_SECONDS.labels(**labels).set(-1 if drain is None else drain)
 
     # -- sites ----------------------------------------------------------------------
 

@@ -46,10 +46,14 @@ class SiteIngest:
     ``spool`` is None for a dry run, which only processes.
     """
 
-    def __init__(self, site: SiteConfig, spool: Spool | None = None) -> None:
+    def __init__(
+        self, site: SiteConfig, spool: Spool | None = None, *, backfill: bool = False
+    ) -> None:
         self.site = site
         self.name = site.name
         self.spool = spool
+        # Backfilled events go to the spool's lowest lane: live ones are sent first.
+        self.backfill = backfill
         # Created first: a database URL that cannot be used fails here, before any line.
         self.resolver = UserResolver(site.name, site.users) if site.users is not None else None
         self.pipeline = SitePipeline(site, self.resolver)
@@ -86,7 +90,7 @@ class SiteIngest:
         there is no room and ``may_drop`` is False; with it, the oldest events go."""
         assert self.spool is not None, "a dry run stores nothing"
         self._make_room(events, may_drop=may_drop)
-        self.spool.commit_chunk(self.name, events, checkpoint)
+        self.spool.commit_chunk(self.name, events, checkpoint, backfill=self.backfill)
         counts.publish(self.name)
         self._spooled.inc(len(events))
 

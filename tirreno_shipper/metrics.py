@@ -175,6 +175,38 @@ LAST_SENT = Gauge(
     ["site"],
     registry=REGISTRY,
 )
+SEND_RATE_LIMIT = Gauge(
+    _P + "send_rate_limit",
+    "Events/s the sender allows itself now: sensor.rate_limit, lowered after 429s and "
+    "sustained timeouts/5xx and grown back (0: no limit)",
+    ["site"],
+    registry=REGISTRY,
+)
+LANE_DEPTH = Gauge(
+    _P + "lane_depth",
+    "Events waiting in the spool, by lane (security, live, backfill)",
+    ["site", "lane"],
+    registry=REGISTRY,
+)
+LANE_OLDEST_AGE = Gauge(
+    _P + "lane_oldest_age_seconds",
+    "Age of the lane's oldest spooled event",
+    ["site", "lane"],
+    registry=REGISTRY,
+)
+LANE_SEND_RATE = Gauge(
+    _P + "lane_send_rate",
+    "Events/s of the lane the sensor accepted over the last minute",
+    ["site", "lane"],
+    registry=REGISTRY,
+)
+LANE_DRAIN_SECONDS = Gauge(
+    _P + "lane_drain_seconds",
+    "Estimated seconds to send the lane's backlog at the site's current rate (-1: no "
+    "estimate, nothing is being accepted)",
+    ["site", "lane"],
+    registry=REGISTRY,
+)
 STAGE_RESTARTS = Counter(
     _P + "stage_restarts",
     "Worker threads restarted after dying",

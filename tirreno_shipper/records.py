@@ -131,3 +131,5 @@ class LeasedEvent:
     fields: Mapping[str, str]
     attempts: int
     created: float
+    # The spool's priority lane (spool.SECURITY, LIVE or BACKFILL).
+    lane: int = 1

@@ -43,12 +43,14 @@ import structlog
 
 from tirreno_shipper import metrics, tirreno
 from tirreno_shipper._version import __version__
+from tirreno_shipper.adaptive import AdaptiveRate
 from tirreno_shipper.clock import SYSTEM, Clock
 from tirreno_shipper.config import SensorConfig
 from tirreno_shipper.errors import ConfigError, SpoolError
 from tirreno_shipper.health import OK, SensorHealth
 from tirreno_shipper.logs import Throttle
 from tirreno_shipper.records import LeasedEvent
+from tirreno_shipper.spool import BACKFILL, LANES, LIVE, SECURITY
 
 if TYPE_CHECKING:
     from tirreno_shipper.spool import Spool
@@ -237,6 +239,16 @@ class TokenBucket:
                 return False
         return False
 
+    def set_rate(self, rate: float) -> None:
+        """Send at ``rate`` from now on (tokens saved up so far are kept)."""
+        if rate == self.rate or self.rate <= 0:
+            return
+        with self._lock:
+            now = self._clock.monotonic()
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
+            self.rate = float(rate)
+
     def give_back(self) -> None:
         """Return a token taken and not used (as if it had never been taken)."""
         if self.rate <= 0:
@@ -377,6 +389,39 @@ def send_one(config: SensorConfig, fields: Mapping[str, str], request_id: str) -
 
 # -- the site's workers --------------------------------------------------------
 
+# The lanes a lease tries, in order: live traffic first, or (with its share) backfill.
+LIVE_FIRST = (SECURITY, LIVE, BACKFILL)
+BACKFILL_FIRST = (BACKFILL, SECURITY, LIVE)
+# A lane's send rate is measured over this long.
+RATE_WINDOW = 60.0
+
+
+class LaneRates:
+    """Events accepted per lane over the last `RATE_WINDOW` seconds (for status and
+    the drain-time estimates)."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._stamps: list[deque[float]] = [deque() for _ in LANES]
+        self._since = clock.monotonic()
+
+    def sent(self, lane: int) -> None:
+        with self._lock:
+            self._stamps[lane].append(self._clock.monotonic())
+
+    def rates(self) -> dict[str, float]:
+        """Events/s per lane name (over the window, or since the start if shorter)."""
+        now = self._clock.monotonic()
+        span = max(1.0, min(RATE_WINDOW, now - self._since))
+        out = {}
+        with self._lock:
+            for name, stamps in zip(LANES, self._stamps, strict=True):
+                while stamps and stamps[0] <= now - RATE_WINDOW:
+                    stamps.popleft()
+                out[name] = len(stamps) / span
+        return out
+
 
 @dataclass(slots=True)
 class _Worker:
@@ -393,6 +438,8 @@ class _Worker:
     token: bool = False
     acks: list[int] = field(default_factory=list)
     first_ack: float = 0.0
+    # SiteSender._work when the batch was leased: if it moved, live events came in.
+    seen: int = 0
     thread: threading.Thread | None = None
 
 
@@ -411,6 +458,7 @@ class SiteSender:
         spool: Spool,
         *,
         lease_seconds: float = 60.0,
+        backfill_share: float = 0.05,
         clock: Clock = SYSTEM,
         poster: Poster | None = None,
     ) -> None:
@@ -420,6 +468,18 @@ class SiteSender:
         self.lease_seconds = lease_seconds
         self._clock = clock
         self.bucket = TokenBucket(config.rate_limit, config.burst, clock=clock)
+        # sensor.rate_limit is the ceiling; the bucket runs at what the sensor allows.
+        self.rate = AdaptiveRate(config.rate_limit, clock=clock)
+        self._rate_gauge = metrics.SEND_RATE_LIMIT.labels(site=site)
+        self._rate_gauge.set(config.rate_limit)
+        # While live events wait, this share of the sends goes to backfill: credit
+        # grows with each live event sent (by share / (1 - share), so backfill gets
+        # that share of all sends), and a whole credit buys one backfilled event in
+        # the next lease (guarded by _cond).
+        self.backfill_share = backfill_share
+        self._credit_per_live = backfill_share / (1.0 - backfill_share)
+        self._backfill_credit = 0.0
+        self.lanes = LaneRates(clock)
         # The longest one request may take: a connect and a response, each up to
         # the timeout (config requires the lease to be longer).
         self._request_budget = 2 * config.timeout
@@ -557,12 +617,15 @@ class SiteSender:
                     break
                 probing = limit == 1
                 seen = self._work
+                lanes = LIVE_FIRST
+                if limit > 1 and (turn := self._backfill_turn(limit)):
+                    lanes, limit = BACKFILL_FIRST, turn
                 if not worker.token:  # still held if the last lease failed
                     if not self.bucket.acquire(self._stop):
                         break
                     worker.token = True
                 leased_at = self._clock.monotonic()
-                batch = self.spool.lease(self.site, limit, self.lease_seconds)
+                batch = self.spool.lease(self.site, limit, self.lease_seconds, lanes)
                 with self._cond:
                     done = self._accepted.intersection(e.id for e in batch)
                 if done:
@@ -584,6 +647,7 @@ class SiteSender:
                 with worker.lock:
                     worker.pending.extend(batch)
                     worker.lease_until = leased_at + self.lease_seconds
+                    worker.seen = seen
                 self._send_batch(worker, probing)
             except SpoolError as exc:
                 # The spool cannot be written (a full disk): one line every 30 s,
@@ -614,6 +678,10 @@ class SiteSender:
                     if not worker.pending:
                         break
                     event = worker.pending[0]
+                if event.lane == BACKFILL and self._work != worker.seen:
+                    # Live events came in since the lease: they go first; the rest of
+                    # this backfill goes back (a batch can hold a worker for seconds).
+                    break
                 invalid = tirreno.validate_fields(event.fields, event.request_id)
                 body = b""
                 if invalid is None:
@@ -666,6 +734,13 @@ class SiteSender:
                     self._sent.inc()
                     self._last_sent.set_to_current_time()
                     self.health.on_success()
+                    self._set_rate(self.rate.on_success())
+                    self.lanes.sent(event.lane)
+                    if event.lane != BACKFILL:
+                        with self._cond:
+                            self._backfill_credit = min(
+                                BATCH, self._backfill_credit + self._credit_per_live
+                            )
                     # Against a fast sensor one ack per batch saves write
                     # transactions; against a slow one, an unacked 204 is a
                     # duplicate after a crash, so it is not held for long. (Held
@@ -682,6 +757,19 @@ class SiteSender:
                 self._flush_acks(worker)
             finally:
                 self._release_pending(worker)
+
+    def _backfill_turn(self, limit: int) -> int:
+        """How many events this lease takes from backfill first (its share while live
+        events wait); 0 for a lease of live events first."""
+        with self._cond:
+            turn = min(limit, int(self._backfill_credit))
+            self._backfill_credit -= turn
+            return turn
+
+    def _set_rate(self, rate: float) -> None:
+        if rate > 0 and rate != self.bucket.rate:
+            self.bucket.set_rate(rate)
+            self._rate_gauge.set(rate)
 
     def _give_back(self, worker: _Worker) -> None:
         if worker.token:
@@ -755,6 +843,10 @@ class SiteSender:
             self.spool.release([event.id], 0.0, count_attempt=False)
             return
         metrics.EVENTS_RETRIED.labels(site=self.site, reason=verdict.reason).inc()
+        if verdict.status == 429:
+            self._set_rate(self.rate.on_throttle())
+        elif verdict.reason == "timeout" or (verdict.status or 0) >= 500:
+            self._set_rate(self.rate.on_error())
         attempts = event.attempts + 1
         if self.config.max_attempts and attempts >= self.config.max_attempts:
             self._dead_letter(event, f"gave up after {attempts} attempts (last: {verdict.reason})")

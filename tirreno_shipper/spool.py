@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sqlite3
 import threading
@@ -46,11 +47,57 @@ from tirreno_shipper.errors import SpoolCorruptError, SpoolError
 from tirreno_shipper.records import Checkpoint, Event, FileId, LeasedEvent
 from tirreno_shipper.state import SPOOL_FILE
 
-__all__ = ["SCHEMA_VERSION", "DeadLetter", "Spool", "SpoolStats"]
+__all__ = [
+    "BACKFILL",
+    "LANES",
+    "LIVE",
+    "SCHEMA_VERSION",
+    "SECURITY",
+    "DeadLetter",
+    "LaneStats",
+    "Spool",
+    "SpoolStats",
+    "drain_seconds",
+    "lane_of",
+]
 
 log = structlog.get_logger(__name__)
 
 BUSY_TIMEOUT: Final = 10.0
+
+# The lanes, highest priority first: live security events (account_*: logins,
+# password changes, the events fraud analysis needs within minutes), other live
+# events, then events spooled by `backfill`. A lane's number is its index.
+SECURITY: Final = 0
+LIVE: Final = 1
+BACKFILL: Final = 2
+LANES: Final = ("security", "live", "backfill")
+_SECURITY_PREFIX: Final = "account_"
+# lane_of() in SQL, for a live event's JSON text in ``fields``.
+_LIVE_LANE_SQL: Final = (
+    "(CASE WHEN json_extract(fields, '$.eventType') LIKE 'account!_%' ESCAPE '!' THEN 0 ELSE 1 END)"
+)
+
+
+def drain_seconds(depths: Sequence[int], rate: float) -> list[float | None]:
+    """Per lane, seconds until it is empty at ``rate`` events/s: the lanes before it go
+    first, so a lane drains after all of them (None: nothing is being sent)."""
+    if rate <= 0:
+        return [None if d else 0.0 for d in depths]
+    out: list[float | None] = []
+    ahead = 0
+    for depth in depths:
+        ahead += depth
+        out.append(round(ahead / rate, 1) if depth else 0.0)
+    return out
+
+
+def lane_of(fields: Mapping[str, str], *, backfill: bool = False) -> int:
+    """The lane of an event with ``fields``, spooled by the tail or by ``backfill``."""
+    if backfill:
+        return BACKFILL
+    return SECURITY if fields.get("eventType", "").startswith(_SECURITY_PREFIX) else LIVE
+
 
 # Step N brings user_version N-1 to N. Never edit a released step: append one.
 _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
@@ -117,6 +164,19 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         """INSERT INTO site_totals (site, events, bytes)
             SELECT site, count(*), sum(size) FROM events GROUP BY site""",
     ),
+    # 3: lanes. Each event has a priority (SECURITY, LIVE, BACKFILL below) and a
+    # sender leases from the highest lane with ready events. Rows queued before
+    # are live; the account_* ones among them go to the security lane.
+    (
+        "ALTER TABLE events ADD COLUMN lane INTEGER NOT NULL DEFAULT 1",
+        """UPDATE events SET lane = 0
+            WHERE json_extract(fields, '$.eventType') LIKE 'account!_%' ESCAPE '!'
+        """,
+        "DROP INDEX events_ready",
+        # (site, lane, not_before) entries end with the rowid: a lease of one lane
+        # reads exactly `limit` index entries, in order, and never sorts.
+        "CREATE INDEX events_ready ON events (site, lane, not_before)",
+    ),
 )
 SCHEMA_VERSION: Final[int] = len(_MIGRATIONS)
 
@@ -153,11 +213,16 @@ _I64: Final = 1 << 63
 
 _umask_lock = threading.Lock()
 
+# The rows `purge` may remove: a lane's queued events (older than a time), not leased.
+_PURGEABLE: Final = (
+    "site = ? AND lane = ? AND created < ? AND (leased_until IS NULL OR leased_until <= ?)"
+)
+
 # Picks the oldest ready rows of a site (the events_ready index, in order, so no
 # sort) and claims them in the same statement.
 LEASE_SQL: Final = (
     "UPDATE events SET leased_until = ?1, not_before = ?1, leased_by = ?2 "
-    "WHERE id IN (SELECT id FROM events WHERE site = ?3 AND not_before <= ?4 "
+    "WHERE id IN (SELECT id FROM events WHERE site = ?3 AND lane = ?6 AND not_before <= ?4 "
     "ORDER BY not_before, id LIMIT ?5) "
     "RETURNING id, request_id, fields, attempts, created"
 )
@@ -172,6 +237,15 @@ class SpoolStats:
     oldest_created: float | None
     leased: int
     dead_letters: int
+
+
+@dataclass(slots=True, frozen=True)
+class LaneStats:
+    """One lane of a site's queue: events waiting (leased ones included), the oldest's age."""
+
+    lane: str
+    depth: int
+    oldest_created: float | None
 
 
 @dataclass(slots=True, frozen=True)
@@ -549,7 +623,12 @@ class Spool:
     # -- the tail's side -----------------------------------------------------
 
     def commit_chunk(
-        self, site: str, events: Sequence[Event], checkpoint: Checkpoint | None
+        self,
+        site: str,
+        events: Sequence[Event],
+        checkpoint: Checkpoint | None,
+        *,
+        backfill: bool = False,
     ) -> int:
         """Spool ``events`` and move ``checkpoint`` in one transaction; rows inserted.
 
@@ -565,13 +644,14 @@ class Spool:
         for event in events:
             text = _encode_fields(event.fields)
             total += len(text)
-            rows.append((site, event.request_id, text, len(text), now, now))
+            lane = lane_of(event.fields, backfill=backfill)
+            rows.append((site, event.request_id, text, len(text), now, now, lane))
         with self._write() as conn:
             inserted = 0
             if rows:
                 conn.executemany(
                     "INSERT INTO events (site, request_id, fields, size, created, "
-                    "not_before) VALUES (?, ?, ?, ?, ?, ?)",
+                    "not_before, lane) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
                 inserted = len(rows)
@@ -624,26 +704,42 @@ class Spool:
 
     # -- the sender's side ---------------------------------------------------
 
-    def lease(self, site: str, limit: int, lease_seconds: float) -> list[LeasedEvent]:
-        """Take up to ``limit`` ready events for ``lease_seconds``: the oldest, in id order.
+    def lease(
+        self,
+        site: str,
+        limit: int,
+        lease_seconds: float,
+        lanes: Sequence[int] = (SECURITY, LIVE, BACKFILL),
+    ) -> list[LeasedEvent]:
+        """Take up to ``limit`` ready events for ``lease_seconds``: from the first of
+        ``lanes`` with ready events (then the next, while the batch has room), and in a
+        lane the oldest, in id order.
 
         Ready: not leased (or the lease expired) and past ``not_before``. "Oldest"
         is the time a row became ready: its creation, or the end of its retry
         delay; that order is the lease index's own, so no sort is needed. One
-        ``UPDATE ... RETURNING`` picks and claims them (as litequeue does).
+        ``UPDATE ... RETURNING`` per lane picks and claims them (as litequeue
+        does), all in one transaction.
         """
         if limit <= 0:
             return []
         now = self._clock.time()
         until = now + lease_seconds
+        leased: list[LeasedEvent] = []
         with self._write() as conn:
-            rows = conn.execute(LEASE_SQL, (until, self._owner, site, now, limit)).fetchall()
-        # RETURNING's order is SQLite's to choose.
-        rows.sort()
-        return [
-            LeasedEvent(id_, site, request_id, _decode_fields(fields), attempts, created)
-            for id_, request_id, fields, attempts, created in rows
-        ]
+            for lane in lanes:
+                rows = conn.execute(
+                    LEASE_SQL, (until, self._owner, site, now, limit - len(leased), lane)
+                ).fetchall()
+                # RETURNING's order is SQLite's to choose.
+                rows.sort()
+                leased.extend(
+                    LeasedEvent(id_, site, rid, _decode_fields(fields), attempts, created, lane)
+                    for id_, rid, fields, attempts, created in rows
+                )
+                if len(leased) >= limit:
+                    break
+        return leased
 
     def ack(self, ids: Sequence[int]) -> None:
         """Delete delivered events. Unknown ids are ignored: ack is idempotent."""
@@ -736,6 +832,62 @@ class Spool:
             ).fetchone()[0]
         depth, size = totals if totals else (0, 0)
         return SpoolStats(int(depth), int(size), oldest, int(leased), int(dead))
+
+    def lane_stats(self, site: str) -> list[LaneStats]:
+        """Each lane of the site's queue, highest priority first (empty ones too)."""
+        with self._read() as conn:
+            found = {
+                lane: (int(n), oldest)
+                for lane, n, oldest in conn.execute(
+                    "SELECT lane, count(*), min(created) FROM events INDEXED BY events_ready "
+                    "WHERE site = ? GROUP BY lane",
+                    (site,),
+                )
+            }
+        return [LaneStats(name, *found.get(lane, (0, None))) for lane, name in enumerate(LANES)]
+
+    def purgeable(
+        self,
+        site: str,
+        *,
+        lanes: Sequence[int] = (SECURITY, LIVE, BACKFILL),
+        before: float | None = None,
+    ) -> dict[str, int]:
+        """What `purge` with the same arguments would remove now, per lane name."""
+        now = self._clock.time()
+        with self._read() as conn:
+            return {
+                LANES[lane]: int(
+                    conn.execute(
+                        f"SELECT count(*) FROM events WHERE {_PURGEABLE}",
+                        (site, lane, math.inf if before is None else before, now),
+                    ).fetchone()[0]
+                )
+                for lane in lanes
+            }
+
+    def purge(
+        self,
+        site: str,
+        *,
+        lanes: Sequence[int] = (SECURITY, LIVE, BACKFILL),
+        before: float | None = None,
+    ) -> dict[str, int]:
+        """Delete the site's queued events of ``lanes`` (created before ``before``, if
+        given) that no sender holds; how many went, per lane name. Checkpoints and dead
+        letters are not touched."""
+        now = self._clock.time()
+        counts: dict[str, int] = {}
+        with self._write() as conn:
+            for lane in lanes:
+                counts[LANES[lane]] = self._delete_events(
+                    conn,
+                    _PURGEABLE,
+                    (site, lane, math.inf if before is None else before, now),
+                )
+        if any(counts.values()):
+            log.warning("spool_purged", site=site, **counts)
+        return counts
 
     def sites(self) -> list[str]:
         """Every site with events, checkpoints or dead letters in this spool."""
@@ -849,8 +1001,8 @@ class Spool:
             before = (seq.fetchone() or (0,))[0]
             conn.execute(
                 "INSERT INTO events (site, request_id, fields, size, created, "
-                "not_before) SELECT site, request_id, fields, length(CAST(fields AS BLOB)), "
-                "created, ? "
+                "not_before, lane) SELECT site, request_id, fields, "
+                f"length(CAST(fields AS BLOB)), created, ?, {_LIVE_LANE_SQL} "
                 f"FROM dead_letters WHERE {where} AND NOT EXISTS (SELECT 1 FROM events e "
                 "WHERE e.site = dead_letters.site AND e.request_id = dead_letters.request_id) "
                 "ORDER BY id",

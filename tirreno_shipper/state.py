@@ -84,6 +84,10 @@ class SiteState:
     unreadable: dict[str, str] = field(default_factory=dict)  # path -> why it cannot be opened
     stages: dict[str, bool] = field(default_factory=dict)  # stage -> alive
     files: tuple[FileState, ...] = ()
+    # Events/s the sensor accepted per lane over the last minute, and the rate the
+    # sender allows itself now (sensor.rate_limit, or less after 429s).
+    send_rates: dict[str, float] = field(default_factory=dict)
+    rate_limit: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +129,8 @@ def _site_state(data: dict[str, Any]) -> SiteState:
         unreadable=dict(data.get("unreadable") or {}),
         stages=dict(data.get("stages") or {}),
         files=tuple(FileState(**f) for f in data.get("files") or ()),
+        send_rates={str(k): float(v) for k, v in (data.get("send_rates") or {}).items()},
+        rate_limit=None if data.get("rate_limit") is None else float(data["rate_limit"]),
     )
 
 

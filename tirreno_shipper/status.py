@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from tirreno_shipper.config import Config
-from tirreno_shipper.spool import Spool
+from tirreno_shipper.spool import Spool, drain_seconds
 from tirreno_shipper.state import SPOOL_FILE, SiteState, lock_holder, read_status
 from tirreno_shipper.terminal import printable
 
@@ -99,6 +99,8 @@ def collect(config: Config) -> dict[str, Any]:
                 "last_error": live_site.last_error if live_site is not None else None,
                 "unreadable": live_site.unreadable if live_site is not None else {},
                 "files": files,
+                "rate_limit": live_site.rate_limit if live_site is not None else None,
+                "lanes": _lanes(spool, site.name, live_site, now),
             }
         configured = {site.name for site in config.sites}
         for name in spool.sites():
@@ -117,6 +119,26 @@ def collect(config: Config) -> dict[str, Any]:
     return report
 
 
+def _lanes(spool: Spool, site: str, live: SiteState | None, now: float) -> dict[str, Any]:
+    """Per lane: depth, oldest age, the send rate over the last minute and the time to
+    drain at the site's current rate (rates are known only while the daemon runs)."""
+    lanes = spool.lane_stats(site)
+    rates = live.send_rates if live is not None else {}
+    total = sum(rates.values())
+    drains = drain_seconds([lane.depth for lane in lanes], total) if live else [None] * 3
+    return {
+        lane.lane: {
+            "depth": lane.depth,
+            "oldest_age_seconds": round(now - lane.oldest_created, 1)
+            if lane.oldest_created
+            else None,
+            "send_rate": rates.get(lane.lane) if live is not None else None,
+            "drain_seconds": drain,
+        }
+        for lane, drain in zip(lanes, drains, strict=True)
+    }
+
+
 def render(report: dict[str, Any]) -> str:
     daemon = report["daemon"]
     lines = [
@@ -133,6 +155,21 @@ def render(report: dict[str, Any]) -> str:
             f"  spool: {site['spool_depth']} events ({site['spool_bytes']} bytes), "
             f"{site['leased']} in flight{oldest}; dead letters: {site['dead_letters']}"
         )
+        for lane, info in site["lanes"].items():
+            if not info["depth"] and not info["send_rate"]:
+                continue
+            parts = [f"{info['depth']} events"]
+            if info["oldest_age_seconds"] is not None:
+                parts.append(f"oldest {info['oldest_age_seconds']} s")
+            if info["send_rate"] is not None:
+                parts.append(f"sending {info['send_rate']:g}/s")
+            if info["drain_seconds"] is not None:
+                parts.append(f"empty in about {_duration(info['drain_seconds'])}")
+            elif info["depth"] and info["send_rate"] is not None:
+                parts.append("not draining")
+            lines.append(f"  lane {lane}: " + ", ".join(parts))
+        if site.get("rate_limit") is not None:
+            lines.append(f"  send rate now: {site['rate_limit']:g} events/s at most")
         state = site["sensor_state"]
         lines.append(
             f"  sensor: {state}" + (f"; paused: {site['paused']}" if site["paused"] else "")
@@ -159,3 +196,11 @@ def render(report: dict[str, Any]) -> str:
         )
     # Paths, errors and site names may hold anything: each line is shown escaped.
     return "\n".join(map(printable, lines))
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
