@@ -137,6 +137,18 @@ DOCS: dict[str, _Doc] = {
             "tirreno-shipper dead-letters retry --site shop",
         ),
     ),
+    "spool": _Doc(
+        exits=(
+            (EX_OK, "removed, nothing to remove, or not confirmed"),
+            (EX_USAGE, "--before is not a time, or no terminal to ask on and no --yes"),
+            _CONFIG_EXIT,
+        ),
+        env=(_CONFIG_ENV_HELP, "(no secret is needed)"),
+        examples=(
+            "tirreno-shipper spool purge --site shop --lane backfill",
+            "tirreno-shipper spool purge --site shop --before 2026-12-01T06:00 --yes",
+        ),
+    ),
     "detect-format": _Doc(
         exits=(
             (EX_OK, "a preset fits and the lines carry a session key"),
