@@ -732,11 +732,11 @@ class _FlakySpool:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._spool, name)
 
-    def lease(self, site: str, limit: int, lease_seconds: float) -> Any:
+    def lease(self, site: str, limit: int, lease_seconds: float, *lanes: Any) -> Any:
         if self.failures > 0:
             self.failures -= 1
             raise SpoolError("database is locked")
-        return self._spool.lease(site, limit, lease_seconds)
+        return self._spool.lease(site, limit, lease_seconds, *lanes)
 
     def ack(self, ids: Any) -> None:
         if self.ack_failures > 0:
