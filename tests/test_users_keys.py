@@ -242,3 +242,65 @@ def test_a_cookie_nginx_cannot_log_by_name_is_a_config_problem(
         parse_config(text)
     [problem] = [p for p in info.value.problems if p.startswith("sites[0].logs[0].format:")]
     assert '"$http_cookie"' in problem
+
+
+def test_a_login_line_of_a_header_key_uses_the_header() -> None:
+    """No cookie, no response cookie: a login line's key is still the logged header."""
+    r = resolver(key={"header": "X-Session"})
+    request = req(None, http_x_session="H1", sent_http_set_cookie="sessionid=NEW")
+    assert r.key_for(request, response="prefer") == "H1"
+
+
+def test_a_login_line_is_credited_to_the_user_who_logged_in(tmp_path: Any) -> None:
+    """Through the whole path (parse, rules, resolve, map) of a dry run: the POST /login
+    line carries the visitor's anonymous session, the response the new one; the event
+    names the user of the new one. The next request, with the new cookie, too."""
+    import io
+    import sqlite3
+
+    from tirreno_shipper.backfill import dry_run
+
+    db = tmp_path / "app.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE s (k TEXT, name TEXT)")
+        conn.execute("INSERT INTO s VALUES ('NEWSESS', 'alice')")
+    conn.close()
+    log = tmp_path / "access.log"
+    log.write_text(
+        '203.0.113.7 - - [01/May/2024:10:00:00 +0000] "POST /login HTTP/1.1" 302 5 "-" "ua" '
+        '"csrftoken=x; sessionid=ANON" "sessionid=NEWSESS; HttpOnly; Path=/"\n'
+        '203.0.113.7 - - [01/May/2024:10:00:01 +0000] "GET /me HTTP/1.1" 200 5 "-" "ua" '
+        '"sessionid=NEWSESS" "-"\n'
+    )
+    fmt = NGINX_HEADER + ' "$sent_http_set_cookie"'
+    config = parse_config(
+        yaml.safe_dump(
+            {
+                "state_dir": str(tmp_path / "state"),
+                "sites": [
+                    {
+                        "name": "s",
+                        "sensor": {"url": "http://127.0.0.1:1/", "api_key": "k"},
+                        "logs": [{"path": str(log), "format": {"nginx": fmt}}],
+                        "users": {
+                            "key": {"cookie": "sessionid"},
+                            "database": f"sqlite:///{db}",
+                            "query": "SELECT name AS user_name FROM s WHERE k = :key",
+                        },
+                        "events": {
+                            "rules": [
+                                {"method": "POST", "path": "^/login", "type": "account_login"}
+                            ]
+                        },
+                    }
+                ],
+            }
+        )
+    )
+    out = io.StringIO()
+    dry_run(config, out)
+    events = [json.loads(line)["fields"] for line in out.getvalue().splitlines()]
+    assert [(e["eventType"], e["userName"]) for e in events] == [
+        ("account_login", "alice"),
+        ("page_view", "alice"),
+    ]

@@ -223,7 +223,7 @@ class KeyExtractor:
 
     def raw(self, request: Request, *, response: str | None = None) -> str | None:
         """The key as logged, normalised (before the transforms), or ``None``."""
-        mode = response or self._response
+        mode = (response or self._response) if self._cookie else "off"
         value = None if mode == "prefer" else self._present(self._get(request))
         if value is None and mode != "off":
             value = self._from_response(request)
