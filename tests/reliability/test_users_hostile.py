@@ -235,3 +235,46 @@ def test_sqlite_read_only_holds_for_a_uri_the_operator_wrote(tmp_path: Path) -> 
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT note FROM t").fetchall() == [("keep me",)]
     conn.close()
+
+
+def test_the_held_connection_is_pinged_after_idle_time_and_replaced_after_an_error(
+    postgres_engine: sqlalchemy.Engine,
+) -> None:
+    """One connection serves every lookup; one the server closed is noticed by the ping
+    after idle time (the lookup succeeds), or fails one lookup and is replaced."""
+    now = [1000.0]
+    url = postgres_engine.url.render_as_string(hide_password=False)
+    config = UsersConfig.model_validate(
+        {
+            "key": {"cookie": "sessionid"},
+            "database": url,
+            "query": "SELECT :key AS user_name",
+        }
+    )
+    r = UserResolver("held-" + secrets.token_hex(4), config, clock=lambda: now[0])
+    assert r._db is not None
+
+    def backend() -> int:
+        assert r._db is not None
+        _, row = r._db.execute(sqlalchemy.text("SELECT pg_backend_pid() AS pid"), {}, "")
+        assert row is not None
+        return int(row["pid"])
+
+    def terminate(pid: int) -> None:
+        with postgres_engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+            conn.commit()
+
+    assert r.resolve("a") == User(user_name="a")
+    first = backend()
+    assert r.resolve("b") == User(user_name="b") and backend() == first  # held
+    terminate(first)
+    now[0] += 60  # idle: pinged before use, and replaced
+    assert r.resolve("c") == User(user_name="c")
+    second = backend()
+    assert second != first
+    terminate(second)
+    with pytest.raises(ResolverError):  # busy: no ping; the lookup fails once
+        r.resolve("d")
+    assert r.resolve("d") == User(user_name="d")
+    r.close()
