@@ -31,6 +31,7 @@ from tirreno_shipper.terminal import printable_json
 from tirreno_shipper.tirreno import tirreno_stores
 
 if TYPE_CHECKING:
+    from tirreno_shipper.records import Chunk, Event
     from tirreno_shipper.spool import Spool
 
 log = structlog.get_logger(__name__)
@@ -187,14 +188,7 @@ def backfill(
                     done = chunk.end_offset
                     first = False
                     continue
-                while True:
-                    try:
-                        events, counts = ingest.process(chunk, index)
-                        break
-                    except ResolverError as exc:
-                        # The database is down: wait, as the live tail does; nothing is skipped.
-                        waiting.resolver(str(exc))
-                        time.sleep(2.0)
+                events, counts = waiting.process(ingest, chunk, index)
                 if first and chunk.lines and counts.parsed == 0:
                     raise BackfillError(
                         f"no line of the first {len(chunk.lines)} of {path} parses as logs "
@@ -203,15 +197,7 @@ def backfill(
                         "--log N"
                     )
                 first = False
-                while True:
-                    try:
-                        # Never drops, whatever spool.on_full says: the live tail's
-                        # unsent events are worth more than old lines, which can wait.
-                        ingest.store(events, counts, None, may_drop=False)
-                        break
-                    except SpoolFull:
-                        waiting.spool_full(site.spool.max_events)
-                        time.sleep(1.0)  # the sender drains it (run the daemon beside)
+                waiting.store(ingest, events, counts, site.spool.max_events)
                 # A second transaction: a crash between the two re-ships this one
                 # chunk on the next backfill (at-least-once, same request ids).
                 spool.commit_chunk(marker, [], chunk.checkpoint())
@@ -239,6 +225,27 @@ class _Waiting:
     def __init__(self, site: str) -> None:
         self.site = site
         self._last: dict[str, float] = {}
+
+    def process(self, ingest: SiteIngest, chunk: Chunk, index: int) -> tuple[list[Event], Counts]:
+        """``ingest.process``, waiting while the user database is down (nothing is skipped,
+        as in the live tail)."""
+        while True:
+            try:
+                return ingest.process(chunk, index)
+            except ResolverError as exc:
+                self.resolver(str(exc))
+                time.sleep(2.0)
+
+    def store(self, ingest: SiteIngest, events: list[Event], counts: Counts, cap: int) -> None:
+        """Spool ``events``, waiting while the site's spool is full. Never drops, whatever
+        spool.on_full says: the live tail's unsent events are worth more than old lines."""
+        while True:
+            try:
+                ingest.store(events, counts, None, may_drop=False)
+                return
+            except SpoolFull:
+                self.spool_full(cap)
+                time.sleep(1.0)  # the sender drains it (run the daemon beside)
 
     def spool_full(self, max_events: int) -> None:
         self._say("spool_full", max_events=max_events)

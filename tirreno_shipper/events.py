@@ -159,7 +159,7 @@ class EventMapper:
             self._url_memo.put(uri, out, 2 * len(uri))
         return out
 
-    def build(
+    def build(  # noqa: C901 - per event: all fields in one frame, no call per field
         self,
         req: Request,
         user: User | None,

@@ -669,7 +669,7 @@ class SiteSender:
                     self.health.end_probe()
         self._release_pending(worker)
 
-    def _send_batch(self, worker: _Worker, probing: bool) -> None:
+    def _send_batch(self, worker: _Worker, probing: bool) -> None:  # noqa: C901 - per event: lease, token and state checks kept in one loop
         try:
             while not self._stop.is_set():
                 if not probing and self.health.state != OK:

@@ -77,7 +77,7 @@ def compare(site: str, expected: Mapping[int, Expected], accepted: Sequence[Rece
 
 
 def request_id_problems(sensors: Iterable[FakeSensor]) -> list[str]:
-    problems = []
+    problems: list[str] = []
     ids: Counter[str | None] = Counter()
     for sensor in sensors:
         ids.update(r.request_id for r in sensor.accepted)

@@ -66,7 +66,7 @@ class Runtime:
         self._fh = open(self.path, "ab", buffering=0)  # noqa: SIM115
         # Called before each rotation while the daemon runs: the kubelet looks at the
         # size every 10 s, so the daemon has seen a file before the next rotation.
-        self.before_rotate: Callable[[], None] | None = None
+        self.before_rotate: Callable[[], object] | None = None
 
     def frame(self, stream: str, text: str) -> bytes:
         stamp = "2026-12-02T14:00:00.12345678Z"

@@ -241,7 +241,7 @@ class Tailer:
             # The identity changed without a chunk: a rewrite found by its fingerprint.
         return None
 
-    def _read(self, g: Group, f: File, size: int, *, final: bool, verify: bool) -> Chunk | None:
+    def _read(self, g: Group, f: File, size: int, *, final: bool, verify: bool) -> Chunk | None:  # noqa: C901 - per chunk: the line-splitting loops are the tail's hot path
         if f.discard_scan >= 0:
             return self._discard(g, f, size, final)
         avail = size - f.offset
@@ -508,23 +508,9 @@ class Tailer:
                         self._rotate_out(g, cur, now)
                     g.current = known
                 continue
-            try:
-                fd = open_ro(path)
-            except OSError as exc:
-                error = exc.strerror or str(exc)
-                if self.unreadable.get(path) != error:
-                    self.unreadable[path] = error
-                    log.warning(
-                        "file_open_failed",
-                        site=self.site,
-                        path=path,
-                        error=error,
-                        hint="the daemon's user must be able to read the log (on Debian: the "
-                        "adm group); retried at every scan, logged again only if the error changes",
-                    )
+            fd = self._open_logged(path)
+            if fd is None:
                 continue
-            if self.unreadable.pop(path, None) is not None:
-                log.info("file_open_recovered", site=self.site, path=path)
             new = self._start(path, fd, now, first=first)
             if cur is not None:
                 self._rotate_out(g, cur, now)
@@ -535,6 +521,27 @@ class Tailer:
                 self._rotate_out(g, g.current, now)
         for path in [p for p in self.unreadable if p not in present]:
             del self.unreadable[path]  # gone: nothing left to read there
+
+    def _open_logged(self, path: str) -> int | None:
+        """A descriptor for ``path``, or None; a failure is logged once per distinct error."""
+        try:
+            fd = open_ro(path)
+        except OSError as exc:
+            error = exc.strerror or str(exc)
+            if self.unreadable.get(path) != error:
+                self.unreadable[path] = error
+                log.warning(
+                    "file_open_failed",
+                    site=self.site,
+                    path=path,
+                    error=error,
+                    hint="the daemon's user must be able to read the log (on Debian: the "
+                    "adm group); retried at every scan, logged again only if the error changes",
+                )
+            return None
+        if self.unreadable.pop(path, None) is not None:
+            log.info("file_open_recovered", site=self.site, path=path)
+        return fd
 
     def _start(self, path: str, fd: int, now: float, *, first: bool) -> File:
         """A file newly found at ``path``: where to start reading it."""

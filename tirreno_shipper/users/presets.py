@@ -174,6 +174,31 @@ def _store_kind(store: Any) -> str | None:
     return None
 
 
+def _preset_store_kind(users: dict[str, Any], preset: dict[str, Any]) -> tuple[Any, Any]:
+    """The store kind the preset fills in, and the operator's own store (or None)."""
+    given_store = users.get("store")
+    if not isinstance(given_store, str):
+        kind = _store_kind(given_store) if given_store is not None else preset["store_default"]
+        return kind, given_store
+    # ``store: redis`` (or sql, file, none): the preset's template of that kind.
+    kind = None if given_store == "none" else given_store
+    if kind is not None and kind not in preset["store"]:
+        raise ValueError(
+            f"framework {users['framework']} has no {kind} store template: write "
+            f"store: {{{kind}: ...}} in full"
+        )
+    return kind, None
+
+
+def _preset_decode(out: dict[str, Any], preset: dict[str, Any], kind: Any) -> None:
+    """The preset's decoder for a store of ``kind``, unless the operator named one."""
+    decode = preset["decode"].get(kind or "none")
+    if decode is not None and decode != "none":
+        out["decode"] = copy.deepcopy(decode)
+    elif decode == "none" and kind is not None:
+        out["decode"] = "none"
+
+
 def apply_preset(users: dict[str, Any]) -> dict[str, Any]:
     """``users`` with its framework's defaults filled in where the operator wrote nothing.
 
@@ -183,19 +208,9 @@ def apply_preset(users: dict[str, Any]) -> dict[str, Any]:
     if preset is None:
         return users
     out = dict(users)
-    given_store = users.get("store")
-    if isinstance(given_store, str):
-        # ``store: redis`` (or sql, file, none): the preset's template of that kind.
-        given_store = None
-        kind = None if users["store"] == "none" else users["store"]
+    kind, given_store = _preset_store_kind(users, preset)
+    if isinstance(users.get("store"), str):
         out.pop("store")
-        if kind is not None and kind not in preset["store"]:
-            raise ValueError(
-                f"framework {users['framework']} has no {kind} store template: write "
-                f"store: {{{kind}: ...}} in full"
-            )
-    else:
-        kind = _store_kind(given_store) if given_store is not None else preset["store_default"]
     key = copy.deepcopy(preset["key"])
     if kind is not None and "store_transforms" in preset:
         key["transforms"] = list(preset["store_transforms"])
@@ -218,11 +233,7 @@ def apply_preset(users: dict[str, Any]) -> dict[str, Any]:
             merged = {**template, **(redis if isinstance(redis, dict) else {})}
             out["store"] = {**given_store, "redis": merged}
     if "decode" not in users:
-        decode = preset["decode"].get(kind or "none")
-        if decode is not None and decode != "none":
-            out["decode"] = copy.deepcopy(decode)
-        elif decode == "none" and kind is not None:
-            out["decode"] = "none"
+        _preset_decode(out, preset, kind)
     if "query" not in users and preset["query"] is not None:
         out["query"] = preset["query"]
     if out.get("store") is None:
