@@ -155,19 +155,11 @@ def render(report: dict[str, Any]) -> str:
             f"  spool: {site['spool_depth']} events ({site['spool_bytes']} bytes), "
             f"{site['leased']} in flight{oldest}; dead letters: {site['dead_letters']}"
         )
-        for lane, info in site["lanes"].items():
-            if not info["depth"] and not info["send_rate"]:
-                continue
-            parts = [f"{info['depth']} events"]
-            if info["oldest_age_seconds"] is not None:
-                parts.append(f"oldest {info['oldest_age_seconds']} s")
-            if info["send_rate"] is not None:
-                parts.append(f"sending {info['send_rate']:g}/s")
-            if info["drain_seconds"] is not None:
-                parts.append(f"empty in about {_duration(info['drain_seconds'])}")
-            elif info["depth"] and info["send_rate"] is not None:
-                parts.append("not draining")
-            lines.append(f"  lane {lane}: " + ", ".join(parts))
+        lines += [
+            _lane_line(lane, info)
+            for lane, info in site["lanes"].items()
+            if info["depth"] or info["send_rate"]
+        ]
         if site.get("rate_limit") is not None:
             lines.append(f"  send rate now: {site['rate_limit']:g} events/s at most")
         state = site["sensor_state"]
@@ -196,6 +188,19 @@ def render(report: dict[str, Any]) -> str:
         )
     # Paths, errors and site names may hold anything: each line is shown escaped.
     return "\n".join(map(printable, lines))
+
+
+def _lane_line(lane: str, info: dict[str, Any]) -> str:
+    parts = [f"{info['depth']} events"]
+    if info["oldest_age_seconds"] is not None:
+        parts.append(f"oldest {info['oldest_age_seconds']} s")
+    if info["send_rate"] is not None:
+        parts.append(f"sending {info['send_rate']:g}/s")
+    if info["drain_seconds"] is not None:
+        parts.append(f"empty in about {_duration(info['drain_seconds'])}")
+    elif info["depth"] and info["send_rate"] is not None:
+        parts.append("not draining")
+    return f"  lane {lane}: " + ", ".join(parts)
 
 
 def _duration(seconds: float) -> str:
