@@ -622,6 +622,9 @@ class SpoolConfig(_Model):
     max_events: int = Field(default=200_000, ge=1)
     max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
     on_full: Literal["pause", "drop_oldest"] = "pause"
+    # With on_full: pause, a full spool first sheds its oldest page views (never
+    # account_* or other events) before the tail pauses.
+    on_overload: Literal["pause", "shed_page_views"] = "pause"
     lease_timeout: float = Field(default=60.0, gt=0)
     # While live events wait, this share of the sends goes to backfilled events;
     # at least 1 %, so a backfill always progresses.

@@ -45,6 +45,7 @@ from tirreno_shipper.ingest import SiteIngest, SpoolFull
 from tirreno_shipper.inputs import LogInput, open_input
 from tirreno_shipper.logs import Throttle
 from tirreno_shipper.notify import Notifier
+from tirreno_shipper.overload import OverloadWatch
 from tirreno_shipper.pipeline import Counts
 from tirreno_shipper.records import Checkpoint, Chunk
 from tirreno_shipper.sender import SiteSender
@@ -80,6 +81,7 @@ class SiteRunner:
         self._thread: threading.Thread | None = None
         self._waker: Waker | None = None
         self._ingest: SiteIngest | None = None  # made by the tail thread (see _tail_main)
+        self.overload = OverloadWatch(site.name)
         self._tailers: list[LogInput] = []
         self._pending: list[Chunk | None] = []
         self.sender = self._new_sender()
@@ -499,6 +501,15 @@ class Daemon:
             age = now - stats.oldest_created if stats.oldest_created else 0.0
             metrics.SPOOL_OLDEST_AGE.labels(site=name).set(max(0.0, age))
             self._publish_lanes(name, now)
+            runner = self.runners[name]
+            ingest = runner._ingest
+            if ingest is not None:
+                runner.overload.observe(
+                    ingest.spooled_total,
+                    runner.sender.accepted_total,
+                    stats.depth,
+                    runner.sender.rate.rate,
+                )
 
     def _publish_lanes(self, name: str, now: float) -> None:
         assert self.spool is not None

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import structlog
+from prometheus_client import Counter
 
 from tirreno_shipper import metrics
 from tirreno_shipper.config import SiteConfig
@@ -54,16 +55,31 @@ class SiteIngest:
         self.spool = spool
         # Backfilled events go to the spool's lowest lane: live ones are sent first.
         self.backfill = backfill
+        # Events stored so far (the overload watch reads it from another thread).
+        self.spooled_total = 0
         # Created first: a database URL that cannot be used fails here, before any line.
         self.resolver = UserResolver(site.name, site.users) if site.users is not None else None
         self.pipeline = SitePipeline(site, self.resolver)
         self._parsers: dict[int, LineParser] = {}
         self._spooled = metrics.EVENTS_SPOOLED.labels(site=site.name)
-        self._dropped = metrics.EVENTS_DROPPED.labels(site=site.name)
+        self._dropped = _Deleted(
+            site.name,
+            metrics.EVENTS_DROPPED,
+            "spool_dropped_oldest",
+            "the spool is full and spool.on_full is drop_oldest: the oldest events are "
+            "deleted unsent (counted in events_dropped_total; said at most once a minute, "
+            "with the count since)",
+        )
+        self._shed = _Deleted(
+            site.name,
+            metrics.EVENTS_SHED,
+            "spool_shed_page_views",
+            "the spool is full and spool.on_overload is shed_page_views: the oldest page "
+            "views are deleted unsent so the tail goes on (counted in events_shed_total; "
+            "said at most once a minute, with the count since)",
+        )
         # Exported at 0 from the start: an alert on increase() needs the series to exist.
         self._full = metrics.SPOOL_FULL.labels(site=site.name)
-        self._dropped_since = 0
-        self._drop_warning = Throttle(DROPPED_EVERY)
 
     def parser(self, index: int) -> LineParser:
         """The parser of the site's ``logs`` entry ``index`` (built once)."""
@@ -93,6 +109,7 @@ class SiteIngest:
         self.spool.commit_chunk(self.name, events, checkpoint, backfill=self.backfill)
         counts.publish(self.name)
         self._spooled.inc(len(events))
+        self.spooled_total += len(events)
 
     def _make_room(self, events: list[Event], *, may_drop: bool) -> None:
         """Room in the spool for the whole chunk, so the caps hold (a chunk larger than
@@ -112,24 +129,41 @@ class SiteIngest:
             return
         self._full.inc()
         if not may_drop:
+            if cfg.on_overload == "shed_page_views":
+                # The oldest page views make room; with none left, the tail pauses.
+                self._shed.add(
+                    self.spool.make_room(
+                        self.name, cfg.max_events - n, cfg.max_bytes - size, page_views_only=True
+                    )
+                )
+                depth, held = self.spool.totals(self.name)
+                if depth + n <= cfg.max_events and held + size <= cfg.max_bytes:
+                    return
             raise SpoolFull
-        dropped = self.spool.make_room(self.name, cfg.max_events - n, cfg.max_bytes - size)
-        self._dropped.inc(dropped)
-        self._dropped_since += dropped
-        if self._dropped_since and self._drop_warning.due():
-            log.warning(
-                "spool_dropped_oldest",
-                site=self.name,
-                count=self._dropped_since,
-                hint="the spool is full and spool.on_full is drop_oldest: the oldest events "
-                "are deleted unsent (counted in events_dropped_total; said at most once a "
-                "minute, with the count since)",
-            )
-            self._dropped_since = 0
+        self._dropped.add(self.spool.make_room(self.name, cfg.max_events - n, cfg.max_bytes - size))
 
     def close(self) -> None:
         if self.resolver is not None:
             self.resolver.close()
+
+
+class _Deleted:
+    """Events deleted unsent to make room: counted, and said at most once a minute."""
+
+    def __init__(self, site: str, metric: Counter, event: str, hint: str) -> None:
+        self._site = site
+        self._counter = metric.labels(site=site)
+        self._event = event
+        self._hint = hint
+        self._since = 0
+        self._warning = Throttle(DROPPED_EVERY)
+
+    def add(self, count: int) -> None:
+        self._counter.inc(count)
+        self._since += count
+        if self._since and self._warning.due():
+            log.warning(self._event, site=self._site, count=self._since, hint=self._hint)
+            self._since = 0
 
 
 __all__ = ["SiteIngest", "SpoolFull"]

@@ -96,6 +96,12 @@ EVENTS_DROPPED = Counter(
     ["site"],
     registry=REGISTRY,
 )
+EVENTS_SHED = Counter(
+    _P + "events_shed",
+    "page_view events dropped from a full spool to make room (spool.on_overload: shed_page_views)",
+    ["site"],
+    registry=REGISTRY,
+)
 SPOOL_DEPTH = Gauge(_P + "spool_depth", "Events waiting in the spool", ["site"], registry=REGISTRY)
 SPOOL_BYTES = Gauge(
     _P + "spool_bytes", "Bytes of events waiting in the spool", ["site"], registry=REGISTRY

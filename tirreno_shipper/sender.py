@@ -479,6 +479,8 @@ class SiteSender:
         self.backfill_share = backfill_share
         self._credit_per_live = backfill_share / (1.0 - backfill_share)
         self._backfill_credit = 0.0
+        # Events the sensor accepted so far (for the overload watch).
+        self.accepted_total = 0
         self.lanes = LaneRates(clock)
         # The longest one request may take: a connect and a response, each up to
         # the timeout (config requires the lease to be longer).
@@ -732,6 +734,7 @@ class SiteSender:
                             worker.first_ack = started
                         worker.acks.append(event.id)
                     self._sent.inc()
+                    self.accepted_total += 1
                     self._last_sent.set_to_current_time()
                     self.health.on_success()
                     self._set_rate(self.rate.on_success())

@@ -213,6 +213,8 @@ _I64: Final = 1 << 63
 
 _umask_lock = threading.Lock()
 
+# make_room's filter for spool.on_overload: shed_page_views.
+_PAGE_VIEW: Final = " AND json_extract(fields, '$.eventType') = 'page_view'"
 # The rows `purge` may remove: a lane's queued events (older than a time), not leased.
 _PURGEABLE: Final = (
     "site = ? AND lane = ? AND created < ? AND (leased_until IS NULL OR leased_until <= ?)"
@@ -920,17 +922,21 @@ class Spool:
         ).fetchone()
         return (int(row[0]), int(row[1])) if row is not None else (0, 0)
 
-    def make_room(self, site: str, keep_events: int, keep_bytes: int) -> int:
+    def make_room(
+        self, site: str, keep_events: int, keep_bytes: int, *, page_views_only: bool = False
+    ) -> int:
         """Delete the oldest events not leased right now until the site holds at most
         ``keep_events`` events and ``keep_bytes`` bytes (or none is left to delete);
-        how many went (the caller says so: at every chunk, it would flood the log)."""
+        how many went (the caller says so: at every chunk, it would flood the log).
+        ``page_views_only``: delete only ``page_view`` events (spool.on_overload)."""
         now = self._clock.time()
+        only = _PAGE_VIEW if page_views_only else ""
         with self._write() as conn:
             depth, size = self._totals(conn, site)
             count = 0
             rows = conn.execute(
                 "SELECT size FROM events WHERE site = ? AND "
-                "(leased_until IS NULL OR leased_until <= ?) ORDER BY created, id",
+                f"(leased_until IS NULL OR leased_until <= ?){only} ORDER BY created, id",
                 (site, now),
             )
             for (event_size,) in rows:
@@ -940,13 +946,13 @@ class Spool:
                 size -= event_size
                 count += 1
             rows.close()
-            return self._drop_oldest(conn, site, count) if count else 0
+            return self._drop_oldest(conn, site, count, only) if count else 0
 
-    def _drop_oldest(self, conn: sqlite3.Connection, site: str, count: int) -> int:
+    def _drop_oldest(self, conn: sqlite3.Connection, site: str, count: int, only: str) -> int:
         return self._delete_events(
             conn,
             "id IN (SELECT id FROM events WHERE site = ? AND "
-            "(leased_until IS NULL OR leased_until <= ?) ORDER BY created, id LIMIT ?)",
+            f"(leased_until IS NULL OR leased_until <= ?){only} ORDER BY created, id LIMIT ?)",
             (site, self._clock.time(), count),
         )
 
