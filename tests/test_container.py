@@ -7,6 +7,7 @@ into entries whose ``log`` has no final newline; both streams share one file.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -14,8 +15,10 @@ from typing import Any
 
 import pytest
 
+from tests.support.shipper import nginx_line, run_cli, site, write_config
 from tests.test_tail import Store, make
 from tirreno_shipper.config import LogSource
+from tirreno_shipper.reader import file_chunks
 from tirreno_shipper.tail.container import (
     MALFORMED,
     TOO_LONG,
@@ -24,6 +27,7 @@ from tirreno_shipper.tail.container import (
     Selector,
     container_input,
     container_name,
+    unframe,
 )
 
 PART = 16 * 1024  # containerd's and dockerd's split size
@@ -210,3 +214,42 @@ def test_kubelet_rotation_through_the_symlink_and_a_restart(tmp_path: Path) -> N
     again = make(str(links / "*.log"), checkpoints=store.checkpoints(), **framed("cri"))
     assert store.drain(again) == [b"l4", b"l5"]
     again.close()
+
+
+def test_whole_file_reads_unframe_records_split_across_chunks(tmp_path: Path) -> None:
+    """backfill and the dry run read whole files in chunks: a record whose parts straddle
+    two chunks is carried to the second, at its first part's offset."""
+    log = tmp_path / "0.log"
+    long = "q" * (PART * 2 + 7)
+    write(log, cri("a") + cri(long) + cri("b") + cri("e", "stderr") + cri("c"))
+    framing = Framing("cri", ("stdout",), 65536)
+    chunks = list(unframe(file_chunks(str(log), Framing.RAW_LINE_MAX, chunk_lines=2), framing))
+    records = [line for c in chunks for line in c.lines]
+    assert [r for _, r in records] == [b"a", long.encode(), b"b", b"c"]
+    assert records[1][0] == len(cri("a"))
+    assert chunks[-1].end_offset == log.stat().st_size
+    for before, after in itertools.pairwise(chunks):
+        assert before.end_offset == after.start_offset
+
+
+def test_dry_run_and_check_read_selected_container_logs(tmp_path: Path) -> None:
+    """`run --once --dry-run` and `check` see what `run` reads: the lines inside the
+    framing, of the selected containers only."""
+    links = tmp_path / "containers"
+    links.mkdir()
+    mine = links / f"web-1_shop_nginx-{'c' * 64}.log"
+    other = links / f"api-1_kube-system_app-{'d' * 64}.log"
+    write(mine, cri(nginx_line("/shop/1").rstrip("\n")) + cri("notice", "stderr"))
+    write(mine, cri(nginx_line("/shop/" + "x" * (PART + 10)).rstrip("\n")))
+    write(other, cri(nginx_line("/other/1").rstrip("\n")))
+    entry = {"path": str(links / "*.log"), "container": "cri", "include": {"namespaces": ["shop"]}}
+    cfg = write_config(
+        tmp_path / "c.yaml", [site("s", "http://127.0.0.1:9/sensor/", mine, log=entry)]
+    )
+    out = run_cli("run", "-c", str(cfg), "--once", "--dry-run")
+    assert out.returncode == 0, out.stderr
+    urls = [json.loads(line)["fields"]["url"] for line in out.stdout.splitlines() if line]
+    assert [u[:8] for u in urls] == ["/shop/1", "/shop/xx"]
+    checked = run_cli("check", "-c", str(cfg))
+    assert "lines parse as nginx_combined" in checked.stdout, checked.stdout
+    assert "other" not in checked.stdout

@@ -25,7 +25,7 @@ from tirreno_shipper.config import Config, SiteConfig
 from tirreno_shipper.errors import ResolverError
 from tirreno_shipper.ingest import SiteIngest, SpoolFull
 from tirreno_shipper.pipeline import Counts
-from tirreno_shipper.reader import file_chunks, followed_files
+from tirreno_shipper.reader import followed_files, selected, source_chunks
 from tirreno_shipper.tail import DECOMPRESS_ERRORS
 from tirreno_shipper.terminal import printable_json
 from tirreno_shipper.tirreno import tirreno_stores
@@ -42,7 +42,7 @@ def site_files(site: SiteConfig) -> list[tuple[int, str]]:
     a glob's compressed matches are rotated copies it skips (see reader.followed_files)."""
     out: list[tuple[int, str]] = []
     for i, src in enumerate(site.logs):
-        out.extend((i, p) for p in followed_files(src.path, site.name))
+        out.extend((i, p) for p in followed_files(src.path, site.name) if selected(p, src))
     return out
 
 
@@ -76,7 +76,7 @@ def dry_run(config: Config, out: TextIO = sys.stdout) -> dict[str, Counts]:
         total = totals.setdefault(site.name, Counts())
         try:
             for index, path in site_files(site):
-                for chunk in file_chunks(path, site.logs[index].max_line_bytes):
+                for chunk in source_chunks(path, site.logs[index]):
                     events, counts = ingest.process(chunk, index)
                     total.merge(counts)
                     for ev in events:
@@ -168,7 +168,7 @@ def backfill(
             src = site.logs[index]
             done = 0
             first = True
-            chunks = file_chunks(path, src.max_line_bytes)
+            chunks = source_chunks(path, src)
             while True:
                 try:
                     chunk = next(chunks, None)

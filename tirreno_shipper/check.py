@@ -31,10 +31,11 @@ from tirreno_shipper.detect import MIXED_CAUSE, second_format
 from tirreno_shipper.errors import ResolverError
 from tirreno_shipper.parse import EXCLUDED_PATH, LineParser
 from tirreno_shipper.pipeline import SitePipeline
-from tirreno_shipper.reader import followed_files
+from tirreno_shipper.reader import followed_files, selected
 from tirreno_shipper.records import Request
 from tirreno_shipper.sender import FORM_CONTENT_TYPE, Outcome, send_one, tls_verify, user_agent
 from tirreno_shipper.state import SPOOL_FILE, lock_holder
+from tirreno_shipper.tail.container import Framing, container_input
 from tirreno_shipper.terminal import PrintableWriter
 from tirreno_shipper.users import UserResolver
 from tirreno_shipper.users.keys import KeyExtractor
@@ -174,7 +175,7 @@ def _check_logs(site: SiteConfig, out: TextIO) -> bool:
         if glob.has_magic(src.path):
             # The files `run` follows: a folder is not a log, a compressed match is a
             # rotated copy (sent with backfill, never followed).
-            paths = followed_files(src.path, site.name)
+            paths = [p for p in followed_files(src.path, site.name) if selected(p, src)]
             for p in sorted(set(glob.glob(src.path)) - set(paths)):
                 if os.path.isfile(p):
                     print(
@@ -223,6 +224,7 @@ def _check_logs(site: SiteConfig, out: TextIO) -> bool:
                     cut=size > len(tail),
                     keys=keys,
                     key_name=key_name,
+                    framing=container_input(src)[0],
                 )
                 and ok
             )
@@ -239,6 +241,7 @@ def _check_sample(
     cut: bool,
     keys: KeyExtractor | None,
     key_name: str,
+    framing: Framing | None = None,
 ) -> bool:
     """Whether the file's last lines parse with its format, in one format only, and
     carry the session key: each mistake would otherwise show only as a growing
@@ -246,7 +249,12 @@ def _check_sample(
     lines = tail.split(b"\n")
     if cut:
         lines = lines[1:]  # the first is a piece of a line
-    lines = [line.removesuffix(b"\r") for line in lines if line.strip()][-SAMPLE_LINES:]
+    lines = [line.removesuffix(b"\r") for line in lines if line.strip()]
+    if framing is not None:
+        # A container log: the lines inside the runtime's framing.
+        records, _bad, _end = framing.unwrap(list(enumerate(lines)), len(lines), final=True)
+        lines = [line for _, line in records]
+    lines = lines[-SAMPLE_LINES:]
     if not lines:
         print(f"  [ok]   logs {path}: readable (no lines yet)", file=out)
         return True

@@ -17,12 +17,16 @@ from __future__ import annotations
 import glob
 import os
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:
+    from tirreno_shipper.config import LogSource
 
 import structlog
 
 from tirreno_shipper.records import Chunk, FileId
 from tirreno_shipper.tail import OPENERS, compression, fingerprint, glob_matches, skipped_hint
+from tirreno_shipper.tail.container import Framing, container_input, unframe
 
 log = structlog.get_logger(__name__)
 
@@ -106,3 +110,18 @@ def file_chunks(path: str, max_line_bytes: int = 65536, chunk_lines: int = 2000)
             more = fh.read(_READ)
             eof = not more
             buf = rest + more
+
+
+def source_chunks(path: str, src: LogSource) -> Iterator[Chunk]:
+    """`file_chunks` of a file of the ``logs`` entry ``src``: a container log's framing
+    removed (see `tail.container`), so backfill and the dry run read what ``run`` reads."""
+    framing, _ = container_input(src)
+    if framing is None:
+        return file_chunks(path, src.max_line_bytes)
+    return unframe(file_chunks(path, max(src.max_line_bytes, Framing.RAW_LINE_MAX)), framing)
+
+
+def selected(path: str, src: LogSource) -> bool:
+    """Whether ``run`` reads ``path`` for ``src``: a container log's include/exclude."""
+    _, select = container_input(src)
+    return select is None or select(path)

@@ -24,9 +24,11 @@ import fnmatch
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
+
+from tirreno_shipper.records import Chunk
 
 if TYPE_CHECKING:
     from tirreno_shipper.config import LogSource
@@ -199,3 +201,20 @@ def container_input(src: LogSource) -> tuple[Framing | None, Selector | None]:
         return None, None
     framing = Framing(src.container, src.streams, src.max_line_bytes)
     return framing, Selector(src.include.by_part(), src.exclude.by_part())
+
+
+def unframe(chunks: Iterator[Chunk], framing: Framing) -> Iterator[Chunk]:
+    """Whole-file chunks (`reader.file_chunks`: backfill, the dry run) with the framing
+    removed; the parts of a record split across two chunks are carried to the second."""
+    carry: list[tuple[int, bytes]] = []
+    chunk = next(chunks, None)
+    while chunk is not None:
+        following = next(chunks, None)
+        lines = [*carry, *chunk.lines]
+        start = lines[0][0] if carry else chunk.start_offset
+        records, bad, end = framing.unwrap(lines, chunk.end_offset, final=following is None)
+        carry = [line for line in lines if line[0] >= end]
+        skipped = sorted([*(s for s in chunk.skipped if s[0] < end), *bad])
+        if records or skipped:
+            yield Chunk(chunk.path, chunk.file, start, end, records, skipped)
+        chunk = following
