@@ -35,13 +35,15 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import wraps
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import Any, Concatenate, Final, ParamSpec, TypeVar, cast
 
 import structlog
 
+from tirreno_shipper import reserve
 from tirreno_shipper.clock import SYSTEM, Clock
 from tirreno_shipper.errors import SpoolCorruptError, SpoolError
 from tirreno_shipper.records import Checkpoint, Event, FileId, LeasedEvent
@@ -185,9 +187,6 @@ _SQLITE_CORRUPT: Final = 11
 _SQLITE_NOTADB: Final = 26
 _CORRUPT_CODES: Final = frozenset({_SQLITE_CORRUPT, _SQLITE_NOTADB})
 
-# A few checkpoints' worth of WAL (16 MiB) between checkpoints: the default
-# (1000 pages) would checkpoint, with an fsync, after nearly every chunk.
-_WAL_AUTOCHECKPOINT_PAGES: Final = 4096
 _JOURNAL_SIZE_LIMIT: Final = 64 * 1024 * 1024
 _CACHE_KIB: Final = 8192
 
@@ -337,6 +336,35 @@ def _ids_json(ids: Sequence[int]) -> str:
     return json.dumps([int(i) for i in ids])
 
 
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _disk_full(exc: BaseException) -> bool:
+    cause = exc.__cause__
+    if isinstance(cause, sqlite3.Error):
+        code = getattr(cause, "sqlite_errorcode", None)
+        return code == sqlite3.SQLITE_FULL or "disk is full" in str(cause)
+    return False
+
+
+def _delivery(method: Callable[Concatenate[Spool, _P], _T]) -> Callable[Concatenate[Spool, _P], _T]:
+    """A sender's write (lease, ack, release, dead letter): on a full disk it is given the
+    room of the spool's reserve (and of a truncated WAL) and tried once more, so that
+    deliveries, which free room, go on while the disk is full."""
+
+    @wraps(method)
+    def write(self: Spool, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return method(self, *args, **kwargs)
+        except SpoolError as exc:
+            if not _disk_full(exc) or not self._room_for_delivery():
+                raise
+        return method(self, *args, **kwargs)
+
+    return write
+
+
 class Spool:
     """The spool file ``path``; see the module docstring. Safe to share between threads."""
 
@@ -350,6 +378,12 @@ class Spool:
         self._closed = False
         self._owner = _owner_token()
         self._prepare_files()
+        # Room for deliveries on a full disk, set aside by the first write of events
+        # (see `_room_for_events`), not by readers such as ``status``; the WAL's
+        # checkpoint limit is sized so that the reserve always covers a checkpoint.
+        size, self._wal_pages = reserve.plan(self.path.parent)
+        self._reserve = reserve.DiskReserve(self.path.with_name(self.path.name + "-reserve"), size)
+        self._reserve_tried = False
         try:
             self._open_checked()
             self.recover_leases()
@@ -516,7 +550,7 @@ class Spool:
             )
             try:
                 conn.execute("PRAGMA synchronous=NORMAL")
-                conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT_PAGES:d}")
+                conn.execute(f"PRAGMA wal_autocheckpoint={self._wal_pages:d}")
                 conn.execute(f"PRAGMA journal_size_limit={_JOURNAL_SIZE_LIMIT:d}")
                 conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB:d}")
             except BaseException:
@@ -640,6 +674,7 @@ class Spool:
         """
         if not events and checkpoint is None:
             return 0
+        self._room_for_events()
         now = self._clock.time()
         rows = []
         total = 0
@@ -704,8 +739,52 @@ class Spool:
                 [(site, _to_i64(f.dev), _to_i64(f.ino), f.fingerprint) for f in files],
             )
 
+    # -- room on a full disk -------------------------------------------------
+
+    def _room_for_delivery(self) -> bool:
+        """After a sender's write met a full disk: free what can be freed for it (the
+        reserve, the WAL beyond its last checkpoint); False if nothing was."""
+        released = self._reserve.release()
+        return self._truncate_wal() or released
+
+    def _truncate_wal(self) -> bool:
+        """Checkpoint and truncate the WAL: the room its file held goes back to the disk."""
+        try:
+            busy, _, _ = self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error:
+            return False
+        return not busy
+
+    def _room_for_events(self) -> None:
+        """The tail's inserts wait while the reserve is given away to deliveries: the room
+        acknowledged deliveries free is theirs first. Raises `SpoolError` until it is back
+        (or the spool has that much unused room inside its own file)."""
+        if not self._reserve_tried:
+            self._reserve_tried = True
+            self._reserve.hold()
+            return
+        if not self._reserve.released or self._reserve.hold():
+            return
+        self._truncate_wal()
+        if self._reserve.hold() or self._free_bytes() >= 2 * self._reserve.size:
+            return
+        raise SpoolError(
+            f"spool {self.path}: the disk is full; new events wait until deliveries free room"
+        )
+
+    def _free_bytes(self) -> int:
+        """Room inside the spool file that new rows reuse without growing it."""
+        try:
+            conn = self._conn()
+            pages = conn.execute("PRAGMA freelist_count").fetchone()[0]
+            size = conn.execute("PRAGMA page_size").fetchone()[0]
+        except sqlite3.Error:
+            return 0
+        return int(pages) * int(size)
+
     # -- the sender's side ---------------------------------------------------
 
+    @_delivery
     def lease(
         self,
         site: str,
@@ -743,6 +822,7 @@ class Spool:
                     break
         return leased
 
+    @_delivery
     def ack(self, ids: Sequence[int]) -> None:
         """Delete delivered events. Unknown ids are ignored: ack is idempotent."""
         if not ids:
@@ -750,6 +830,7 @@ class Spool:
         with self._write() as conn:
             self._delete_events(conn, "id IN (SELECT value FROM json_each(?))", (_ids_json(ids),))
 
+    @_delivery
     def release(self, ids: Sequence[int], delay: float, count_attempt: bool = True) -> None:
         """Put leased events back, ready again in ``delay`` seconds."""
         if not ids:
@@ -761,6 +842,7 @@ class Spool:
                 (self._clock.time() + max(0.0, delay), 1 if count_attempt else 0, _ids_json(ids)),
             )
 
+    @_delivery
     def dead_letter(self, ids: Sequence[int], reason: str, *, attempted: bool = False) -> None:
         """Move events out of the queue into dead letters, with the reason.
 

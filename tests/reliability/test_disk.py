@@ -305,3 +305,65 @@ def test_full_disk_pauses_the_tail_and_loses_nothing(tmp_path: Path) -> None:
     assert not moved, f"the spool was moved aside as corrupt: {moved}"
     assert not report["missing"] and not report["unexpected"]
     assert report["duplicates"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_full_disk_still_delivers_and_frees_room(tmp_path: Path) -> None:
+    """The disk stays full, the sensor comes back: leases and acks still get written (the
+    spool's reserve file gives its room to them), acknowledged deliveries free room inside
+    the spool, and the tail goes on: every line is delivered, once, without the disk growing."""
+    state = tmp_path / "state"
+    log = tmp_path / "access.log"
+    writer = LogWriter(log)
+    port = free_port()
+    sensor = FakeSensor(bucket_capacity=0).start()
+    sensor.set_mode("refuse")  # the spool can only grow
+    shipper = Shipper(
+        make_config(
+            tmp_path,
+            sensor.url,
+            log,
+            state_dir=state,
+            metrics_port=port,
+            sensor={"retry_max_delay": 1},
+            spool={"lease_timeout": 5},
+        ),
+        log_path=tmp_path / "daemon.log",
+        start=False,
+    )
+    # 8 MiB: the reserve is an eighth of a small disk, and a read chunk (up to 1 MiB of
+    # lines) must fit in the room acknowledged deliveries free.
+    with small_disk(state, "8m"):
+        try:
+            shipper.start()
+            writer.start(1500)
+            wait_for(
+                lambda: (
+                    metric(
+                        scrape(port, starting=True),
+                        "tirreno_shipper_site_paused",
+                        reason="spool_error",
+                    )
+                    == 1
+                ),
+                60,
+                "the tail to pause on a full disk",
+                interval=0.3,
+            )
+            time.sleep(1)
+            writer.stop()
+            sensor.set_mode("ok")
+            wait_for(all_delivered(sensor, range(writer.seq)), 90, "every line on a full disk")
+            report = delivery_report(sensor, range(writer.seq))
+            # The sender's writes met the full disk too, and were given the reserve's room.
+            released = shipper.logged("spool_reserve_released")
+            assert shipper.stop() == 0
+        finally:
+            writer.close()
+            shipper.close()
+            sensor.stop()
+    print(f"\nfull disk, not grown: {writer.seq} lines, all delivered")
+    assert released
+    assert not report["missing"] and not report["unexpected"]
+    assert report["duplicates"] == 0
