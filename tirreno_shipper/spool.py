@@ -279,8 +279,27 @@ def _encode_fields(fields: Mapping[str, str]) -> str:
     return _ENCODER.encode(plain)
 
 
-def _decode_fields(text: str) -> dict[str, str]:
-    return cast(dict[str, str], json.loads(text))
+def _decode_fields(text: object) -> dict[str, str]:
+    """A row's fields; ValueError says why a row (edited by hand, damaged) cannot be sent."""
+    if not isinstance(text, str | bytes):
+        raise ValueError(f"fields are {type(text).__name__}, not JSON text")
+    try:
+        fields = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"fields are not valid JSON: {exc}") from None
+    if not isinstance(fields, dict):
+        raise ValueError(f"fields are a JSON {type(fields).__name__}, not an object")
+    if not all(isinstance(v, str) for v in fields.values()):
+        raise ValueError("a field's value is not a string")
+    return cast(dict[str, str], fields)
+
+
+def _fields_or_none(text: object) -> dict[str, str]:
+    """A dead letter's fields, or none when they cannot be read (the reason says why)."""
+    try:
+        return _decode_fields(text)
+    except ValueError:
+        return {}
 
 
 def _proc_start_time(pid: int) -> str | None:
@@ -813,11 +832,16 @@ class Spool:
                     LEASE_SQL, (until, self._owner, site, now, limit - len(leased), lane)
                 ).fetchall()
                 # RETURNING's order is SQLite's to choose.
-                rows.sort()
-                leased.extend(
-                    LeasedEvent(id_, site, rid, _decode_fields(fields), attempts, created, lane)
-                    for id_, rid, fields, attempts, created in rows
-                )
+                for id_, rid, fields, attempts, created in sorted(rows):
+                    try:
+                        decoded = _decode_fields(fields)
+                    except ValueError as exc:
+                        # One damaged row must not hold back the rest of its batch (or
+                        # fail every lease after it): it goes to dead letters, with why.
+                        self._to_dead_letters(conn, [id_], f"undecodable spool row: {exc}", now)
+                        log.error("spool_row_undecodable", site=site, id=id_, error=str(exc))
+                        continue
+                    leased.append(LeasedEvent(id_, site, rid, decoded, attempts, created, lane))
                 if len(leased) >= limit:
                     break
         return leased
@@ -851,16 +875,26 @@ class Spool:
         """
         if not ids:
             return
-        now = self._clock.time()
-        payload = _ids_json(ids)
         with self._write() as conn:
-            conn.execute(
-                "INSERT INTO dead_letters (site, request_id, fields, reason, attempts, created, "
-                "failed_at) SELECT site, request_id, fields, ?, attempts + ?, created, ? "
-                "FROM events WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
-                (reason, int(attempted), now, payload),
-            )
-            self._delete_events(conn, "id IN (SELECT value FROM json_each(?))", (payload,))
+            self._to_dead_letters(conn, ids, reason, self._clock.time(), attempted=attempted)
+
+    def _to_dead_letters(
+        self,
+        conn: sqlite3.Connection,
+        ids: Sequence[int],
+        reason: str,
+        now: float,
+        *,
+        attempted: bool = False,
+    ) -> None:
+        payload = _ids_json(ids)
+        conn.execute(
+            "INSERT INTO dead_letters (site, request_id, fields, reason, attempts, created, "
+            "failed_at) SELECT site, request_id, fields, ?, attempts + ?, created, ? "
+            "FROM events WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
+            (reason, int(attempted), now, payload),
+        )
+        self._delete_events(conn, "id IN (SELECT value FROM json_each(?))", (payload,))
 
     def recover_leases(self) -> int:
         """Put back leases that expired or whose process is gone; how many.
@@ -1071,7 +1105,7 @@ class Spool:
                 .fetchall()
             )
         return [
-            DeadLetter(id_, s, rid, _decode_fields(fields), reason, attempts, created, failed)
+            DeadLetter(id_, s, rid, _fields_or_none(fields), reason, attempts, created, failed)
             for id_, s, rid, fields, reason, attempts, created, failed in rows
         ]
 
