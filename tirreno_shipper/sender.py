@@ -14,11 +14,14 @@ answered a permanent 4xx (dead letters). Everything else is released back to
 the spool: delivery is at-least-once, and the only duplicates are requests in
 flight (or answered but not yet acked) at a crash.
 
-httpx is the HTTP library. The hot path drives httpx's transport
-(`httpx.HTTPTransport.handle_request`) with a pre-encoded form body instead of
-`httpx.Client.post`: the client's per-call work (cookies, auth, redirects,
-event hooks, header merging) does not apply here, and skipping it took a
-one-thread loop against a local 204 sink from about 770 to about 960 events/s.
+The HTTP library is httpx's own core, httpcore: `HTTPPoster` drives its
+connection pool with a pre-encoded form body instead of `httpx.Client.post`
+(the client's per-call work, cookies, auth, redirects, event hooks, header
+merging, does not apply here; skipping it took a one-thread loop against a
+local 204 sink from about 770 to about 960 events/s). Its network backend
+(`deadline.DeadlineBackend`) ends every request by a deadline shorter than the
+lease, whatever the sensor does, and at most `deadline.MAX_ANSWER_BYTES` of an
+answer is read.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from dataclasses import dataclass, field
 from datetime import UTC
 from typing import TYPE_CHECKING, Any, Protocol
 
+import httpcore
 import httpx
 import structlog
 
@@ -46,6 +50,7 @@ from tirreno_shipper._version import __version__
 from tirreno_shipper.adaptive import AdaptiveRate
 from tirreno_shipper.clock import SYSTEM, Clock
 from tirreno_shipper.config import SensorConfig
+from tirreno_shipper.deadline import DeadlineBackend, read_at_most
 from tirreno_shipper.errors import ConfigError, SpoolError
 from tirreno_shipper.health import OK, SensorHealth
 from tirreno_shipper.logs import Throttle
@@ -151,11 +156,22 @@ def _error_reason(error: BaseException) -> str:
         seen = seen.__cause__ or seen.__context__
     if any(isinstance(e, ssl.SSLError | ssl.CertificateError) for e in chain):
         return "tls"
-    if any(isinstance(e, httpx.TimeoutException | TimeoutError) for e in chain):
+    if any(
+        isinstance(e, httpx.TimeoutException | httpcore.TimeoutException | TimeoutError)
+        for e in chain
+    ):
         return "timeout"
-    if any(isinstance(e, httpx.ConnectError | ConnectionRefusedError) for e in chain):
+    if any(
+        isinstance(e, httpx.ConnectError | httpcore.ConnectError | ConnectionRefusedError)
+        for e in chain
+    ):
         return "connect"
-    if any(isinstance(e, httpx.TransportError | OSError) for e in chain):
+    if any(
+        isinstance(
+            e, httpx.TransportError | httpcore.NetworkError | httpcore.ProtocolError | OSError
+        )
+        for e in chain
+    ):
         return "network"
     return "error"
 
@@ -335,45 +351,61 @@ class Poster(Protocol):
 
 
 class HTTPPoster:
-    """One sensor endpoint over a keep-alive connection pool; the single httpx boundary."""
+    """One sensor endpoint over a keep-alive connection pool; the single HTTP boundary.
+
+    Each request, connect to last byte, ends within ``2 * timeout`` (the budget the
+    sender plans leases with): the per-operation timeouts alone would let a sensor
+    that dribbles its answer hold a request, and so its lease, for ever.
+    """
 
     def __init__(self, config: SensorConfig, connections: int) -> None:
         self.url = httpx.URL(config.url)
-        self._transport = httpx.HTTPTransport(
-            verify=tls_verify(config),
-            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+        self._deadline = 2 * config.timeout
+        self._backend = DeadlineBackend()
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(verify=tls_verify(config)),
+            max_connections=connections,
+            max_keepalive_connections=connections,
+            network_backend=self._backend,
             retries=0,
         )
+        self._target = str(self.url).encode("ascii")
         self._extensions: dict[str, Any] = {"timeout": httpx.Timeout(config.timeout).as_dict()}
-        self._headers = {
-            "Api-Key": config.key(),
-            "User-Agent": user_agent(),
-            "Content-Type": FORM_CONTENT_TYPE,
-            "Accept": "*/*",
-        }
+        self._headers = [
+            (b"Api-Key", config.key().encode("latin-1")),
+            (b"User-Agent", user_agent().encode("ascii")),
+            (b"Content-Type", FORM_CONTENT_TYPE.encode("ascii")),
+            (b"Accept", b"*/*"),
+        ]
 
     def post(self, body: bytes, request_id: str) -> Verdict:
         """POST one form-encoded event; never raises: a failure is a RETRY verdict."""
-        headers = dict(self._headers)
-        headers["X-Request-Id"] = request_id
+        headers = [*self._headers, (b"X-Request-Id", request_id.encode("ascii"))]
         try:
-            request = httpx.Request(
-                "POST", self.url, content=body, headers=headers, extensions=self._extensions
-            )
-            response = self._transport.handle_request(request)
-            try:
-                content = response.read()
-            finally:
-                response.close()
+            with (
+                self._backend.deadline(self._deadline),
+                self._pool.stream(
+                    b"POST",
+                    self._target,
+                    headers=headers,
+                    content=body,
+                    extensions=self._extensions,
+                ) as response,
+            ):
+                # tirreno answers with no body: a few KiB tell a tirreno from anything
+                # else, and the rest (1 GiB, streamed) is never read.
+                content = read_at_most(response.iter_stream())
+                status = response.status
+                answer = httpx.Headers(response.headers)
         except Exception as exc:
             # Any failure before a complete answer keeps the event: even an
             # unexpected error must not lose it. It is logged by the caller.
             return classify(None, b"", None, exc)
-        return classify(response.status_code, content, response.headers, None)
+        return classify(status, content, answer, None)
 
     def close(self) -> None:
         try:
-            self._transport.close()
+            self._pool.close()
         except Exception as exc:
             log.debug("sensor_client_close_failed", error=type(exc).__name__)
 
@@ -506,6 +538,11 @@ class SiteSender:
         # the ack failed (a full disk): never sent again, acked when the spool can
         # be written. Guarded by _cond.
         self._accepted: set[int] = set()
+        # Being posted right now, by any worker. A request ends before its lease does
+        # (HTTPPoster's deadline), but a lease is kept in wall-clock time: a clock
+        # stepped forward can end it early, and its events must not be leased and
+        # posted a second time while the first post is open. Guarded by _cond.
+        self._in_flight: set[int] = set()
         self._spool_error = Throttle(30.0)
         self._sent = metrics.EVENTS_SENT.labels(site=site)
         self._last_sent = metrics.LAST_SENT.labels(site=site)
@@ -630,6 +667,10 @@ class SiteSender:
                 batch = self.spool.lease(self.site, limit, self.lease_seconds, lanes)
                 with self._cond:
                     done = self._accepted.intersection(e.id for e in batch)
+                    flying = self._in_flight.intersection(e.id for e in batch)
+                if flying:
+                    # The worker posting them acks or releases them when its post ends.
+                    batch = [e for e in batch if e.id not in flying]
                 if done:
                     # Their lease ended while their ack could not be written: they
                     # were delivered; acking is all that is left to do.
@@ -726,7 +767,13 @@ class SiteSender:
                     self._dead_letter(event, invalid, attempted=False)  # never sent
                     continue
                 started = self._clock.monotonic()
-                verdict = self._poster.post(body, event.request_id)
+                with self._cond:
+                    self._in_flight.add(event.id)
+                try:
+                    verdict = self._poster.post(body, event.request_id)
+                finally:
+                    with self._cond:
+                        self._in_flight.discard(event.id)
                 self._latency.observe(self._clock.monotonic() - started)
                 if verdict.outcome is Outcome.ACCEPTED:
                     with worker.lock:

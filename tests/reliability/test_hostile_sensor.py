@@ -1,0 +1,104 @@
+"""A misbehaving sensor on a real socket cannot duplicate events or take the memory.
+
+- A sensor dribbling its headers (one line every 0.5 s for 12 s) never lets a read time
+  out: with ``timeout: 2`` and ``lease_timeout: 5`` the request outlived its lease and
+  another worker sent the same events again (23 POSTs, 3 ids accepted 2-3 times). The whole
+  request is now bounded by a deadline shorter than the lease, and an event in flight is
+  never sent by a second worker.
+- A sensor answering ``Content-Length: 1073741824`` and streaming it took the process to
+  2.09 GB. At most a few KiB of any answer is read.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+
+from tests.support.hostile_sensor import HostileSensor
+from tirreno_shipper.config import SensorConfig
+from tirreno_shipper.deadline import MAX_ANSWER_BYTES
+from tirreno_shipper.records import Event
+from tirreno_shipper.sender import Outcome, SiteSender, send_one
+from tirreno_shipper.spool import Spool
+
+KEY = "hostile-sensor-key"
+FIELDS = {"ipAddress": "203.0.113.7", "url": "/", "eventTime": "2024-05-01 10:00:00"}
+
+
+def _config(url: str, **overrides: float) -> SensorConfig:
+    values: dict[str, object] = {"url": url, "api_key": KEY, "rate_limit": 0, "timeout": 2.0}
+    values.update(overrides)
+    return SensorConfig.model_validate(values)
+
+
+def _events(n: int) -> list[Event]:
+    return [Event(f"00000000-0000-5000-8000-{i:012d}", dict(FIELDS)) for i in range(n)]
+
+
+def test_dribbling_headers_end_by_the_request_deadline() -> None:
+    """One request to a sensor that sends a header line every 0.5 s ends after about twice
+    ``sensor.timeout`` (the deadline the sender plans leases with), as a retryable timeout."""
+    with HostileSensor("dribble") as sensor:
+        started = time.monotonic()
+        verdict = send_one(_config(sensor.url), FIELDS, "x")
+        elapsed = time.monotonic() - started
+    assert verdict.outcome is Outcome.RETRY and verdict.reason == "timeout", verdict
+    assert elapsed < 2 * 2.0 + 1.0, elapsed
+
+
+def test_dribbling_sensor_never_gets_an_event_twice_at_once(tmp_path: Path) -> None:
+    """``timeout: 2``, ``lease_timeout: 5``, four workers, a sensor dribbling every answer
+    for 12 s at first: no request outlives the lease, no event is posted while an earlier
+    post of it is still open, and once the sensor answers, each event is accepted once."""
+    spool = Spool.open(tmp_path / "state")
+    events = _events(12)
+    spool.commit_chunk("shop", events, None)
+    with HostileSensor("dribble", hostile_first=8, interval=0.5, dribble_for=12.0) as sensor:
+        sender = SiteSender(
+            "shop",
+            _config(sensor.url, concurrency=4, retry_max_delay=1.0),
+            spool,
+            lease_seconds=5.0,
+        )
+        sender.start()
+        try:
+            assert sender.wait_empty(60), spool.stats("shop")
+        finally:
+            sender.stop(5)
+            spool.close()
+        time.sleep(0.6)  # the dribbler notices the last hang-up within one interval
+        seen = list(sensor.seen)
+    longest = max(s.ended - s.started for s in seen)
+    assert longest < 5.0, f"a request outlived the 5 s lease: {longest:.1f} s"
+    by_id: dict[str | None, list[tuple[float, float]]] = {}
+    for s in seen:
+        by_id.setdefault(s.request_id, []).append((s.started, s.ended))
+    for request_id, spans in by_id.items():
+        spans.sort()
+        for (_, end), (start, _) in itertools.pairwise(spans):
+            assert start >= end - 0.05, f"{request_id} posted again while in flight: {spans}"
+    accepted = sensor.accepted_ids()
+    assert sorted(accepted) == sorted(e.request_id for e in events), accepted
+
+
+def test_one_gib_answer_is_read_a_few_kib_at_most() -> None:
+    """``Content-Length: 1 GiB`` streamed: the answer is cut after a few KiB (the sensor
+    could send only what the socket buffers hold before the client hung up), the verdict
+    comes at once, and the process does not grow."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with HostileSensor("huge") as sensor:
+        started = time.monotonic()
+        verdict = send_one(_config(sensor.url, timeout=5.0), FIELDS, "x")
+        elapsed = time.monotonic() - started
+        time.sleep(0.3)
+        sent = sensor.seen[0].sent
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    # A 200 with a body is not tirreno's answer: refused (reject), never retried as if empty.
+    assert verdict.outcome is not Outcome.ACCEPTED, verdict
+    assert elapsed < 2.0, elapsed
+    assert sent < 64 * 1024 * 1024, f"the sensor streamed {sent} bytes"
+    assert grown_mb < 32, f"peak RSS grew {grown_mb:.0f} MB"
+    assert MAX_ANSWER_BYTES <= 8192
