@@ -80,3 +80,20 @@ def test_a_stream_journald_did_not_connect_gets_no_prefix(
         setup_logging("info", "json", stream=out)
         structlog.get_logger().warning("w")
     assert json.loads(path.read_text())["event"] == "w"
+
+
+def test_command_line_log_flags_outlast_a_reloaded_configuration(restored: None) -> None:
+    """--log-level/--log-format win over the log section, also when a SIGHUP reload sets
+    up logging again from the file."""
+    from tirreno_shipper.logs import force
+
+    out = io.StringIO()
+    force("warning", "json")
+    try:
+        setup_logging("debug", "console", stream=out)  # what the reload does
+        log = structlog.get_logger()
+        log.info("hidden")
+        log.warning("shown")
+    finally:
+        force(None, None)
+    assert [json.loads(line)["event"] for line in out.getvalue().splitlines()] == ["shown"]

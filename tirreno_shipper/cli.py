@@ -369,11 +369,12 @@ def _setup_logging(
 ) -> None:
     """--log-level / --log-format first, then ``level`` (the command's own), then the
     configuration's ``log`` section."""
-    from tirreno_shipper.logs import setup_logging
+    from tirreno_shipper.logs import force, setup_logging
 
+    force(args.log_level, args.log_format)  # a SIGHUP reload keeps them
     setup_logging(
-        args.log_level or level or (config.log.level if config else "info"),
-        args.log_format or (config.log.format if config else "auto"),
+        level or (config.log.level if config else "info"),
+        config.log.format if config else "auto",
     )
 
 

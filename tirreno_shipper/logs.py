@@ -79,7 +79,20 @@ def _with_priority(renderer: Any) -> Any:
     return render
 
 
+# --log-level / --log-format of the command line: they win over the configuration's
+# `log` section, a configuration reloaded by SIGHUP too.
+_forced: dict[str, str] = {}
+
+
+def force(level: str | None, fmt: str | None) -> None:
+    """Make ``level`` and ``fmt`` (those given) win over every later `setup_logging`."""
+    _forced.clear()
+    _forced.update({k: v for k, v in (("level", level), ("format", fmt)) if v})
+
+
 def setup_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+    level = _forced.get("level", level)
+    fmt = _forced.get("format", fmt)
     out = stream if stream is not None else sys.stderr
     console = fmt == "console" or (fmt == "auto" and out.isatty())
     renderer: Any = (
