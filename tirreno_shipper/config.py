@@ -350,7 +350,7 @@ class RegexStep(_Model):
     @field_validator("regex")
     @classmethod
     def _one_group(cls, value: str) -> str:
-        if regex.compile(value).groups != 1:  # type: ignore[attr-defined]
+        if regex.compile(value).groups != 1:
             raise ValueError("a key regex has exactly one capture group: the key")
         return value
 

@@ -100,3 +100,35 @@ def test_unsupported_construct_is_a_config_error_at_its_key_path(
         line = next(ln for ln in message.splitlines() if key in ln)
         assert "invalid regular expression" in line and construct in line, line
         assert "RE2" in line, line
+
+
+def test_users_key_regex_is_linear_and_refuses_lookaround(tmp_path: Path) -> None:
+    """A users key regex runs on the cookie a visitor sent: linear time there too, and a
+    construct RE2 cannot run is a config error at its key path."""
+    from tirreno_shipper.records import Request
+    from tirreno_shipper.users.keys import KeyExtractor, KeyRejected
+
+    users = (
+        "    users:\n"
+        "      key: {{cookie: sid, transforms: [{{regex: '{rx}'}}]}}\n"
+        f"      database: sqlite:///{tmp_path}/u.sqlite\n"
+        "      query: SELECT 1 AS user_name WHERE :key IS NOT NULL\n"
+    )
+    text = SITE.format(tmp=tmp_path, paths="[]", agents="[]", rule="^/x$")
+    config = parse_config(text + users.format(rx="((?:a+)+)$"), env={})
+    assert config.sites[0].users is not None
+    extract = KeyExtractor(config.sites[0].users)
+    cookie = "a" * 40 + "!"
+    request = Request("10.0.0.2", None, "GET", "/", "/", 200, None, None, None, None, cookie, {})
+    started = time.perf_counter()
+    with pytest.raises(KeyRejected):  # no match: the request has no usable key
+        extract(request)
+    assert time.perf_counter() - started < 0.5
+    with pytest.raises(ConfigError) as info:
+        parse_config(text + users.format(rx="(?<=s=)(\\\\w+)"), env={})
+    line = next(
+        ln
+        for ln in str(info.value).splitlines()
+        if "users.key.transforms[0]" in ln and "regex:" in ln and "unknown key" not in ln
+    )
+    assert "invalid regular expression" in line and "RE2" in line, line
