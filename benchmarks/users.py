@@ -77,6 +77,7 @@ sites:
   - name: bench
     sensor: {{url: "http://127.0.0.1:9/sensor/", api_key: k}}
     logs: [{{path: {log}, format: {{apache: '{APACHE_COOKIE}'}}}}]
+    spool: {{max_events: 5000000, max_bytes: 4000000000}}   # no daemon empties it here
 {section if users else ""}"""
     )
     return path
