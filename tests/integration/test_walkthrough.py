@@ -13,6 +13,7 @@ cookie logged).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -193,11 +194,18 @@ def _trap(
     return detected.stdout, checked.stdout
 
 
-def _started(server: WebServer) -> WebServer:
+@contextlib.contextmanager
+def _started(server: WebServer) -> Iterator[WebServer]:
+    """The server started once and stopped at the end (``with server`` would start a
+    second one over the first, which then outlives the test)."""
     try:
-        return server.start()
+        server.start()
     except ServerError as exc:
         pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def test_nginx_walkthrough_on_debians_default_config(

@@ -19,7 +19,6 @@ from tests.support.servers import (
     ServerError,
     WebServer,
     _require_binary,
-    _wait_listening,
 )
 
 DEBIAN_NGINX = Path("/etc/nginx")
@@ -139,21 +138,6 @@ class DebianApache(WebServer):
     def command(self) -> list[str]:
         return [self.binary, "-d", str(self.etc), "-f", str(self.etc / "apache2.conf"),
                 "-DFOREGROUND"]  # fmt: skip
-
-    def start(self) -> DebianApache:
-        # apache2 reads its variables from the environment (apache2ctl sources envvars).
-        cmd = self.command()
-        with open(self.workdir / "stdout.log", "ab") as out:
-            self.proc = subprocess.Popen(
-                cmd,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.workdir,
-                env=self.env,
-                start_new_session=True,
-            )
-        _wait_listening(self.port, self.proc, self.error_log, f"apache ({' '.join(cmd)})")
-        return self
 
     def test_config(self) -> subprocess.CompletedProcess[str]:
         """``apache2 -t`` (configtest) on the copy."""

@@ -184,15 +184,24 @@ class WebServer:
         self.error_log = workdir / "error.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.access_logs: dict[str, Path] = {}
+        self.env: dict[str, str] | None = None  # the server's environment (None: ours)
 
     def command(self) -> list[str]:
         raise NotImplementedError
 
     def start(self) -> Self:
+        if self.proc is not None and self.proc.poll() is None:
+            # A second instance would replace self.proc and the first outlive stop().
+            raise ServerError(f"{self.name} is already running (pid {self.proc.pid})")
         cmd = self.command()
         with open(self.workdir / "stdout.log", "ab") as out:
             self.proc = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, cwd=self.workdir, start_new_session=True
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                env=self.env,
+                start_new_session=True,
             )
         _wait_listening(self.port, self.proc, self.error_log, f"{self.name} ({' '.join(cmd)})")
         return self
