@@ -19,7 +19,7 @@ import yaml
 from tests.support.users import cookie_request as req
 from tests.support.users import rejected
 from tirreno_shipper.config import ApacheFormat, NginxFormat, UsersConfig, parse_config
-from tirreno_shipper.errors import ConfigError
+from tirreno_shipper.errors import ConfigError, ResolverError
 from tirreno_shipper.formats import compile_format
 from tirreno_shipper.parse import line_parser
 from tirreno_shipper.records import Request
@@ -304,3 +304,32 @@ def test_a_login_line_is_credited_to_the_user_who_logged_in(tmp_path: Any) -> No
         ("account_login", "alice"),
         ("page_view", "alice"),
     ]
+
+
+def test_the_application_secret_is_never_shown() -> None:
+    """Neither a configuration error nor the resolver's refusal of a secret it cannot
+    use shows the secret."""
+    secret = "base64:" + base64.b64encode(b"TopSecretAppKey!").decode()  # 16 bytes: too short
+    text = yaml.safe_dump(
+        {
+            "sites": [
+                {
+                    "name": "s",
+                    "sensor": {"url": "http://127.0.0.1:1/", "api_key": "k"},
+                    "logs": [{"path": "/var/log/a.log"}],
+                    "users": {"framework": "laravel", "secret": [secret], "database": "sqlite://"},
+                }
+            ]
+        }
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_config(text)
+    assert "TopSecret" not in str(info.value.problems) and secret not in str(info.value.problems)
+    config = UsersConfig.model_validate(
+        {"framework": "laravel", "secret": secret, "database": "sqlite://"}
+    )
+    assert secret not in repr(config)
+    with pytest.raises(ResolverError) as refused:
+        UserResolver("s", config)
+    assert "users.key.transforms" in str(refused.value)
+    assert secret not in str(refused.value) and "VG9wU2Vj" not in str(refused.value)
