@@ -5,7 +5,6 @@ DaemonSet's read-only host logs, and the ingress-nginx format line."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -42,7 +41,6 @@ def render(folder: Path) -> list[dict[str, Any]]:
         text=True,
         timeout=120,
         check=False,
-        env={**os.environ, "HOME": str(ROOT)},
     )
     assert result.returncode == 0, result.stderr
     return [d for d in yaml.safe_load_all(result.stdout) if d]

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.fake_sensor import FakeSensor
 from tests.support.servers import free_port
+from tests.support.shipper import nginx_line, running, site, wait_until, write_config
 from tirreno_shipper import metrics
 from tirreno_shipper.config import LogSource
 from tirreno_shipper.records import Checkpoint, FileId
@@ -141,3 +143,48 @@ def test_closing_leaves_a_socket_bound_by_a_newer_run(tmp_path: Path) -> None:
     assert path.exists()
     second.close()
     assert not os.path.exists(path)
+
+
+@pytest.mark.parametrize("kind", ["udp", "unix"])
+def test_a_reloaded_syslog_site_listens_again(tmp_path: Path, kind: str) -> None:
+    """A reload that restarts the site closes the old socket and binds the new one: lines
+    sent after the reload arrive (the old runner's close never removes the new socket)."""
+    if kind == "udp":
+        port = free_port(("127.0.0.1",))
+        listen: str = f"udp://127.0.0.1:{port}"
+        family, target = socket.AF_INET, ("127.0.0.1", port)
+    else:
+        path = tmp_path / "s.sock"
+        listen = f"unix:{path}"
+        family, target = socket.AF_UNIX, str(path)  # type: ignore[assignment]
+    out = socket.socket(family, socket.SOCK_DGRAM)
+
+    def send(text: str) -> None:
+        out.sendto(b"<190>Dec  2 14:00:00 web1 nginx: " + nginx_line(text).encode(), target)
+
+    with FakeSensor(bucket_capacity=0) as sensor:
+        entry = {"syslog": listen, "format": "nginx_combined"}
+        sites = [site("s", sensor.url, tmp_path / "unused.log", log=entry)]
+        sites[0]["logs"] = [entry]
+        cfg = write_config(tmp_path / "c.yaml", sites)
+        with running(cfg) as shipper:
+            shipper.wait_log("syslog_listening", 20)
+            send("/before")
+            assert wait_until(lambda: len(sensor.accepted) == 1, 20)
+            sites[0]["sensor"]["concurrency"] = 1  # the site changes: it is restarted
+            write_config(cfg, sites)
+            shipper.wait_log("reloaded", 20)
+            assert shipper.logged("site_reconfigured", site="s")
+            assert len(shipper.logged("syslog_listening")) == 2
+
+            def sent_after() -> bool:
+                send("/after")  # again until one arrives: the new socket may not be bound yet
+                return len(sensor.accepted) >= 2
+
+            assert wait_until(sent_after, 20, interval=0.2)
+            assert shipper.stop() == 0
+    out.close()
+    assert sensor.accepted[0].fields["url"] == "/before"
+    assert {r.fields["url"] for r in sensor.accepted[1:]} == {"/after"}
+    if kind == "unix":
+        assert not path.exists()
