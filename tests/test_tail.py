@@ -918,3 +918,18 @@ def test_damaged_compressed_file_is_a_warning_and_the_next_files_are_read(
     assert [w["event"] for w in warnings] == ["compressed_file_unreadable"]
     assert warnings[0]["file"] == str(gz)
     assert [c.file for c in store.checkpoints()] == [identify(str(p))]
+
+
+def test_split_lines_offsets_crlf_too_long_and_the_rest() -> None:
+    from tirreno_shipper.tail.lines import split_lines
+
+    data = b"ab\r\n" + b"x" * 9 + b"\ncd\nef"
+    assert split_lines(data, 100, 8, 2000) == (
+        [(100, b"ab"), (114, b"cd")],
+        [(104, "too_long")],
+        117,
+        b"ef",
+    )
+    # At most max_lines lines: the others stay in the rest, read again next time.
+    assert split_lines(b"a\nb\nc\n", 0, 8, 2) == ([(0, b"a"), (2, b"b")], [], 4, b"c\n")
+    assert split_lines(b"partial", 5, 8, 10) == ([], [], 5, b"partial")

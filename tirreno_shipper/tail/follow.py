@@ -35,6 +35,7 @@ from tirreno_shipper.tail.compressed import DECOMPRESS_ERRORS, UNKNOWN_END
 from tirreno_shipper.tail.container import Framing
 from tirreno_shipper.tail.files import File, FileStatus, Group
 from tirreno_shipper.tail.identity import Opened, fingerprint_fd, open_file, open_ro
+from tirreno_shipper.tail.lines import split_lines
 from tirreno_shipper.tail.paths import BACKFILL, glob_matches, is_glob, siblings, skipped_hint
 from tirreno_shipper.tail.recovery import Recovery
 
@@ -241,7 +242,7 @@ class Tailer:
             # The identity changed without a chunk: a rewrite found by its fingerprint.
         return None
 
-    def _read(self, g: Group, f: File, size: int, *, final: bool, verify: bool) -> Chunk | None:  # noqa: C901 - per chunk: the line-splitting loops are the tail's hot path
+    def _read(self, g: Group, f: File, size: int, *, final: bool, verify: bool) -> Chunk | None:
         if f.discard_scan >= 0:
             return self._discard(g, f, size, final)
         avail = size - f.offset
@@ -261,39 +262,15 @@ class Tailer:
                     return None
                 f.pending_retire.append(f.id)
                 f.id = FileId(f.id.dev, f.id.ino, fp)
-        parts = data.split(b"\n", self._chunk_lines)
-        rest = parts.pop()
-        lines: list[tuple[int, bytes]] = []
-        skipped: list[tuple[int, str]] = []
-        pos = f.offset
-        maxlen = self._max_line
-        if parts:
-            append = lines.append
-            if b"\r" in data:
-                for seg in parts:
-                    n = len(seg)
-                    if n > maxlen:
-                        skipped.append((pos, "too_long"))
-                    elif seg[-1:] == b"\r":
-                        append((pos, seg[:-1]))
-                    else:
-                        append((pos, seg))
-                    pos += n + 1
-            else:
-                for seg in parts:
-                    n = len(seg)
-                    if n > maxlen:
-                        skipped.append((pos, "too_long"))
-                    else:
-                        append((pos, seg))
-                    pos += n + 1
-        elif len(rest) > maxlen:
-            f.discard_scan = f.offset + len(data)
-            return self._discard(g, f, size, final)
-        elif final and rest and at_end:
-            # The file is done: its unterminated last line is a line after all.
-            lines.append((pos, rest[:-1] if rest[-1:] == b"\r" else rest))
-            pos += len(rest)
+        lines, skipped, pos, rest = split_lines(data, f.offset, self._max_line, self._chunk_lines)
+        if pos == f.offset:  # no newline in what was read
+            if len(rest) > self._max_line:
+                f.discard_scan = f.offset + len(data)
+                return self._discard(g, f, size, final)
+            if final and rest and at_end:
+                # The file is done: its unterminated last line is a line after all.
+                lines.append((pos, rest[:-1] if rest[-1:] == b"\r" else rest))
+                pos += len(rest)
         for off, _reason in skipped:
             log.warning("line_too_long", site=self.site, path=g.path, offset=off)
         if self._framing is not None:
