@@ -27,36 +27,37 @@ MAX_CHARS = 2 * 1024 * 1024
 class Memo(Generic[K, V]):
     """A dict emptied at once when it holds ``max_entries`` or ``max_chars``.
 
-    ``get`` is the dict's own bound method, so a hit costs one dict look-up;
+    ``get`` is the dict's own bound method, so a hit costs one dict look-up
+    (``data`` is the dict itself, for a hot path that subscripts it: read only);
     ``put`` is for misses, with the size of what is stored (its characters).
     Not thread-safe: each site's tail thread owns its memos.
     """
 
-    __slots__ = ("_chars", "_data", "get", "max_chars", "max_entries")
+    __slots__ = ("_chars", "data", "get", "max_chars", "max_entries")
 
     def __init__(self, max_entries: int = MAX_ENTRIES, max_chars: int = MAX_CHARS) -> None:
-        self._data: dict[K, V] = {}
+        self.data: dict[K, V] = {}
         self._chars = 0
         self.max_entries = max_entries
         self.max_chars = max_chars
-        self.get = self._data.get
+        self.get = self.data.get
 
     def put(self, key: K, value: V, chars: int) -> None:
-        if len(self._data) >= self.max_entries or self._chars + chars > self.max_chars:
+        if len(self.data) >= self.max_entries or self._chars + chars > self.max_chars:
             self.clear()
         if chars <= self.max_chars:  # a key larger than the whole budget is not kept
-            self._data[key] = value
+            self.data[key] = value
             self._chars += chars
 
     def clear(self) -> None:
-        self._data.clear()
+        self.data.clear()
         self._chars = 0
 
     def __len__(self) -> int:
-        return len(self._data)
+        return len(self.data)
 
     def __contains__(self, key: object) -> bool:
-        return key in self._data
+        return key in self.data
 
     @property
     def chars(self) -> int:
