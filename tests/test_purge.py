@@ -1,7 +1,9 @@
-"""``spool purge``: queued events removed on purpose, never leased ones or checkpoints."""
+"""``spool purge`` (queued events removed on purpose, never leased ones or checkpoints)
+and the lanes in ``status``."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ from tests.support.shipper import run_cli, site, write_config
 from tirreno_shipper.config import load_config
 from tirreno_shipper.purge import parse_before, run_purge
 from tirreno_shipper.records import Checkpoint, Event, FileId
-from tirreno_shipper.spool import BACKFILL, Spool
+from tirreno_shipper.spool import BACKFILL, Spool, drain_seconds
 
 
 def events(n: int, tag: str, event_type: str = "page_view") -> list[Event]:
@@ -83,3 +85,25 @@ def test_before_takes_only_older_events_and_must_be_a_time(cfg: Path, tmp_path: 
 def test_parse_before_reads_iso_times_with_and_without_an_offset() -> None:
     assert parse_before("2026-12-01T05:00Z") == 1796101200.0
     assert parse_before("2026-12-01T06:00+01:00") == 1796101200.0
+
+
+def test_status_shows_each_lane(cfg: Path) -> None:
+    """status: per lane depth and oldest age (rates and drain times need the daemon)."""
+    r = run_cli("status", "-c", str(cfg), "--json")
+    assert r.returncode == 0, r.stderr
+    lanes = json.loads(r.stdout)["sites"]["a"]["lanes"]
+    assert {name: lane["depth"] for name, lane in lanes.items()} == {
+        "security": 2,
+        "live": 3,
+        "backfill": 5,
+    }
+    assert all(lane["oldest_age_seconds"] >= 0 for lane in lanes.values())
+    assert all(lane["send_rate"] is None for lane in lanes.values())
+    text = run_cli("status", "-c", str(cfg)).stdout
+    assert "lane backfill: 5 events, oldest" in text
+
+
+def test_drain_seconds_counts_the_lanes_ahead() -> None:
+    """A lane drains after every lane before it, at the site's whole rate."""
+    assert drain_seconds([10, 0, 90], 10.0) == [1.0, 0.0, 10.0]
+    assert drain_seconds([10, 0, 90], 0.0) == [None, 0.0, None]
