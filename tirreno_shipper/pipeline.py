@@ -140,9 +140,13 @@ class SitePipeline:
         build = self.mapper.build
         resolver = self.resolver
         key_for = resolver.key_for if resolver is not None else None
-        resolve = resolver.resolve if resolver is not None else None
         login_response = self._login_response
         self.mapper.fixed = counts.fixed
+        # Lines that make an event, and their session keys: the chunk's keys are
+        # resolved together (its distinct uncached ones looked up in one go) before
+        # any event is built, so a failing database leaves nothing half done.
+        kept: list[tuple[int, Request, str, str, str | None, bool, str | None]] = []
+        keys: list[str] = []
         for offset, raw in chunk.lines:
             req = parse(raw)
             if type(req) is str:
@@ -165,13 +169,18 @@ class SitePipeline:
             # At a status >= 400 the mapper sends page_error, or keeps the rule's
             # type (keep_type), as tirreno would store it.
             event_type, unresolved, keep_type = match_rule(req)
-            user: User | None = None
-            if key_for is not None and resolve is not None:
+            key: str | None = None
+            if key_for is not None:
                 # A login line carries the session the visitor had before (none, or
                 # an anonymous one): who logged in is the response's new cookie.
                 key = key_for(req, response=login_response if event_type == LOGIN else None)
                 if key is not None:
-                    user = resolve(key)
+                    keys.append(key)
+            kept.append((offset, req, ip, event_type, unresolved, keep_type, key))
+        users = resolver.resolve_many(keys) if resolver is not None and keys else {}
+        user_of = users.get
+        for offset, req, ip, event_type, unresolved, keep_type, key in kept:
+            user = user_of(key) if key is not None else None
             if user is None:
                 if (unresolved or self.unresolved) == "drop":
                     counts.unresolved["dropped"] += 1

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import sqlalchemy
@@ -39,7 +39,7 @@ from tirreno_shipper.metrics import (
     RESOLVER_REJECTED,
 )
 from tirreno_shipper.records import Request, User
-from tirreno_shipper.users.cache import TtlLru
+from tirreno_shipper.users.cache import Interner, TtlLru
 from tirreno_shipper.users.decoders import Undecodable, at_path, decode
 from tirreno_shipper.users.keys import KeyExtractor, KeyRejected, key_digest, sha256_hex
 from tirreno_shipper.users.rows import COLUMN_FIELDS, column_field, map_row
@@ -90,7 +90,13 @@ class UserResolver:
         if self._key_of.problem is not None:  # an unseal option or secret it cannot use
             raise ResolverError(f"users.key.transforms: {self._key_of.problem}")
         self._cache = TtlLru(config.cache_size)
-        self._last_seen = TtlLru(max(config.cache_size, LAST_SEEN_MIN_SIZE))
+        # Holds the hit cache's own entries (expiring at found + cache_ttl), a day
+        # from when they were found.
+        self._last_seen = TtlLru(
+            max(config.cache_size, LAST_SEEN_MIN_SIZE), extend=LAST_SEEN_TTL - config.cache_ttl
+        )
+        # A user has several sessions (devices, logins): their keys share one record.
+        self._intern = Interner(max(config.cache_size, LAST_SEEN_MIN_SIZE))
         self._failing = False
         # When the query in flight began (monotonic), for the daemon to notice one
         # that hangs past every timeout; None between queries.
@@ -139,24 +145,61 @@ class UserResolver:
 
         Not thread-safe, as the pipeline that calls it: one resolver per site thread.
         """
+        return self.resolve_many((key,))[key]
+
+    def resolve_many(self, keys: Iterable[str]) -> dict[str, User | None]:
+        """The user of each of ``keys`` (a chunk's, repeats included), by key; raises
+        `ResolverError` if the database fails (what was found so far stays cached).
+
+        The cache is read for every distinct key first, then the distinct keys it
+        did not hold are looked up together, one query each on the held
+        connection, all at one clock reading. A repeat counts as a cache hit, as
+        it would have been one line later.
+        """
         now = self._clock()
-        ck = key if len(key) <= _CACHE_KEY_CHARS else "#" + sha256_hex(key)
-        found, user = self._cache.get(ck, now)
-        if found:
-            self._hit.inc()
-            if user is not None:
-                # Last-seen was refreshed when this entry came from the database
-                # (at least once per cache_ttl): no need to touch it per request.
-                return user
-        else:
-            self._miss.inc()
+        out: dict[str, User | None] = {}
+        todo: list[tuple[str, str]] = []  # (key, cache key) not in the cache
+        cache_get = self._cache.get
+        hits = 0
+        for key in keys:
+            if key in out:
+                hits += 1
+                continue
+            ck = key if len(key) <= _CACHE_KEY_CHARS else "#" + sha256_hex(key)
+            found, user = cache_get(ck, now)
+            if found:
+                hits += 1
+                # Last-seen was refreshed when this entry came from the database (at
+                # least once per cache_ttl): no need to touch it per request.
+                out[key] = user if user is not None else self._last_seen_user(ck, key, now)
+            else:
+                out[key] = None
+                todo.append((key, ck))
+        if hits:
+            self._hit.inc(hits)
+        if not todo:
+            return out
+        self._miss.inc(len(todo))
+        # One expiry time per outcome for the whole group: the entries share it.
+        ttl, negative_ttl = self.config.cache_ttl, self.config.negative_ttl
+        expires, negative_expires = now + ttl, now + negative_ttl
+        put, remember = self._cache.put_entry, self._last_seen.put_entry
+        for key, ck in todo:
             user = self._query(key)
-            ttl = self.config.cache_ttl if user is not None else self.config.negative_ttl
-            if ttl > 0:
-                self._cache.put(ck, user, now + ttl)
-        if user is not None:
-            self._last_seen.put(ck, user, now + LAST_SEEN_TTL)
-            return user
+            if user is not None:
+                user = self._intern(user)
+                entry = (expires, user)
+                if ttl > 0:
+                    put(ck, entry)
+                remember(ck, entry)  # kept LAST_SEEN_TTL from now (the cache's `extend`)
+                out[key] = user
+            else:
+                if negative_ttl > 0:
+                    put(ck, (negative_expires, None))
+                out[key] = self._last_seen_user(ck, key, now)
+        return out
+
+    def _last_seen_user(self, ck: str, key: str, now: float) -> User | None:
         seen, last = self._last_seen.get(ck, now)
         if seen and last is not None:
             log.debug("resolver_last_seen_used", site=self.site, key_tag=key_digest(key))
