@@ -73,7 +73,9 @@ class Database:
             return [tuple(r) for r in conn.execute(sqlalchemy.text(sql), params or {})]
 
     def table_names(self) -> set[str]:
-        return set(sqlalchemy.inspect(self.engine).get_table_names())
+        """Those of this test's tables (made or named through it) that exist: the server's
+        database is shared with other tests and runs, which make and drop their own."""
+        return set(sqlalchemy.inspect(self.engine).get_table_names()) & set(self.tables)
 
     def drop_all(self) -> None:
         with self.engine.begin() as conn:
