@@ -698,3 +698,9 @@ def test_invalid_bytes_in_a_json_log_are_stored_as_sent(raw: bytes) -> None:
     mapper = EventMapper(ClientIpConfig(), [])
     fields = mapper.build(req, None, "192.0.2.7", "page_view", "x").fields
     assert tirreno.tirreno_stores(fields, "x").lost is None
+
+
+@given(st.binary(max_size=40) | st.text(alphabet='ab@."\\\x7f', max_size=40).map(str.encode))
+def test_units_shortcut_counts_as_the_walk(data: bytes) -> None:
+    """Without quotes or backslashes the count is read off the bytes; it must be the walk's."""
+    assert tirreno._units(data) == tirreno._walk_units(data)

@@ -199,6 +199,16 @@ def _units(data: bytes) -> tuple[int, int]:
     before an '@'). A unit is one byte other than '\\' and '"', or a '\\' pair,
     each with optional quotes around it."""
     n = len(data)
+    if b'"' not in data and b"\\" not in data:
+        # Every byte is a unit (as the walk below finds, ~100 times slower): the
+        # address's usual shape, checked once per distinct user.
+        return n, max(data.rfind(b"@"), 0)
+    return _walk_units(data)
+
+
+def _walk_units(data: bytes) -> tuple[int, int]:
+    """`_units` by walking every way to read quotes and backslash pairs."""
+    n = len(data)
     best = [-1] * (n + 1)
     best[0] = 0
     most = most_at = 0

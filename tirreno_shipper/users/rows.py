@@ -97,8 +97,43 @@ def _text(value: Any, field: str) -> str | None:
     return text if text.strip() else None
 
 
+# Column names of a result → the `User` field of each column, in order: worked out
+# once per query shape, not once per row. Only shapes with nothing to warn about
+# (every column known, a user name among them) are kept: the others take the
+# full path, which says what is wrong once per process.
+_plans: dict[tuple[str, ...], tuple[tuple[str, str], ...]] = {}
+_MAX_PLANS = 64
+
+
 def map_row(row: Mapping[str, Any]) -> User | None:
     """Map a result row to a `User` by column name; ``None`` without a user name."""
+    plan = _plans.get(tuple(row))
+    if plan is None:
+        return _first_row(row)
+    values: dict[str, str] = {}
+    for column, field in plan:
+        if field in values:  # the first non-empty column of several aliases wins
+            continue
+        raw = row[column]
+        if type(raw) is str and field != "user_created":
+            if raw.strip():  # _text's answer for text, without the call
+                values[field] = raw
+            continue
+        value = _text(raw, field)
+        if value is not None:
+            values[field] = value
+    if "user_name" not in values:
+        return None
+    return User(**values)
+
+
+def _first_row(row: Mapping[str, Any]) -> User | None:
+    """`map_row` for a query shape not seen yet: says what is wrong with its columns."""
+    plan = tuple((column, column_field(column)) for column in row)
+    if all(field for _, field in plan) and any(f == "user_name" for _, f in plan):
+        if len(_plans) >= _MAX_PLANS:
+            _plans.clear()
+        _plans[tuple(row)] = plan  # type: ignore[assignment]  # no None: checked above
     values: dict[str, str] = {}
     unknown: list[str] = []
     named = False
