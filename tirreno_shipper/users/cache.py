@@ -2,7 +2,8 @@
 
 A busy site's cache holds one entry per live session (150,000 and more), so the
 bytes of an entry matter more than its speed: an entry is one ``(expires,
-user)`` tuple, shared between the hit cache and the last-seen cache, and the
+user)`` tuple, which moves from the hit cache to the last-seen cache when it
+expires or is evicted (a key is held once), and the
 `User` records are interned (`Interner`), since a user has several sessions
 and every lookup of theirs returns an equal record.
 """
@@ -24,12 +25,15 @@ class TtlLru:
     cache keeps the hit cache's entries a day longer without a tuple of its own.
     """
 
-    __slots__ = ("_data", "_extend", "_size")
+    __slots__ = ("_data", "_extend", "_size", "spill")
 
     def __init__(self, size: int, extend: float = 0.0) -> None:
         self._size = size
         self._extend = extend
         self._data: OrderedDict[str, Entry] = OrderedDict()
+        # Where an entry naming a user goes when it expires or is evicted here (the
+        # last-seen cache): a key sits in one of the two, never both.
+        self.spill: TtlLru | None = None
 
     def get(self, key: str, now: float) -> tuple[bool, User | None]:
         entry = self._data.get(key)
@@ -37,6 +41,8 @@ class TtlLru:
             return False, None
         if entry[0] + self._extend <= now:
             del self._data[key]
+            if self.spill is not None and entry[1] is not None:
+                self.spill.put_entry(key, entry)
             return False, None
         self._data.move_to_end(key)
         return True, entry[1]
@@ -52,7 +58,12 @@ class TtlLru:
         data[key] = entry
         data.move_to_end(key)
         if len(data) > self._size:
-            data.popitem(last=False)
+            old, evicted = data.popitem(last=False)
+            if self.spill is not None and evicted[1] is not None:
+                self.spill.put_entry(old, evicted)
+
+    def discard(self, key: str) -> None:
+        self._data.pop(key, None)
 
     def __len__(self) -> int:
         return len(self._data)

@@ -90,11 +90,13 @@ class UserResolver:
         if self._key_of.problem is not None:  # an unseal option or secret it cannot use
             raise ResolverError(f"users.key.transforms: {self._key_of.problem}")
         self._cache = TtlLru(config.cache_size)
-        # Holds the hit cache's own entries (expiring at found + cache_ttl), a day
-        # from when they were found.
+        # Holds the entries naming a user that the hit cache let go (expiring at
+        # found + cache_ttl), a day from when they were found.
         self._last_seen = TtlLru(
             max(config.cache_size, LAST_SEEN_MIN_SIZE), extend=LAST_SEEN_TTL - config.cache_ttl
         )
+        self._cache.spill = self._last_seen
+        self._caching = config.cache_ttl > 0 and config.cache_size > 0
         # A user has several sessions (devices, logins): their keys share one record.
         self._intern = Interner(max(config.cache_size, LAST_SEEN_MIN_SIZE))
         self._failing = False
@@ -181,17 +183,21 @@ class UserResolver:
             return out
         self._miss.inc(len(todo))
         # One expiry time per outcome for the whole group: the entries share it.
-        ttl, negative_ttl = self.config.cache_ttl, self.config.negative_ttl
-        expires, negative_expires = now + ttl, now + negative_ttl
-        put, remember = self._cache.put_entry, self._last_seen.put_entry
+        negative_ttl = self.config.negative_ttl
+        expires, negative_expires = now + self.config.cache_ttl, now + negative_ttl
+        put, last_seen = self._cache.put_entry, self._last_seen
         for key, ck in todo:
             user = self._query(key)
             if user is not None:
                 user = self._intern(user)
                 entry = (expires, user)
-                if ttl > 0:
+                # Remembered LAST_SEEN_TTL from now (the last-seen cache's `extend`):
+                # in the hit cache, then in the last-seen cache when that lets it go.
+                if self._caching:
+                    last_seen.discard(ck)
                     put(ck, entry)
-                remember(ck, entry)  # kept LAST_SEEN_TTL from now (the cache's `extend`)
+                else:
+                    last_seen.put_entry(ck, entry)
                 out[key] = user
             else:
                 if negative_ttl > 0:
