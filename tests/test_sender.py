@@ -800,12 +800,22 @@ CHILD = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_kill_mid_flight_duplicates_only_requests_in_flight(tmp_path: Path) -> None:
-    """SIGKILL while sending, restart: nothing lost, duplicates bounded by concurrency x batch."""
+@pytest.mark.parametrize("backfill", [False, True])
+def test_kill_mid_flight_duplicates_only_requests_in_flight(
+    tmp_path: Path, backfill: bool
+) -> None:
+    """SIGKILL while sending, restart: nothing lost, duplicates bounded by concurrency x batch;
+    the same while a backfill drains behind live events (three lanes in the spool)."""
     state = tmp_path / "state"
     events = make_events(400)
     first = Spool.open(state)
-    first.commit_chunk("kill", events, None)
+    if backfill:
+        first.commit_chunk("kill", events[:300], None, backfill=True)
+        first.commit_chunk("kill", typed(events[300:350], "account_login"), None)
+        first.commit_chunk("kill", events[350:], None)
+        events = [*events[:300], *typed(events[300:350], "account_login"), *events[350:]]
+    else:
+        first.commit_chunk("kill", events, None)
     first.close()
     with FakeSensor(api_key=KEY, delay=0.01, bucket_capacity=0) as sensor:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
