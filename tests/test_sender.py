@@ -801,9 +801,7 @@ CHILD = textwrap.dedent(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backfill", [False, True])
-def test_kill_mid_flight_duplicates_only_requests_in_flight(
-    tmp_path: Path, backfill: bool
-) -> None:
+def test_kill_mid_flight_duplicates_only_requests_in_flight(tmp_path: Path, backfill: bool) -> None:
     """SIGKILL while sending, restart: nothing lost, duplicates bounded by concurrency x batch;
     the same while a backfill drains behind live events (three lanes in the spool)."""
     state = tmp_path / "state"
