@@ -493,7 +493,7 @@ class UsersConfig(_Model):
     query: str | None = None
     cache_ttl: float = Field(default=300.0, ge=0)
     negative_ttl: float = Field(default=30.0, ge=0)
-    cache_size: int = Field(default=100_000, ge=0)
+    cache_size: int = Field(default=200_000, ge=0)
     timeout: float = Field(default=5.0, gt=0)
     unresolved: Literal["drop", "anonymous"] = "drop"
 
