@@ -15,6 +15,8 @@ import itertools
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.support.hostile_sensor import HostileSensor
 from tirreno_shipper.config import SensorConfig
 from tirreno_shipper.deadline import MAX_ANSWER_BYTES
@@ -47,6 +49,7 @@ def test_dribbling_headers_end_by_the_request_deadline() -> None:
     assert elapsed < 2 * 2.0 + 1.0, elapsed
 
 
+@pytest.mark.slow  # real time: a real socket dribbling for 12 s against 2 s/5 s deadlines
 def test_dribbling_sensor_never_gets_an_event_twice_at_once(tmp_path: Path) -> None:
     """``timeout: 2``, ``lease_timeout: 5``, four workers, a sensor dribbling every answer
     for 12 s at first: no request outlives the lease, no event is posted while an earlier
