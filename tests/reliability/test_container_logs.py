@@ -128,6 +128,7 @@ class Runtime:
         self._fh.close()
 
 
+@pytest.mark.slow  # a real daemon across rotations and a restart: 15 s each
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("kind", ["cri", "docker"])
 def test_container_log_rotations_and_a_restart_lose_and_repeat_nothing(
