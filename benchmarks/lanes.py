@@ -19,6 +19,15 @@ Usage::
 
     PYTHONPATH=. .venv/bin/python benchmarks/lanes.py [backfill|overload|shared|all]
         [--seconds N] [--check]
+
+``shared`` also runs against a real tirreno (see benchmarks/real_tirreno.sh)::
+
+    PYTHONPATH=. .venv/bin/python benchmarks/lanes.py shared --sensor-url URL --api-key K \
+        --tirreno-dsn postgresql://ROLE:PASSWORD@127.0.0.1/DB
+
+Then what tirreno stored is counted in its database (``event.traceid`` is the
+X-Request-Id, refusals in ``event_incorrect``), and the answers from the shippers'
+own counters (accepted 204s, retries by reason, rejected empty 200s).
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from tirreno_shipper import metrics
 from tirreno_shipper.config import SensorConfig
 from tirreno_shipper.records import Event
 from tirreno_shipper.sender import SiteSender
@@ -67,10 +77,10 @@ def p99(values: list[float]) -> float:
 
 @contextmanager
 def shipper(
-    root: Path, name: str, url: str, *, rate: float = 9.0
+    root: Path, name: str, url: str, *, rate: float = 9.0, key: str = KEY
 ) -> Iterator[tuple[Spool, SiteSender]]:
     spool = Spool.open(root / name)
-    config = SensorConfig(url=url, api_key=SecretStr(KEY), rate_limit=rate)
+    config = SensorConfig(url=url, api_key=SecretStr(key), rate_limit=rate)
     sender = SiteSender(name, config, spool)
     try:
         yield spool, sender
@@ -171,13 +181,17 @@ def overload(seconds: float) -> dict[str, object]:
         }
 
 
-def shared(seconds: float) -> dict[str, object]:
-    with tempfile.TemporaryDirectory() as tmp, Sink(KEY) as sink, ExitStack() as stack:
+def run_shared(
+    url: str, key: str, seconds: float
+) -> tuple[set[str], set[str], float, float, list[list[float]], list[str]]:
+    """Three shippers on one key for ``seconds``: (queued ids, ids left in the spools,
+    start time, elapsed, their rates every 10 s, their site names)."""
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         queued: set[str] = set()
         senders = []
         spools = []
         for n in range(3):
-            spool, sender = stack.enter_context(shipper(Path(tmp), f"host{n}", sink.url))
+            spool, sender = stack.enter_context(shipper(Path(tmp), f"host{n}", url, key=key))
             events = [event(f"h{n}", i) for i in range(int(seconds * 10))]
             spool.commit_chunk(sender.site, events, None)
             queued.update(e.request_id for e in events)
@@ -191,33 +205,99 @@ def shared(seconds: float) -> dict[str, object]:
             time.sleep(10)
             samples.append([round(s.rate.rate, 2) for s in senders])
         elapsed = time.time() - started
-        answers = sink.answer_log()
         for sender in senders:
             sender.stop(5)
-        ids = Counter(r.request_id for r in sink.accepted)
         left: set[str] = set()
         for spool in spools:
             # Every queued row, leased or waiting out a Retry-After alike.
             with sqlite3.connect(spool.path) as conn:
                 left.update(row[0] for row in conn.execute("SELECT request_id FROM events"))
+        return queued, left, started, elapsed, samples, [s.site for s in senders]
+
+
+def shared(seconds: float) -> dict[str, object]:
+    with Sink(KEY) as sink:
+        queued, left, started, elapsed, samples, _ = run_shared(sink.url, KEY, seconds)
+        answers = sink.answer_log()
+        ids = Counter(r.request_id for r in sink.accepted)
         accepted_in_time = sum(1 for r in sink.accepted if r.time <= started + elapsed)
-        throttled = sum(1 for a in answers if a.answer == "429")
-        lost = queued - set(ids) - left
-        dup = sum(n - 1 for n in ids.values())
-        share = accepted_in_time / (elapsed * 10.0)
-        return {
-            "scenario": "shared",
-            "seconds": round(elapsed),
-            "accepted": accepted_in_time,
-            "share_of_bucket": round(share, 3),
-            "requests": len(answers),
-            "429s": throttled,
-            "429_share": round(throttled / max(1, len(answers)), 3),
-            "lost": len(lost),
-            "duplicated": dup,
-            "rates_every_10s": samples,
-            "ok": share >= 0.9 and throttled / max(1, len(answers)) < 0.05 and not lost and not dup,
-        }
+    throttled = sum(1 for a in answers if a.answer == "429")
+    return verdict(elapsed, accepted_in_time, len(answers), throttled, queued - set(ids) - left, ids, samples)
+
+
+def verdict(
+    elapsed: float,
+    accepted: int,
+    requests: int,
+    throttled: int,
+    lost: set[str],
+    ids: Counter[str],
+    samples: list[list[float]],
+    **extra: object,
+) -> dict[str, object]:
+    share = accepted / (elapsed * 10.0)  # the bucket: 200 per 20 s
+    dup = sum(n - 1 for n in ids.values())
+    return {
+        "scenario": "shared",
+        "seconds": round(elapsed),
+        "accepted": accepted,
+        "share_of_bucket": round(share, 3),
+        "requests": requests,
+        "429s": throttled,
+        "429_share": round(throttled / max(1, requests), 3),
+        "lost": len(lost),
+        "duplicated": dup,
+        **extra,
+        "rates_every_10s": samples,
+        "ok": share >= 0.9 and throttled / max(1, requests) < 0.05 and not lost and not dup,
+    }
+
+
+def counted(name: str, sites: list[str], **labels: str) -> int:
+    """Sum of a shipper counter over the benchmark's sites (the answers they saw)."""
+    return int(
+        sum(metrics.REGISTRY.get_sample_value(name, {"site": s, **labels}) or 0 for s in sites)
+    )
+
+
+def shared_real(seconds: float, url: str, key: str, dsn: str) -> dict[str, object]:
+    """``shared`` against a real tirreno: stored rows counted in its PostgreSQL by traceid."""
+    import psycopg  # dev dependency; only this mode needs it
+
+    queued, left, _, elapsed, samples, sites = run_shared(url, key, seconds)
+    p = "tirreno_shipper_"  # metrics._P
+    ok_204 = counted(p + "events_sent_total", sites)
+    rejected = counted(p + "events_rejected_total", sites)
+    retried = {
+        reason: counted(p + "events_retried_total", sites, reason=reason)
+        for reason in ("429", "500", "502", "503", "504", "timeout", "connect", "no_answer")
+    }
+    requests = ok_204 + rejected + sum(retried.values())
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT traceid, count(*) FROM event WHERE traceid = ANY(%s) GROUP BY traceid",
+            (list(queued),),
+        ).fetchall()
+        incorrect = conn.execute(
+            "SELECT count(*) FROM event_incorrect WHERE traceid = ANY(%s)", (list(queued),)
+        ).fetchone()
+    ids = Counter({str(t): int(n) for t, n in rows})
+    # Sent with 204 (gone from the spool) but not stored.
+    lost = queued - set(ids) - left
+    return verdict(
+        elapsed,
+        ok_204,
+        requests,
+        retried["429"],
+        lost,
+        ids,
+        samples,
+        stored=len(ids),
+        event_incorrect=incorrect[0] if incorrect else 0,
+        left_in_spools=len(left),
+        retried_by_reason={k: v for k, v in retried.items() if v},
+        rejected=rejected,
+    )
 
 
 def main() -> int:
@@ -227,7 +307,16 @@ def main() -> int:
     )
     parser.add_argument("--seconds", type=float, default=None)
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    parser.add_argument("--sensor-url", help="shared only: a real tirreno sensor instead of the sink")
+    parser.add_argument("--api-key", help="with --sensor-url: its key (dshb_api.key)")
+    parser.add_argument("--tirreno-dsn", help="with --sensor-url: its PostgreSQL, to count rows")
     args = parser.parse_args()
+    if args.sensor_url:
+        if args.scenario != "shared" or not (args.api_key and args.tirreno_dsn):
+            parser.error("--sensor-url runs 'shared' only and needs --api-key and --tirreno-dsn")
+        result = shared_real(args.seconds or 200.0, args.sensor_url, args.api_key, args.tirreno_dsn)
+        print(json.dumps(result), flush=True)
+        return 0 if result["ok"] or not args.check else 1
     runs = {"backfill": (backfill, 120.0), "overload": (overload, 120.0), "shared": (shared, 200.0)}
     chosen = list(runs) if args.scenario == "all" else [args.scenario]
     ok = True
