@@ -222,7 +222,8 @@ def shared(seconds: float) -> dict[str, object]:
         ids = Counter(r.request_id for r in sink.accepted)
         accepted_in_time = sum(1 for r in sink.accepted if r.time <= started + elapsed)
     throttled = sum(1 for a in answers if a.answer == "429")
-    return verdict(elapsed, accepted_in_time, len(answers), throttled, queued - set(ids) - left, ids, samples)
+    lost = queued - set(ids) - left
+    return verdict(elapsed, accepted_in_time, len(answers), throttled, lost, ids, samples)
 
 
 def verdict(
@@ -307,7 +308,7 @@ def main() -> int:
     )
     parser.add_argument("--seconds", type=float, default=None)
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
-    parser.add_argument("--sensor-url", help="shared only: a real tirreno sensor instead of the sink")
+    parser.add_argument("--sensor-url", help="shared only: a real tirreno, not the sink")
     parser.add_argument("--api-key", help="with --sensor-url: its key (dshb_api.key)")
     parser.add_argument("--tirreno-dsn", help="with --sensor-url: its PostgreSQL, to count rows")
     args = parser.parse_args()
