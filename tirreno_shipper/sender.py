@@ -469,6 +469,7 @@ class _Worker:
     # lease starts after the wait for it, so a batch can always send one event.
     token: bool = False
     acks: list[int] = field(default_factory=list)
+    flying: int | None = None  # the event it is about to post or posting (SiteSender._fly)
     first_ack: float = 0.0
     # SiteSender._work when the batch was leased: if it moved, live events came in.
     seen: int = 0
@@ -538,11 +539,14 @@ class SiteSender:
         # the ack failed (a full disk): never sent again, acked when the spool can
         # be written. Guarded by _cond.
         self._accepted: set[int] = set()
-        # Being posted right now, by any worker. A request ends before its lease does
-        # (HTTPPoster's deadline), but a lease is kept in wall-clock time: a clock
-        # stepped forward can end it early, and its events must not be leased and
-        # posted a second time while the first post is open. Guarded by _cond.
+        # The event each worker is about to post or posting. A request ends before its
+        # lease does (HTTPPoster's deadline), but a lease is kept in wall-clock time: a
+        # clock stepped forward can end it early, and the event must not be leased and
+        # posted by a second worker meanwhile. Marked before the worker's last check of
+        # its lease, so a lease taken after that check sees it. Guarded by its own
+        # lock (not _cond, which idle workers wait on).
         self._in_flight: set[int] = set()
+        self._in_flight_lock = threading.Lock()
         self._spool_error = Throttle(30.0)
         self._sent = metrics.EVENTS_SENT.labels(site=site)
         self._last_sent = metrics.LAST_SENT.labels(site=site)
@@ -667,6 +671,7 @@ class SiteSender:
                 batch = self.spool.lease(self.site, limit, self.lease_seconds, lanes)
                 with self._cond:
                     done = self._accepted.intersection(e.id for e in batch)
+                with self._in_flight_lock:
                     flying = self._in_flight.intersection(e.id for e in batch)
                 if flying:
                     # The worker posting them acks or releases them when its post ends.
@@ -721,6 +726,7 @@ class SiteSender:
                     if not worker.pending:
                         break
                     event = worker.pending[0]
+                self._fly(worker, event.id)
                 if event.lane == BACKFILL and self._work != worker.seen:
                     # Live events came in since the lease: they go first; the rest of
                     # this backfill goes back (a batch can hold a worker for seconds).
@@ -767,13 +773,7 @@ class SiteSender:
                     self._dead_letter(event, invalid, attempted=False)  # never sent
                     continue
                 started = self._clock.monotonic()
-                with self._cond:
-                    self._in_flight.add(event.id)
-                try:
-                    verdict = self._poster.post(body, event.request_id)
-                finally:
-                    with self._cond:
-                        self._in_flight.discard(event.id)
+                verdict = self._poster.post(body, event.request_id)
                 self._latency.observe(self._clock.monotonic() - started)
                 if verdict.outcome is Outcome.ACCEPTED:
                     with worker.lock:
@@ -802,11 +802,21 @@ class SiteSender:
                     self._flush_acks(worker)
                     self._on_failure(event, verdict, started, probing)
         finally:
+            self._fly(worker, None)
             self._give_back(worker)
             try:
                 self._flush_acks(worker)
             finally:
                 self._release_pending(worker)
+
+    def _fly(self, worker: _Worker, event: int | None) -> None:
+        """``event`` is the one ``worker`` posts next (None: it posts none any more)."""
+        with self._in_flight_lock:
+            if worker.flying is not None:
+                self._in_flight.discard(worker.flying)
+            if event is not None:
+                self._in_flight.add(event)
+            worker.flying = event
 
     def _backfill_turn(self, limit: int) -> int:
         """How many events this lease takes from backfill first (its share while live

@@ -12,12 +12,15 @@
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.support.clock import FakeClock
 from tests.support.hostile_sensor import HostileSensor
+from tests.support.mock_poster import MockPoster, Posted
 from tirreno_shipper.config import SensorConfig
 from tirreno_shipper.deadline import MAX_ANSWER_BYTES
 from tirreno_shipper.records import Event
@@ -105,3 +108,42 @@ def test_one_gib_answer_is_read_a_few_kib_at_most() -> None:
     assert sent < 64 * 1024 * 1024, f"the sensor streamed {sent} bytes"
     assert grown_mb < 32, f"peak RSS grew {grown_mb:.0f} MB"
     assert MAX_ANSWER_BYTES <= 8192
+
+
+def test_an_event_in_flight_is_not_leased_again_when_its_lease_ends(tmp_path: Path) -> None:
+    """A lease is kept in wall-clock time; if it ends while its event is still being posted
+    (a clock stepped forward, or any request that outlived it), another worker leasing it
+    again must not post it a second time: the post in flight acks or releases it."""
+    clock = FakeClock()
+    spool = Spool.open(tmp_path / "state", clock=clock)
+    (event,) = _events(1)
+    spool.commit_chunk("shop", [event], None)
+    lease = 10.0
+    released = threading.Event()
+
+    def slow_first_answer(posted: Posted) -> tuple[int, bytes, dict[str, str]]:
+        if len(poster.posted) == 0:
+            # The other worker idles on the fake clock, moving it on: hold this post until
+            # its lease has long ended in spool time and the other worker leased again.
+            until = time.monotonic() + 10
+            while clock.monotonic() < 1000.0 + 4 * lease and time.monotonic() < until:
+                released.wait(0.01)
+        return 204, b"", {}
+
+    poster = MockPoster(slow_first_answer, clock=clock)
+    sender = SiteSender(
+        "shop",
+        _config("http://127.0.0.1:1/sensor/", concurrency=2),
+        spool,
+        lease_seconds=lease,
+        clock=clock,
+        poster=poster,
+    )
+    sender.start()
+    try:
+        assert sender.wait_empty(10)
+    finally:
+        sender.stop(5)
+        spool.close()
+    assert clock.monotonic() >= 1000.0 + 4 * lease, "the lease never ended during the post"
+    assert [p.request_id for p in poster.posted] == [event.request_id]
