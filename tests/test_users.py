@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -876,3 +878,32 @@ def test_a_url_option_the_driver_does_not_know_is_a_resolver_error(
         with pytest.raises(ResolverError, match="refused an option") as info:
             call()
         assert "'pwd'" in str(info.value) and "Opt1onSecret" not in str(info.value)
+
+
+def test_a_chunks_keys_are_read_together_and_leave_no_lock(
+    tmp_path: Path, make_resolver: MakeResolver
+) -> None:
+    """resolve_many answers as resolve does, key by key (repeats and unknown keys too), and
+    the read transaction the SQLite lookups share is over when it returns: the application,
+    writing to its own database, is never locked out by it."""
+    path = tmp_path / "app.sqlite"
+    con = sqlite3.connect(path, timeout=0, isolation_level=None)
+    con.executescript(
+        "CREATE TABLE s (k TEXT PRIMARY KEY, name TEXT);"
+        "INSERT INTO s VALUES ('k1', 'ann'), ('k2', 'bob'), ('k3', 'ann');"
+    )
+    query = "SELECT name AS user_name FROM s WHERE k = :key"
+    site = site_name()
+    resolver = make_resolver(f"sqlite:///{path}", query, site=site)
+    found = resolver.resolve_many(["k1", "k2", "nobody", "k1", "k3"])
+    assert found == {"k1": User("ann"), "k2": User("bob"), "nobody": None, "k3": User("ann")}
+    assert found["k1"] is found["k3"]  # one record for one user
+    assert (cache_count(site, "miss"), cache_count(site, "hit")) == (4, 1)
+    con.execute("BEGIN EXCLUSIVE")  # timeout 0: fails at once if a reader still holds a lock
+    con.execute("UPDATE s SET name = 'cy' WHERE k = 'k2'")
+    con.execute("COMMIT")
+    other = make_resolver(f"sqlite:///{path}", query, cache_ttl=0, negative_ttl=0)
+    assert other.resolve_many(["k2", "nobody"]) == {"k2": User("cy"), "nobody": None}
+    con.execute("BEGIN EXCLUSIVE")
+    con.execute("COMMIT")
+    con.close()

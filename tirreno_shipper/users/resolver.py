@@ -22,6 +22,7 @@ debug logs).
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -182,7 +183,16 @@ class UserResolver:
         if not todo:
             return out
         self._miss.inc(len(todo))
-        # One expiry time per outcome for the whole group: the entries share it.
+        together = self._db is not None and len(todo) > 1
+        with self._db.group() if together and self._db is not None else contextlib.nullcontext():
+            self._look_up(todo, out, now)
+        return out
+
+    def _look_up(
+        self, todo: list[tuple[str, str]], out: dict[str, User | None], now: float
+    ) -> None:
+        """Query each of ``todo`` (key, cache key), caching and recording the outcome in
+        ``out``. One expiry time per outcome for the whole group: the entries share it."""
         negative_ttl = self.config.negative_ttl
         expires, negative_expires = now + self.config.cache_ttl, now + negative_ttl
         put, last_seen = self._cache.put_entry, self._last_seen
@@ -203,7 +213,6 @@ class UserResolver:
                 if negative_ttl > 0:
                     put(ck, (negative_expires, None))
                 out[key] = self._last_seen_user(ck, key, now)
-        return out
 
     def _last_seen_user(self, ck: str, key: str, now: float) -> User | None:
         seen, last = self._last_seen.get(ck, now)
