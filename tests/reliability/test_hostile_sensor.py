@@ -49,7 +49,8 @@ def test_dribbling_headers_end_by_the_request_deadline() -> None:
         verdict = send_one(_config(sensor.url), FIELDS, "x")
         elapsed = time.monotonic() - started
     assert verdict.outcome is Outcome.RETRY and verdict.reason == "timeout", verdict
-    assert elapsed < 2 * 2.0 + 1.0, elapsed
+    # 4 s planned, 4.3 s seen on a loaded machine; unbounded, the sensor holds it 12 s.
+    assert elapsed < 2 * 2.0 + 3.0, elapsed
 
 
 @pytest.mark.slow  # real time: a real socket dribbling for 12 s against 2 s/5 s deadlines
