@@ -782,10 +782,14 @@ class Spool:
             self._reserve_tried = True
             self._reserve.hold()
             return
-        if not self._reserve.released or self._reserve.hold():
+        if not self._reserve.released:
+            return
+        if self._free_bytes() >= 2 * self._reserve.size:
+            # New rows reuse the spool file's own free pages: the room on the disk is
+            # left to their WAL (a sender that meets a full disk again truncates it).
             return
         self._truncate_wal()
-        if self._reserve.hold() or self._free_bytes() >= 2 * self._reserve.size:
+        if self._reserve.hold():
             return
         raise SpoolError(
             f"spool {self.path}: the disk is full; new events wait until deliveries free room"

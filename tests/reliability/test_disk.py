@@ -332,12 +332,12 @@ def test_full_disk_still_delivers_and_frees_room(tmp_path: Path) -> None:
         log_path=tmp_path / "daemon.log",
         start=False,
     )
-    # 8 MiB: the reserve is an eighth of a small disk, and a read chunk (up to 1 MiB of
-    # lines) must fit in the room acknowledged deliveries free.
-    with small_disk(state, "8m"):
+    # 16 MiB: the reserve is an eighth of a small disk, and a read chunk (up to 1 MiB of
+    # lines, about 2 MiB of WAL) must fit in the room acknowledged deliveries free.
+    with small_disk(state, "16m"):
         try:
             shipper.start()
-            writer.start(1500)
+            writer.start(3000)
             wait_for(
                 lambda: (
                     metric(
