@@ -557,6 +557,35 @@ def test_error_messages_and_logs_never_hold_the_key(
     assert secret not in repr(logs)
 
 
+@pytest.mark.parametrize(
+    "key_expr",
+    [
+        "CAST(upper(:key) AS INTEGER)",
+        "CAST(lower(:key) AS INTEGER)",
+        "CAST(initcap(CAST(:key AS TEXT)) AS INTEGER)",
+    ],
+)
+def test_a_key_echoed_in_another_case_or_cast_is_hidden(
+    key_expr: str, server_database: Database, make_resolver: MakeResolver
+) -> None:
+    """The database's message hides the key whatever case or cast it echoes it in."""
+    db = server_database
+    if db.kind != "postgresql":
+        # MariaDB casts a non-number to 0 without an error: nothing is echoed to hide.
+        key_expr = "CAST(:key AS SIGNED)"
+    table = db.create("cased_ids", "id INTEGER PRIMARY KEY, login VARCHAR(20)")
+    resolver = make_resolver(
+        db.url, f"SELECT login AS user_name FROM {table} WHERE id = {key_expr}", site=site_name()
+    )
+    secret = "MixedCase-Cookie-" + secrets.token_hex(6)
+    with capture_logs() as logs:
+        assert resolver.resolve(secret) is None
+    shown = repr(logs).lower()
+    assert secret.lower() not in shown
+    if db.kind == "postgresql":
+        assert "invalid input syntax" in shown  # the message itself is kept, key masked
+
+
 def test_rejected_value_is_a_miss_and_hides_the_key(
     server_database: Database, make_resolver: MakeResolver
 ) -> None:
