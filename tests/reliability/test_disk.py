@@ -244,17 +244,19 @@ def test_uncreatable_state_dir_exits_73_and_loses_no_line(tmp_path: Path) -> Non
     assert state.is_dir() and (os.stat(state).st_mode & 0o777) == 0o700
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(150)
-def test_full_disk_pauses_the_tail_and_loses_nothing(tmp_path: Path) -> None:
-    """The state_dir's disk fills up while running: the tail pauses, nothing is lost or
-    moved aside as corrupt, and everything goes once there is room again."""
+@contextlib.contextmanager
+def full_disk_rig(
+    tmp_path: Path, size: str, lines: int, retry_max_delay: float
+) -> Iterator[tuple[Shipper, LogWriter, FakeSensor]]:
+    """A daemon whose state_dir is a ``size`` tmpfs, fed ``lines`` lines while the sensor
+    refuses (so the spool only grows), yielded once the tail paused on the full disk and
+    the writer stopped; the sensor is still refusing."""
     state = tmp_path / "state"
     log = tmp_path / "access.log"
     writer = LogWriter(log)
     port = free_port()
     sensor = FakeSensor(bucket_capacity=0).start()
-    sensor.set_mode("refuse")  # the spool can only grow
+    sensor.set_mode("refuse")
     shipper = Shipper(
         make_config(
             tmp_path,
@@ -262,7 +264,7 @@ def test_full_disk_pauses_the_tail_and_loses_nothing(tmp_path: Path) -> None:
             log,
             state_dir=state,
             metrics_port=port,
-            sensor={"retry_max_delay": 2},
+            sensor={"retry_max_delay": retry_max_delay},
             # A release that failed on the full disk leaves its event leased until
             # the lease ends (see the report): short, so the test is quick.
             spool={"lease_timeout": 5},
@@ -270,10 +272,10 @@ def test_full_disk_pauses_the_tail_and_loses_nothing(tmp_path: Path) -> None:
         log_path=tmp_path / "daemon.log",
         start=False,
     )
-    with small_disk(state, "1m"):
+    with small_disk(state, size):
         try:
             shipper.start()
-            writer.start(400)
+            writer.start(lines)
             wait_for(
                 lambda: (
                     metric(
@@ -289,18 +291,28 @@ def test_full_disk_pauses_the_tail_and_loses_nothing(tmp_path: Path) -> None:
             )
             time.sleep(1)
             writer.stop()
-            assert shipper.running(), f"the daemon died:\n{shipper.tail_log()}"
-            result = _run("mount", "-o", "remount,size=64m", str(state))
-            assert result.returncode == 0, result.stderr
-            sensor.set_mode("ok")
-            wait_for(all_delivered(sensor, range(writer.seq)), 90, "every line once there is room")
-            report = delivery_report(sensor, range(writer.seq))
-            assert shipper.stop() == 0
-            moved = [p.name for p in state.iterdir() if "corrupt" in p.name]
+            yield shipper, writer, sensor
         finally:
             writer.close()
             shipper.close()
             sensor.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_full_disk_pauses_the_tail_and_loses_nothing(tmp_path: Path) -> None:
+    """The state_dir's disk fills up while running: the tail pauses, nothing is lost or
+    moved aside as corrupt, and everything goes once there is room again."""
+    state = tmp_path / "state"
+    with full_disk_rig(tmp_path, "1m", 400, retry_max_delay=2) as (shipper, writer, sensor):
+        assert shipper.running(), f"the daemon died:\n{shipper.tail_log()}"
+        result = _run("mount", "-o", "remount,size=64m", str(state))
+        assert result.returncode == 0, result.stderr
+        sensor.set_mode("ok")
+        wait_for(all_delivered(sensor, range(writer.seq)), 90, "every line once there is room")
+        report = delivery_report(sensor, range(writer.seq))
+        assert shipper.stop() == 0
+        moved = [p.name for p in state.iterdir() if "corrupt" in p.name]
     print(f"\nfull disk: {writer.seq} lines, all delivered after the disk grew")
     assert not moved, f"the spool was moved aside as corrupt: {moved}"
     assert not report["missing"] and not report["unexpected"]
@@ -313,56 +325,15 @@ def test_full_disk_still_delivers_and_frees_room(tmp_path: Path) -> None:
     """The disk stays full, the sensor comes back: leases and acks still get written (the
     spool's reserve file gives its room to them), acknowledged deliveries free room inside
     the spool, and the tail goes on: every line is delivered, once, without the disk growing."""
-    state = tmp_path / "state"
-    log = tmp_path / "access.log"
-    writer = LogWriter(log)
-    port = free_port()
-    sensor = FakeSensor(bucket_capacity=0).start()
-    sensor.set_mode("refuse")  # the spool can only grow
-    shipper = Shipper(
-        make_config(
-            tmp_path,
-            sensor.url,
-            log,
-            state_dir=state,
-            metrics_port=port,
-            sensor={"retry_max_delay": 1},
-            spool={"lease_timeout": 5},
-        ),
-        log_path=tmp_path / "daemon.log",
-        start=False,
-    )
     # 16 MiB: the reserve is an eighth of a small disk, and a read chunk (up to 1 MiB of
     # lines, about 2 MiB of WAL) must fit in the room acknowledged deliveries free.
-    with small_disk(state, "16m"):
-        try:
-            shipper.start()
-            writer.start(3000)
-            wait_for(
-                lambda: (
-                    metric(
-                        scrape(port, starting=True),
-                        "tirreno_shipper_site_paused",
-                        reason="spool_error",
-                    )
-                    == 1
-                ),
-                60,
-                "the tail to pause on a full disk",
-                interval=0.3,
-            )
-            time.sleep(1)
-            writer.stop()
-            sensor.set_mode("ok")
-            wait_for(all_delivered(sensor, range(writer.seq)), 90, "every line on a full disk")
-            report = delivery_report(sensor, range(writer.seq))
-            # The sender's writes met the full disk too, and were given the reserve's room.
-            released = shipper.logged("spool_reserve_released")
-            assert shipper.stop() == 0
-        finally:
-            writer.close()
-            shipper.close()
-            sensor.stop()
+    with full_disk_rig(tmp_path, "16m", 3000, retry_max_delay=1) as (shipper, writer, sensor):
+        sensor.set_mode("ok")
+        wait_for(all_delivered(sensor, range(writer.seq)), 90, "every line on a full disk")
+        report = delivery_report(sensor, range(writer.seq))
+        # The sender's writes met the full disk too, and were given the reserve's room.
+        released = shipper.logged("spool_reserve_released")
+        assert shipper.stop() == 0
     print(f"\nfull disk, not grown: {writer.seq} lines, all delivered")
     assert released
     assert not report["missing"] and not report["unexpected"]
