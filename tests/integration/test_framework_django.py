@@ -29,10 +29,9 @@ from tests.support.frameworks import (
     nginx_format,
     postgres_database,
     run_live,
-    start_pair,
+    serving,
     tamper,
 )
-from tests.support.servers import ServerError
 
 pytestmark = pytest.mark.integration
 
@@ -90,15 +89,8 @@ def _site(
         },
         cwd=APPS,
     )
-    try:
-        nginx = start_pair(app, workdir / "nginx", LOG_FORMAT)
-    except ServerError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
+    with serving(app, workdir / "nginx", LOG_FORMAT) as nginx:
         yield nginx, workdir
-    finally:
-        nginx.stop()
-        app.stop()
 
 
 @pytest.fixture(scope="module")

@@ -23,10 +23,9 @@ from tests.support.frameworks import (
     assert_credited,
     nginx_format,
     run_live,
-    start_pair,
+    serving,
     tamper,
 )
-from tests.support.servers import ServerError
 
 pytestmark = pytest.mark.integration
 
@@ -70,15 +69,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProxyNginx,
         env={"APP_DB": str(database)},
         cwd=APP.parent,
     )
-    try:
-        nginx = start_pair(app, workdir / "nginx", LOG_FORMAT)
-    except ServerError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
+    with serving(app, workdir / "nginx", LOG_FORMAT) as nginx:
         yield nginx, workdir
-    finally:
-        nginx.stop()
-        app.stop()
 
 
 def _forged(session: str) -> list[str]:

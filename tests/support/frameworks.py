@@ -31,6 +31,7 @@ from typing import Any
 
 import httpx
 import psycopg
+import pytest
 
 from tests.support.servers import Nginx, ServerError, free_port, terminate
 
@@ -165,14 +166,24 @@ class App:
         return self.log.read_text(errors="replace")[-3000:]
 
 
-def start_pair(app: App, workdir: Path, log_format: str) -> ProxyNginx:
-    """Start ``app`` and an nginx in front of it (the app is stopped if nginx fails)."""
-    app.start()
+@contextlib.contextmanager
+def serving(app: App, workdir: Path, log_format: str) -> Iterator[ProxyNginx]:
+    """``app`` and an nginx in front of it, both stopped after; a server that does not
+    start fails the test with its reason (the app is stopped if nginx fails)."""
     try:
-        return ProxyNginx(workdir, app.address, log_format).start()
-    except ServerError:
+        app.start()
+        try:
+            nginx = ProxyNginx(workdir, app.address, log_format).start()
+        except ServerError:
+            app.stop()
+            raise
+    except ServerError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield nginx
+    finally:
+        nginx.stop()
         app.stop()
-        raise
 
 
 def tamper(value: str) -> str:
