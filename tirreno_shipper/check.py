@@ -26,7 +26,7 @@ from typing import Any, TextIO, cast
 import httpx
 import structlog
 
-from tirreno_shipper.config import Config, SiteConfig, UsersConfig
+from tirreno_shipper.config import Config, SiteConfig
 from tirreno_shipper.detect import MIXED_CAUSE, second_format
 from tirreno_shipper.errors import ResolverError
 from tirreno_shipper.parse import EXCLUDED_PATH, LineParser
@@ -153,20 +153,11 @@ SAMPLE_BYTES = 256 * 1024
 SAMPLE_LINES = 200
 
 
-def _key_name(users: UsersConfig) -> str:
-    key = users.key
-    if key.cookie:
-        return f"cookie {key.cookie!r}"
-    if key.header:
-        return f"header {key.header!r}"
-    return f"field {key.field!r}"
-
-
 def _check_logs(site: SiteConfig, out: TextIO) -> bool:
     ok = True
     pipeline = SitePipeline(site, None)
     keys = KeyExtractor(site.users) if site.users is not None else None
-    key_name = _key_name(site.users) if site.users is not None else ""
+    key_name = site.users.key.label if site.users is not None else ""
     for src in site.logs:
         if src.syslog is not None:
             # Nothing to read before the daemon binds it; run says if it cannot.

@@ -407,6 +407,15 @@ class KeySpec(_Model):
         return [*self.transforms, *([self.transform] if self.transform != "none" else [])]
 
     @property
+    def label(self) -> str:
+        """Where the key is read, for people: ``cookie 'sessionid'``, ``header 'X-User'``."""
+        if self.cookie:
+            return f"cookie {self.cookie!r}"
+        if self.header:
+            return f"header {self.header!r}"
+        return f"field {self.field!r}"
+
+    @property
     def variable(self) -> str | None:
         """The log variable that holds the key (``field``, or ``header`` as the
         parser names it: ``X-User`` is ``http_x_user``); None for a cookie."""

@@ -37,17 +37,9 @@ def _site_problems(n: int, site: SiteConfig) -> list[str]:
 
 def _summary(site: SiteConfig) -> str:
     logs = ", ".join(f"{src.path} ({src.format_label})" for src in site.logs)
-    if site.users is None:
-        users = "no users (anonymous events)"
-    else:
-        key = site.users.key
-        users = (
-            f"users by cookie {key.cookie!r}"
-            if key.cookie
-            else f"users by header {key.header!r}"
-            if key.header
-            else f"users by field {key.field!r}"
-        )
+    users = (
+        "no users (anonymous events)" if site.users is None else f"users by {site.users.key.label}"
+    )
     rules = len(site.events.rules)
     return f"  {site.name}: {logs}; {users}; {rules} rule(s); sensor {site.sensor.url}"
 
