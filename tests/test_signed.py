@@ -40,6 +40,10 @@ FLASK = fixture("flask")
 EXPRESS = fixture("express")
 LARAVEL = fixture("laravel")
 RAILS = fixture("rails")
+# Rails 8's authentication generator: recorded (rails_auth.json) and derived from Rails'
+# source (rails8.json); see their README.
+RAILS_AUTH = fixture("rails_auth")
+RAILS8 = json.loads((FIXTURES / "rails_auth" / "rails8.json").read_text())
 
 
 def _session(framework: dict[str, Any], engine_suffix: str) -> dict[str, Any]:
@@ -165,6 +169,32 @@ CASES = [
         )
         for rec in RAILS["recordings"]
         for c in rec["cookies"]
+    ],
+    *[
+        Case(
+            f"rails-auth-recorded-{login['email_address'].partition('@')[0]}",
+            "rails",
+            login["cookie"],
+            RAILS_AUTH["secret_key_base"],
+            OTHER_SECRET * 3,
+            _equals(login["session_row_id"]),
+            mode="signed",
+            cookie_name="session_id",
+        )
+        for login in RAILS_AUTH["logins"]
+    ],
+    *[
+        Case(
+            f"rails8-derived-{vector['name']}",
+            "rails",
+            vector["cookie"],
+            RAILS8["secret_key_base"],
+            OTHER_SECRET * 3,
+            _equals(vector["value"]),
+            mode="signed",
+            cookie_name="session_id",
+        )
+        for vector in RAILS8["vectors"]
     ],
 ]
 
@@ -341,16 +371,48 @@ def test_rails_key_digest_can_be_pinned() -> None:
         unseal("rails", sha1, secret, key_digest="sha256")
 
 
-def test_rails_marshal_serialized_cookie_is_undecodable() -> None:
-    # A signed cookie whose message is Ruby Marshal (cookies_serializer :marshal) as
-    # Rails 6.1 writes without the JSON serializer: b"\x04\x08i\x10" is Marshal for 11.
+def test_rails8_derivation_reproduces_the_recorded_cookie() -> None:
+    """The Rails 8 format read from Rails' source gives, byte for byte, what Rails wrote."""
+    (derived,) = [v for v in RAILS8["vectors"] if v["value"] == 1 and v["digest"] == "sha1"]
+    assert derived["cookie"] == RAILS_AUTH["logins"][0]["cookie"]
+
+
+def test_rails_signed_digest_can_be_pinned() -> None:
+    """digest: auto tells SHA1 from SHA256 by length; a pinned digest takes only its own."""
+    secret = RAILS8["secret_key_base"]
+    by_digest = {v["digest"]: v["cookie"] for v in RAILS8["vectors"] if v["value"] == 1}
+    for name, cookie in by_digest.items():
+        assert unseal("rails", cookie, secret, mode="signed", digest=name) == "1"
+    with pytest.raises(CookieRejected) as rejected:
+        unseal("rails", by_digest["sha256"], secret, mode="signed", digest="sha1")
+    assert rejected.value.reason == "forged"
+
+
+@pytest.mark.parametrize(
+    ("serialized", "says"),
+    [
+        # Marshal of 11, as Rails 6.1 writes without the JSON serializer (or :hybrid's
+        # cookies from before the switch): no JSON, and nothing this module reads.
+        (b"\x04\x08i\x10", "cookies_serializer is :marshal or :hybrid"),
+        # ActiveSupport::MessagePack: its signature (128 packed), then 11.
+        (b"\xcc\x80\x0b", "cookies_serializer is :message_pack"),
+    ],
+    ids=["marshal", "message_pack"],
+)
+def test_rails_cookie_of_another_serializer_is_undecodable_and_says_why(
+    serialized: bytes, says: str
+) -> None:
     secret = RAILS["secret_key_base"]
     verify_key = _rails_signed_key(secret)
-    data = base64.b64encode(b"\x04\x08i\x10")
-    cookie = data.decode() + "--" + _hmac_sha1_hex(verify_key, data)
-    with pytest.raises(CookieRejected) as rejected:
-        unseal("rails", cookie, secret, mode="signed", key_digest="sha1")
-    assert rejected.value.reason == "undecodable"
+    # Bare (pre-6.0 cookies) and inside the metadata envelope Rails 6-8 writes.
+    envelope = {"_rails": {"message": base64.b64encode(serialized).decode(), "exp": None}}
+    for message in (serialized, json.dumps(envelope).encode()):
+        data = base64.b64encode(message)
+        cookie = data.decode() + "--" + _hmac_sha1_hex(verify_key, data)
+        with pytest.raises(CookieRejected) as rejected:
+            unseal("rails", cookie, secret, mode="signed", key_digest="sha1")
+        assert rejected.value.reason == "undecodable"
+        assert says in rejected.value.detail and "set it to :json" in rejected.value.detail
 
 
 def _rails_signed_key(secret: str) -> bytes:

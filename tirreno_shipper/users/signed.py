@@ -25,7 +25,12 @@ scheme           framework, cookie, what `unsealer` returns
 ===============  ====================================================================
 
 A JSON scalar inside a Rails cookie (``123``, ``"abc"``) is returned as plain text,
-the id a ``sessions`` table holds; a JSON object is returned as its JSON text.
+the id a ``sessions`` table holds; a JSON object is returned as its JSON text. Rails'
+cookie jars sign or encrypt with a pass-through serializer, so even Rails 7.1+
+(``use_message_serializer_for_metadata``) writes a cookie's metadata in the older,
+doubly serialized envelope ``{"_rails": {"message": b64(JSON), "exp", "pur":
+"cookie.NAME"}}``; the single one (``"data"``) is read too. A cookie the application
+serialized with Marshal or MessagePack (``cookies_serializer``) is ``undecodable``.
 
 Options, all strings (they come from YAML), all optional:
 
@@ -43,8 +48,9 @@ Options, all strings (they come from YAML), all optional:
   purpose ``cookie.NAME`` that Rails >= 6 embeds must match), ``salt`` (``authenticated
   encrypted cookie``, or ``signed cookie`` in signed mode), ``key_digest`` (the
   PBKDF2 hash: ``sha256`` from Rails 7.0's defaults, ``sha1`` before; ``auto``, the
-  default, accepts both), ``iterations`` (``1000``), ``digest`` (signed mode's HMAC,
-  ``sha1`` as Rails' ``signed_cookie_digest`` defaults).
+  default, accepts both), ``iterations`` (``1000``), ``digest`` (signed mode's HMAC:
+  Rails' ``signed_cookie_digest``, SHA1 unless the application set it; ``auto``, the
+  default, tells it from the signature's length).
 - ``express``: none.
 
 Expiry (Django's ``max_age``, itsdangerous' timestamp, Rails' ``exp``) is not checked:
@@ -428,7 +434,18 @@ def _rails(secret: str, options: dict[str, str]) -> Unsealer:
         iterations = int(options.pop("iterations", "1000"))
     except ValueError:
         raise ValueError("iterations: not a whole number") from None
-    digest = _hash(options.pop("digest", "sha1"), "digest")
+    # MessageVerifier reads its HMAC's name from signed_cookie_digest, SHA1 unless the
+    # application set it (no load_defaults up to 8.1 changes it); the hex length tells
+    # which one signed, and every one of them needs the key.
+    digest_name = _option(options, "digest", "auto", ("auto", *_HASHES))
+    by_length = {
+        2 * algorithm.digest_size: algorithm
+        for algorithm in (
+            [h() for h in _HASHES.values()]
+            if digest_name == "auto"
+            else [_hash(digest_name, "digest")]
+        )
+    }
     _no_more("rails", options)
     purpose = None if cookie_name is None else f"cookie.{cookie_name}"
     if mode == "encrypted":
@@ -460,6 +477,9 @@ def _rails(secret: str, options: dict[str, str]) -> Unsealer:
         if not sep:
             raise _undecodable("not data--digest")
         raw, given = _ascii(data), _ascii(hexdigest).lower()
+        digest = by_length.get(len(given))
+        if digest is None:
+            raise _forged("signature of another length than the digest's")
         for key in keys:
             if _same(given, _hmac(key, digest, raw).hex().encode()):
                 return _rails_message(_b64_strict(raw, "message"), purpose)
@@ -468,11 +488,25 @@ def _rails(secret: str, options: dict[str, str]) -> Unsealer:
     return verify
 
 
+# What the application must change for its cookies to be read here, by serializer.
+MARSHAL_COOKIE = (
+    "Marshal-serialized: the application's cookies_serializer is :marshal or :hybrid "
+    "(an old cookie); set it to :json (the default since Rails 7.0)"
+)
+MESSAGE_PACK_COOKIE = (
+    "MessagePack-serialized: the application's cookies_serializer is :message_pack; set it to :json"
+)
+
+
 def _rails_message(plain: bytes, purpose: str | None) -> str:
+    # SerializerWithFallback tells the serializers apart by their first bytes, and so
+    # does this: Marshal's version "\x04\x08" and ActiveSupport::MessagePack's
+    # signature "\xcc\x80" (128 packed). Both are Ruby object graphs (Marshal runs
+    # code on load): not data this module decodes.
     if plain.startswith(b"\x04\x08"):
-        # Ruby Marshal: cookies_serializer :marshal (apps from before Rails 4.1). Its
-        # format is Ruby's object graph, not data this module decodes.
-        raise _undecodable("Marshal-serialized (cookies_serializer :marshal)")
+        raise _undecodable(MARSHAL_COOKIE)
+    if plain.startswith(b"\xcc\x80"):
+        raise _undecodable(MESSAGE_PACK_COOKIE)
     text = _text(plain)
     try:
         decoded = _json(text)
