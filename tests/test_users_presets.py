@@ -25,7 +25,7 @@ import sqlalchemy
 from tests.support.frameworks import postgres_database
 from tests.support.users import cookie_request as request
 from tests.support.users import rejected
-from tirreno_shipper.config import UsersConfig
+from tirreno_shipper.config import Unseal, UsersConfig
 from tirreno_shipper.records import User
 from tirreno_shipper.users import UserResolver
 
@@ -325,6 +325,119 @@ def test_rails_cookie_store(tmp_path: Path) -> None:
         assert user is not None and user.user_name == "alice@example.com", recording[
             "key_derivation"
         ]
+
+
+def rails_auth_db(tmp_path: Path, data: dict[str, Any]) -> str:
+    """The generator's users and sessions tables as ActiveRecord created them, with the
+    rows the recorded logins left (Bob's session was destroyed at his logout)."""
+    return sqlite_db(
+        tmp_path,
+        *data["schema"],
+        params=[
+            (
+                f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                tuple(row.values()),
+            )
+            for table in ("users", "sessions")
+            for row in data[table]
+        ],
+    )
+
+
+def _flip_signature(cookie: str) -> str:
+    """The cookie with its HMAC's last hex digit changed."""
+    return cookie[:-1] + ("0" if cookie[-1] != "0" else "1")
+
+
+def test_rails_auth_sessions(tmp_path: Path) -> None:
+    """framework: rails_auth: the signed session_id → the sessions row → users.email_address."""
+    data = fixture("rails_auth")
+    users = {
+        "framework": "rails_auth",
+        "database": rails_auth_db(tmp_path, data),
+        "secret": data["secret_key_base"],
+    }
+    r = resolver(users)
+    alice, bob = data["logins"]
+    key = r.key_for(request(alice["cookie"]))
+    assert key == str(alice["session_row_id"])
+    (alice_row,) = [u for u in data["users"] if u["email_address"] == alice["email_address"]]
+    assert r.resolve(key) == User(
+        user_name="alice@example.com",
+        email_address="alice@example.com",
+        user_created=alice_row["created_at"][:19],
+    )
+    # Bob logged out: his cookie still verifies, but his row is gone.
+    bob_key = r.key_for(request(bob["cookie"]))
+    assert bob_key == str(bob["session_row_id"]) and r.resolve(bob_key) is None
+    # The login line: the request has no cookie yet, the response sets it.
+    assert r.key_for(request(None, sent_http_set_cookie=alice["set_cookie"])) == key
+
+    # Anyone can send session_id=1: unsigned, tampered or signed with another secret, it
+    # finds nobody and is counted as forged.
+    for hostile in ("1", f"{key}--", _flip_signature(alice["cookie"])):
+        assert r.key_for(request(hostile)) is None
+    assert rejected(r.site, "forged") == 3
+    other = resolver({**users, "secret": "another-applications-secret-key-base" * 3})
+    assert other.key_for(request(alice["cookie"])) is None
+    assert rejected(other.site, "forged") == 1
+
+
+def test_rails_auth_sessions_as_rails_8_writes_them(tmp_path: Path) -> None:
+    """The cookies derived from Rails 8's source: a UUID id, an HMAC-SHA256 signature."""
+    derived = json.loads((FIXTURES / "rails_auth" / "rails8.json").read_text())
+    uuid_id = next(v["value"] for v in derived["vectors"] if isinstance(v["value"], str))
+    url = sqlite_db(
+        tmp_path,
+        "CREATE TABLE users (id INTEGER PRIMARY KEY, email_address TEXT, created_at TEXT)",
+        "CREATE TABLE sessions (id TEXT PRIMARY KEY, user_id INTEGER)",
+        params=[
+            ("INSERT INTO users VALUES (1, 'alice@example.com', '2024-01-02 03:04:05')", ()),
+            ("INSERT INTO users VALUES (2, 'carol@example.com', '2024-01-02 03:04:05')", ()),
+            ("INSERT INTO sessions VALUES ('1', 1)", ()),
+            ("INSERT INTO sessions VALUES (?, 2)", (uuid_id,)),
+        ],
+    )
+    r = resolver({"framework": "rails_auth", "database": url, "secret": derived["secret_key_base"]})
+    for vector in derived["vectors"]:
+        user = r.resolve(r.key_for(request(vector["cookie"])) or "")
+        expected = "carol@example.com" if vector["value"] == uuid_id else "alice@example.com"
+        assert user is not None and user.user_name == expected, vector["name"]
+
+
+def test_rails_auth_cookie_renamed(tmp_path: Path) -> None:
+    """key.cookie renames the cookie and the purpose Rails signed into it with it."""
+    data = fixture("rails_auth")
+    users = {
+        "framework": "rails_auth",
+        "database": rails_auth_db(tmp_path, data),
+        "secret": data["secret_key_base"],
+    }
+    r = resolver({**users, "key": {"cookie": "auth_session"}})
+    # session_id's cookie replayed as another cookie: its purpose is cookie.session_id.
+    assert r.key_for(request(data["logins"][0]["cookie"])) is None
+    assert rejected(r.site, "forged") == 1
+    step = UsersConfig.model_validate({**users, "key": {"cookie": "auth_session"}}).key.steps()[1]
+    assert isinstance(step, Unseal) and step.options()["cookie_name"] == "auth_session"
+
+
+def test_unseal_steps_bind_the_cookie_the_key_is_read_from() -> None:
+    """Laravel's prefix and Rails' purpose name the cookie: the operator's, when renamed."""
+
+    def unseal_options(users: dict[str, Any]) -> dict[str, str]:
+        steps = UsersConfig.model_validate({"secret": "s" * 32, **users}).key.steps()
+        (step,) = [s for s in steps if isinstance(s, Unseal)]
+        return step.options()
+
+    laravel = {"framework": "laravel", "database": "sqlite://"}
+    assert unseal_options(laravel)["cookie_name"] == "laravel_session"
+    # APP_NAME=My Shop names the cookie my_shop_session.
+    renamed = unseal_options({**laravel, "key": {"cookie": "my_shop_session"}})
+    assert renamed["cookie_name"] == "my_shop_session"
+    # Read from a header: no cookie name to bind, the scheme's default stands.
+    assert "cookie_name" not in unseal_options({**laravel, "key": {"header": "X-Session"}})
+    rails = unseal_options({**laravel, "framework": "rails", "key": {"cookie": "_shop_session"}})
+    assert rails["cookie_name"] == "_shop_session"
 
 
 def test_spring_session_jdbc(tmp_path: Path) -> None:

@@ -331,7 +331,9 @@ Digest = Literal["sha256", "md5", "sha1"]
 # nginx's $cookie_NAME takes the name's characters from this set only.
 NGINX_COOKIE_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 FRAMEWORKS = ("django", "laravel", "rails", "express", "flask", "php", "wordpress", "spring")
-Framework = Literal["django", "laravel", "rails", "express", "flask", "php", "wordpress", "spring"]
+Framework = Literal[
+    "django", "laravel", "rails", "rails_auth", "express", "flask", "php", "wordpress", "spring"
+]
 UnsealScheme = Literal["django", "itsdangerous", "laravel", "rails", "express"]
 
 

@@ -18,6 +18,9 @@ Facts come from the frameworks' own defaults (and the recordings in
 - Rails: the cookie store keeps the whole session in the encrypted cookie
   (``_APPNAME_session``); ``session[:user_id]`` names the user (Devise's warden
   keeps ``[[id], salt]`` under ``warden.user.user.key`` instead).
+- Rails 8's authentication generator (``rails_auth``): the signed cookie
+  ``session_id`` holds the id of a ``sessions`` row (``user_id``, ``ip_address``,
+  ``user_agent``, timestamps), whose ``users`` row has ``email_address``.
 - Express: ``connect.sid`` is ``s:<sid>.<hmac>``, URL-encoded; connect-pg-simple
   keeps JSON in ``session.sess``, connect-redis under ``sess:<sid>``;
   passport keeps ``passport.user``.
@@ -47,6 +50,11 @@ _EMAIL_USERS = (
     "FROM users WHERE id = :user_id"
 )
 
+# In a preset's unseal step, ``cookie_name: COOKIE`` binds the step to the cookie the key
+# is read from (the operator's ``key.cookie`` when given): Laravel's prefix and Rails'
+# purpose name the cookie, so a renamed cookie would otherwise never verify.
+COOKIE = "{cookie}"
+
 # framework → {"key": ..., "store": {kind: template}, "decode": {kind|"none": decode},
 #              "query": ..., "store_default": kind | None}
 PRESETS: dict[str, dict[str, Any]] = {
@@ -64,7 +72,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "query": _DJANGO_USER,
     },
     "laravel": {
-        "key": {"cookie": "laravel_session", "transforms": ["url_decode", {"unseal": "laravel"}]},
+        "key": {
+            "cookie": "laravel_session",
+            "transforms": ["url_decode", {"unseal": "laravel", "cookie_name": COOKIE}],
+        },
         "store_default": "sql",
         "store": {
             "sql": "SELECT user_id FROM sessions WHERE id = :key",
@@ -81,7 +92,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         ),
     },
     "rails": {
-        "key": {"transforms": ["url_decode", {"unseal": "rails"}]},
+        "key": {"transforms": ["url_decode", {"unseal": "rails", "cookie_name": COOKIE}]},
         "store_default": None,
         "store": {},
         # session[:user_id], as hand-written authentication (and the recording) keeps it;
@@ -89,6 +100,25 @@ PRESETS: dict[str, dict[str, Any]] = {
         "decode": {"none": {"json": {"path": "user_id"}}},
         "query": _EMAIL_USERS,
         "needs_cookie": "_APPNAME_session (config.session_store key: '_myapp_session')",
+    },
+    "rails_auth": {
+        "key": {
+            "cookie": "session_id",
+            # cookies.signed: a forged or unsigned session_id finds nobody.
+            "transforms": [
+                "url_decode",
+                {"unseal": "rails", "mode": "signed", "cookie_name": COOKIE},
+            ],
+        },
+        "store_default": None,
+        "store": {},
+        "decode": {},
+        # One statement per key: the session row and its user together.
+        "query": (
+            "SELECT u.email_address AS user_name, u.email_address AS email_address, "
+            "u.created_at AS user_created FROM sessions s JOIN users u ON u.id = s.user_id "
+            "WHERE s.id = :key"
+        ),
     },
     "express": {
         "key": {"cookie": "connect.sid", "transforms": ["url_decode", {"unseal": "express"}]},
@@ -199,6 +229,21 @@ def _preset_decode(out: dict[str, Any], preset: dict[str, Any], kind: Any) -> No
         out["decode"] = "none"
 
 
+def _bind_cookie(transforms: list[Any], cookie: Any) -> list[Any]:
+    """The preset's steps with ``cookie_name: COOKIE`` set to the cookie read, or left
+    to the scheme's default when the key is no single named cookie."""
+    out: list[Any] = []
+    for step in transforms:
+        if isinstance(step, dict) and step.get("cookie_name") == COOKIE:
+            bound = {k: v for k, v in step.items() if k != "cookie_name"}
+            if isinstance(cookie, str) and "*" not in cookie:
+                bound["cookie_name"] = cookie
+            out.append(bound)
+        else:
+            out.append(step)
+    return out
+
+
 def apply_preset(users: dict[str, Any]) -> dict[str, Any]:
     """``users`` with its framework's defaults filled in where the operator wrote nothing.
 
@@ -223,6 +268,8 @@ def apply_preset(users: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(
             f"framework {users['framework']}: set key.cookie to {preset['needs_cookie']}"
         )
+    if not (isinstance(given_key, dict) and "transforms" in given_key):
+        key["transforms"] = _bind_cookie(key.get("transforms", []), key.get("cookie"))
     out["key"] = key
     if kind is not None:
         template = preset["store"].get(kind)

@@ -475,7 +475,9 @@ def _rails(secret: str, options: dict[str, str]) -> Unsealer:
     def verify(value: str) -> str:
         data, sep, hexdigest = value.rpartition("--")
         if not sep:
-            raise _undecodable("not data--digest")
+            # A bare value (session_id=1) where the application reads cookies.signed:
+            # Rails finds no session, and so does this.
+            raise _forged("not signed (no --digest)")
         raw, given = _ascii(data), _ascii(hexdigest).lower()
         digest = by_length.get(len(given))
         if digest is None:
