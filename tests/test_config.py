@@ -212,9 +212,66 @@ def test_no_secrets_mode_tolerates_unset_secrets_only(tmp_path: Path) -> None:
         .sensor.key()
         == "not-loaded"
     )
+    # A rotated-out secret is one too (status reads no cookie).
+    rotated = _with_rotation('previous_secrets: ["${OLD}"]')
+    users = parse_config(rotated, env={}, no_secrets=True).sites[0].users
+    assert users is not None and users.previous_secret_texts() == ()
     elsewhere = VALID.replace("sites:", 'state_dir: "${STATE}"\nsites:')
     with pytest.raises(ConfigError, match="STATE is not set"):
         parse_config(elsewhere, env={}, no_secrets=True)
+
+
+def _with_rotation(rotation: str) -> str:
+    """VALID with a Django users section whose secret rotated (``rotation``: its keys)."""
+    return VALID.replace(
+        "logs:",
+        "users:\n      framework: django\n      database: sqlite://\n"
+        '      secret: "${SECRET_KEY}"\n'
+        + "".join(f"      {line}\n" for line in rotation.splitlines())
+        + "    logs:",
+    )
+
+
+def test_previous_secrets_from_env_list_string_or_file(tmp_path: Path) -> None:
+    """previous_secrets: a list, a comma-separated string (APP_PREVIOUS_KEYS), or a file."""
+
+    def previous(text: str, **env: str) -> tuple[str, ...]:
+        users = parse_config(text, env={"SECRET_KEY": "now", **env}).sites[0].users
+        assert users is not None
+        return users.previous_secret_texts()
+
+    listed = _with_rotation('previous_secrets: ["${OLD1}", "${OLD2}"]')
+    assert previous(listed, OLD1="a", OLD2="b") == ("a", "b")
+    fallbacks = _with_rotation('previous_secrets: "${APP_PREVIOUS_KEYS:-}"')
+    assert previous(fallbacks, APP_PREVIOUS_KEYS="base64:b2xk, base64:b2xkZXI=") == (
+        "base64:b2xk",
+        "base64:b2xkZXI=",
+    )
+    assert previous(fallbacks) == ()  # unset: no rotation
+    keyfile = tmp_path / "previous"
+    keyfile.write_text("first-old\n\n  second-old  \n")
+    assert previous(_with_rotation(f"previous_secrets_file: {keyfile}")) == (
+        "first-old",
+        "second-old",
+    )
+    assert previous(_with_rotation("")) == ()
+
+
+def test_previous_secrets_mistakes_are_reported_without_the_secrets(tmp_path: Path) -> None:
+    """Both forms, no current secret, an unreadable file: each said, no secret shown."""
+    keyfile = tmp_path / "previous"
+    keyfile.write_text("FILEDOLDSECRET\n")
+    env = {"SECRET_KEY": "now", "OLD": "ENVOLDSECRET"}
+    both = _with_rotation(f'previous_secrets: ["${{OLD}}"]\nprevious_secrets_file: {keyfile}')
+    alone = _with_rotation('previous_secrets: ["${OLD}"]').replace('secret: "${SECRET_KEY}"', "")
+    missing = _with_rotation(f"previous_secrets_file: {tmp_path}/nope")
+    wrong_type = _with_rotation("previous_secrets: [{ENVOLDSECRET: 1}]")
+    problems = [p for text in (both, alone, missing, wrong_type) for p in problems_of(text, env)]
+    assert "set one of previous_secrets or previous_secrets_file" in problems[0]
+    assert "set secret (or secret_file) too" in problems[1]
+    assert "previous_secrets_file: cannot read" in problems[2]
+    assert problems[3].startswith("sites[0].users.previous_secrets[0]")
+    assert not any("OLDSECRET" in p for p in problems), problems
 
 
 def test_empty_and_non_mapping_and_bad_yaml() -> None:

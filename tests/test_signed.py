@@ -371,6 +371,15 @@ def test_rails_key_digest_can_be_pinned() -> None:
         unseal("rails", sha1, secret, key_digest="sha256")
 
 
+def test_rails_cookie_without_purpose_is_read_under_any_name() -> None:
+    """As Rails' second read: an envelope with "pur": null (Rails 5.2's defaults)."""
+    secret = RAILS["secret_key_base"]
+    envelope = {"_rails": {"message": base64.b64encode(b"11").decode(), "exp": None, "pur": None}}
+    data = base64.b64encode(json.dumps(envelope).encode())
+    cookie = data.decode() + "--" + _hmac_sha1_hex(_rails_signed_key(secret), data)
+    assert unseal("rails", cookie, secret, mode="signed", cookie_name="session_id") == "11"
+
+
 def test_rails8_derivation_reproduces_the_recorded_cookie() -> None:
     """The Rails 8 format read from Rails' source gives, byte for byte, what Rails wrote."""
     (derived,) = [v for v in RAILS8["vectors"] if v["value"] == 1 and v["digest"] == "sha1"]

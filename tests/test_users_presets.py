@@ -9,6 +9,8 @@ its own, as its preset's SQL is MySQL's).
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import secrets
 import sqlite3
@@ -21,6 +23,7 @@ import psycopg
 import pytest
 import redis
 import sqlalchemy
+from structlog.testing import capture_logs
 
 from tests.support.frameworks import postgres_database
 from tests.support.users import cookie_request as request
@@ -419,6 +422,77 @@ def test_rails_auth_cookie_renamed(tmp_path: Path) -> None:
     assert rejected(r.site, "forged") == 1
     step = UsersConfig.model_validate({**users, "key": {"cookie": "auth_session"}}).key.steps()[1]
     assert isinstance(step, Unseal) and step.options()["cookie_name"] == "auth_session"
+
+
+def test_rails_marshal_cookie_is_undecodable_and_said_once(tmp_path: Path) -> None:
+    """A Marshal-serialized cookie (cookies_serializer :marshal) finds nobody, is counted
+    undecodable, and the log says once what the application must change."""
+    data = fixture("rails_auth")
+    secret = data["secret_key_base"]
+    # The signed jar's envelope around Marshal's 11, signed as Rails 7+ signs.
+    marshal = base64.b64encode(b"\x04\x08i\x10").decode()
+    envelope = {"_rails": {"message": marshal, "exp": None, "pur": "cookie.session_id"}}
+    body = base64.b64encode(json.dumps(envelope).encode())
+    key = hashlib.pbkdf2_hmac("sha256", secret.encode(), b"signed cookie", 1000, 64)
+    cookie = f"{body.decode()}--{hmac.new(key, body, 'sha1').hexdigest()}"
+    r = resolver({"framework": "rails_auth", "database": "sqlite://", "secret": secret})
+    with capture_logs() as logs:
+        assert r.key_for(request(cookie)) is None
+        assert r.key_for(request(cookie)) is None
+    assert rejected(r.site, "undecodable") == 2
+    (said,) = [e for e in logs if e["event"] == "resolver_key_rejected"]
+    assert "Marshal-serialized" in said["error"] and "set it to :json" in said["error"]
+    assert cookie not in str(said) and secret not in str(said)
+
+
+def test_rotated_secret_still_resolves(tmp_path: Path) -> None:
+    """users.previous_secrets: cookies and session rows signed with a rotated-out secret
+    still find their user, as the application still accepts them; nothing else does."""
+    rails = fixture("rails_auth")
+    new_secret = "the-secret-key-base-after-the-rotation-" * 3
+    rails_users = {
+        "framework": "rails_auth",
+        "database": rails_auth_db(tmp_path, rails),
+        "secret": new_secret,
+    }
+    cookie = rails["logins"][0]["cookie"]
+    rotated = resolver({**rails_users, "previous_secrets": ["older-one", rails["secret_key_base"]]})
+    user = rotated.resolve(rotated.key_for(request(cookie)) or "")
+    assert user is not None and user.user_name == "alice@example.com"
+    forgotten = resolver(rails_users)
+    assert forgotten.key_for(request(cookie)) is None
+    assert rejected(forgotten.site, "forged") == 1
+
+    # Django reads django_session.session_data with SECRET_KEY_FALLBACKS too (the decoder).
+    django = fixture("django")
+    session = next(s for s in django["sessions"] if s["session_engine"].endswith(".db"))
+    row = session["django_session_row"]
+    tables, rows = django_auth_user(django["user"])
+    url = sqlite_db(
+        tmp_path,
+        "CREATE TABLE django_session (session_key TEXT PRIMARY KEY, session_data TEXT, "
+        "expire_date TEXT)",
+        *tables,
+        params=[
+            *rows,
+            (
+                "INSERT INTO django_session VALUES (?, ?, '2030')",
+                (row["session_key"], row["session_data"]),
+            ),
+        ],
+    )
+    keyfile = tmp_path / "fallbacks"
+    keyfile.write_text(f"{django['secret_key']}\n")
+    r = resolver(
+        {
+            "framework": "django",
+            "database": url,
+            "secret": new_secret,
+            "previous_secrets_file": str(keyfile),
+        }
+    )
+    user = r.resolve(row["session_key"])
+    assert user is not None and user.user_name == "alice"
 
 
 def test_unseal_steps_bind_the_cookie_the_key_is_read_from() -> None:

@@ -53,7 +53,7 @@ EventType = Literal[
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 
 # Keys whose values are credentials: never shown in an error message.
-SECRET_KEYS = frozenset({"api_key", "database", "password", "secret"})
+SECRET_KEYS = frozenset({"api_key", "database", "password", "secret", "previous_secrets"})
 # Query parameters of a database URL whose values are credentials (compared
 # case-insensitively): masked wherever the URL is shown.
 CREDENTIAL_QUERY_KEYS = frozenset({"password", "passwd", "pwd", "sslpassword", "secret", "token"})
@@ -499,6 +499,9 @@ class UsersConfig(_Model):
     database: str | None = None
     secret: SecretStr | None = None
     secret_file: Path | None = None
+    # Secrets the application still accepts after a rotation, newest first.
+    previous_secrets: list[SecretStr] = Field(default_factory=list)
+    previous_secrets_file: Path | None = None
     store: StoreConfig | None = None
     decode: DecodeConfig | None = None
     query: str | None = None
@@ -516,6 +519,18 @@ class UsersConfig(_Model):
                 "the query must use the bound parameter :key (or :user_id after a store or "
                 "decoder; never format values in)"
             )
+        return value
+
+    @field_validator("previous_secrets", mode="before")
+    @classmethod
+    def _previous_list(cls, value: Any) -> Any:
+        # One string is a comma-separated list, as Laravel's APP_PREVIOUS_KEYS is
+        # (``previous_secrets: ${APP_PREVIOUS_KEYS:-}``); empty entries are no secret.
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, list):
+            stripped = (v.strip() if isinstance(v, str) else v for v in value)
+            return [v for v in stripped if v != ""]
         return value
 
     @model_validator(mode="before")
@@ -540,6 +555,7 @@ class UsersConfig(_Model):
                     f"secret_file: cannot read {self.secret_file}: {exc.strerror}"
                 ) from None
             object.__setattr__(self, "secret", SecretStr(text))  # frozen: set while validating
+        self._read_previous_secrets()
         needs_secret = any(isinstance(s, Unseal) for s in self.key.steps()) or (
             self.decode is not None and self.decode.format == "django"
         )
@@ -565,9 +581,37 @@ class UsersConfig(_Model):
             raise ValueError("database: an SQLAlchemy URL is needed for the SQL store or query")
         return self
 
+    def _read_previous_secrets(self) -> None:
+        if self.previous_secrets_file is not None:
+            if self.previous_secrets:
+                raise ValueError("set one of previous_secrets or previous_secrets_file")
+            try:
+                text = self.previous_secrets_file.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ValueError(
+                    f"previous_secrets_file: cannot read {self.previous_secrets_file}: "
+                    f"{exc.strerror}"
+                ) from None
+            lines = [SecretStr(line.strip()) for line in text.splitlines() if line.strip()]
+            object.__setattr__(self, "previous_secrets", lines)  # frozen: set while validating
+        if self.previous_secrets and not self.secret_text():
+            raise ValueError(
+                "previous_secrets are tried after the current secret: set secret (or "
+                "secret_file) too"
+            )
+
     def secret_text(self) -> str:
         """The application's secret (``secret`` or ``secret_file``); empty when unset."""
         return "" if self.secret is None else self.secret.get_secret_value()
+
+    def previous_secret_texts(self) -> tuple[str, ...]:
+        """The secrets the application still accepts after a rotation, in order."""
+        return tuple(s.get_secret_value() for s in self.previous_secrets)
+
+    def secret_texts(self) -> tuple[str, ...]:
+        """The current secret, then the previous ones; empty when there is none."""
+        current = self.secret_text()
+        return (current, *self.previous_secret_texts()) if current else ()
 
 
 class ClientIpConfig(_Model):
@@ -719,6 +763,7 @@ _SECRET_STAND_INS = {
     "database": "sqlite://",
     "password": "",
     "secret": "not-loaded",
+    "previous_secrets": "",
 }
 
 
@@ -730,7 +775,8 @@ def _walk(
     no_secrets: frozenset[str] = frozenset(),
 ) -> Any:
     if isinstance(node, str):
-        key = path.rpartition(".")[2]
+        # A list's items are its key's: previous_secrets[1] is a previous_secrets.
+        key = re.sub(r"\[\d+\]$", "", path.rpartition(".")[2])
         if key in no_secrets:
             missing: list[str] = []
             value = _expand(node, path, env, missing)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import json
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgpack
@@ -41,7 +41,7 @@ def _bytes(value: object) -> bytes:
     return data
 
 
-def _json(value: object, secret: str) -> object:
+def _json(value: object, secrets: Sequence[str]) -> object:
     if isinstance(value, dict | list):  # a JSON column, already parsed by the driver
         return value
     try:
@@ -50,7 +50,7 @@ def _json(value: object, secret: str) -> object:
         raise Undecodable("not JSON") from exc
 
 
-def _msgpack(value: object, secret: str) -> object:
+def _msgpack(value: object, secrets: Sequence[str]) -> object:
     data = _bytes(value)
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=False)
@@ -68,7 +68,7 @@ class _PlainUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError("refusing a persistent id")
 
 
-def _pickle(value: object, secret: str) -> object:
+def _pickle(value: object, secrets: Sequence[str]) -> object:
     data = _bytes(value)
     if data.isdigit():  # Django's Redis cache stores an int as its digits
         return int(data)
@@ -78,10 +78,12 @@ def _pickle(value: object, secret: str) -> object:
         raise Undecodable("not a plain-data pickle") from exc
 
 
-def _django(value: object, secret: str) -> object:
+def _django(value: object, secrets: Sequence[str]) -> object:
     data = _bytes(value).decode("utf-8", "replace")
+    if not secrets:
+        raise Undecodable("no secret to verify Django session data with")
     try:
-        return signed.django_session_loads(data, secret)
+        return signed.django_session_loads(data, secrets[0], previous=secrets[1:])
     except signed.CookieRejected as exc:
         raise Undecodable(exc.reason) from None
     except (ValueError, TypeError) as exc:
@@ -186,7 +188,7 @@ def _unwrap_php_string(data: bytes) -> bytes:
     return data
 
 
-def _php_session(value: object, secret: str) -> object:
+def _php_session(value: object, secrets: Sequence[str]) -> object:
     data = _unwrap_php_string(_bytes(value))
     if not data:
         return {}
@@ -201,11 +203,13 @@ def _php_session(value: object, secret: str) -> object:
     return out
 
 
-def _none(value: object, secret: str) -> object:
+def _none(value: object, secrets: Sequence[str]) -> object:
     return value
 
 
-DECODERS: dict[str, Callable[[object, str], object]] = {
+# Each takes the stored value and the application's secrets (the current one first,
+# then those it still accepts); only Django's signed session data needs them.
+DECODERS: dict[str, Callable[[object, Sequence[str]], object]] = {
     "none": _none,
     "json": _json,
     "msgpack": _msgpack,
@@ -215,9 +219,10 @@ DECODERS: dict[str, Callable[[object, str], object]] = {
 }
 
 
-def decode(kind: str, value: object, secret: str = "") -> object:
-    """``value`` read as ``kind``; raises `Undecodable`."""
-    return DECODERS[kind](value, secret)
+def decode(kind: str, value: object, secrets: Sequence[str] = ()) -> object:
+    """``value`` read as ``kind`` (``secrets``: current first, then previous ones);
+    raises `Undecodable`."""
+    return DECODERS[kind](value, secrets)
 
 
 def at_path(data: object, path: str | None) -> object:

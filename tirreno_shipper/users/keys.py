@@ -55,11 +55,16 @@ def key_digest(key: str) -> str:
 
 
 class KeyRejected(Exception):
-    """The request carries a key that cannot be looked up; ``reason`` is counted."""
+    """The request carries a key that cannot be looked up; ``reason`` is counted.
 
-    def __init__(self, reason: str) -> None:
+    ``detail`` says why in words fixed in the code (never the key or a secret), e.g.
+    what an application must change for its cookies to be readable.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(reason)
         self.reason = reason
+        self.detail = detail
 
 
 # Reasons a key is not looked up (`KeyRejected.reason`), counted per site.
@@ -98,7 +103,7 @@ def _base64_decode(value: str) -> str:
         raise KeyRejected(UNDECODABLE) from exc
 
 
-def _step(transform: Transform, secret: str) -> Callable[[str], str]:
+def _step(transform: Transform, secrets: tuple[str, ...]) -> Callable[[str], str]:
     """One transform as a function of the key; raises `KeyRejected`."""
     if isinstance(transform, str):
         if transform == "url_decode":
@@ -139,19 +144,23 @@ def _step(transform: Transform, secret: str) -> Callable[[str], str]:
 
         return match
     assert isinstance(transform, Unseal)
-    return _unsealer(transform.unseal, secret, transform.options())
+    return _unsealer(transform.unseal, secrets, transform.options())
 
 
-def _unsealer(scheme: str, secret: str, options: dict[str, str]) -> Callable[[str], str]:
-    """The framework's unsealing function, keys derived once; raises ValueError for a
-    configuration it cannot use (worded without the secret)."""
-    inner = signed.unsealer(scheme, secret, **options)
+def _unsealer(
+    scheme: str, secrets: tuple[str, ...], options: dict[str, str]
+) -> Callable[[str], str]:
+    """The framework's unsealing function under the current secret, then the previous
+    ones (keys derived once); raises ValueError for a configuration it cannot use
+    (worded without the secret)."""
+    current, *previous = secrets or ("",)
+    inner = signed.unsealer(scheme, current, previous=previous, **options)
 
     def unseal(value: str) -> str:
         try:
             return inner(value)
         except signed.CookieRejected as exc:
-            raise KeyRejected(exc.reason) from None
+            raise KeyRejected(exc.reason, exc.detail) from None
 
     return unseal
 
@@ -210,7 +219,8 @@ class KeyExtractor:
         # `problem`, for the resolver to refuse; `raw` still works without it.
         self.problem: str | None = None
         try:
-            self._steps = tuple(_step(t, config.secret_text()) for t in config.key.steps())
+            secrets = config.secret_texts()
+            self._steps = tuple(_step(t, secrets) for t in config.key.steps())
         except ValueError as exc:
             self.problem = str(exc)
             self._steps = ()

@@ -88,6 +88,7 @@ class UserResolver:
         self.config = config
         self._clock = clock
         self._key_of = KeyExtractor(config)
+        self._told: set[str] = set()  # the rejection details logged (fixed texts)
         if self._key_of.problem is not None:  # an unseal option or secret it cannot use
             raise ResolverError(f"users.key.transforms: {self._key_of.problem}")
         self._cache = TtlLru(config.cache_size)
@@ -113,7 +114,7 @@ class UserResolver:
         )
         self._store = _store(config, self._db)
         self._decode = config.decode
-        self._secret = config.secret_text()
+        self._secrets = config.secret_texts()
         # One step: the query binds :key and returns the user (no store, no decoder).
         self._one_step = config.store is None and config.decode is None
         self._stmt = sqlalchemy.text(config.query) if config.query is not None else None
@@ -127,8 +128,16 @@ class UserResolver:
         try:
             return self._key_of(request, response=response)
         except KeyRejected as exc:
-            self._reject(exc.reason)
+            self._key_rejected(exc)
             return None
+
+    def _key_rejected(self, exc: KeyRejected) -> None:
+        self._reject(exc.reason)
+        if exc.detail and exc.detail not in self._told:
+            # Once per kind: a visitor's junk repeats, and a setting of the
+            # application's (a Marshal cookie serializer) would on every line.
+            self._told.add(exc.detail)
+            log.info("resolver_key_rejected", site=self.site, reason=exc.reason, error=exc.detail)
 
     def _reject(self, reason: str, key: str | None = None, detail: str = "") -> None:
         RESOLVER_REJECTED.labels(site=self.site, reason=reason).inc()
@@ -227,7 +236,7 @@ class UserResolver:
         try:
             user = self._lookup(key)
         except KeyRejected as exc:
-            self._reject(exc.reason)
+            self._key_rejected(exc)
             return None
         except Undecodable as exc:
             self._reject(UNDECODABLE, key, f"the stored session: {exc}")
@@ -271,7 +280,7 @@ class UserResolver:
                 if value is None:
                     return None
         decoder = self._decode
-        data = decode(decoder.format, value, self._secret) if decoder is not None else value
+        data = decode(decoder.format, value, self._secrets) if decoder is not None else value
         user_id = at_path(data, decoder.path if decoder is not None else None)
         if self._stmt is not None:
             if user_id is None or isinstance(user_id, dict | list | tuple | float):

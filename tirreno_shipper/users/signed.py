@@ -44,13 +44,13 @@ Options, all strings (they come from YAML), all optional:
 - ``laravel``: ``cookie_name`` (``laravel_session``; the prefix is an HMAC of it, so
   it must be the name the application set), ``cipher`` (``aes-256-cbc`` |
   ``aes-128-cbc`` | ``aes-256-gcm`` | ``aes-128-gcm``).
-- ``rails``: ``mode`` (``encrypted`` | ``signed``), ``cookie_name`` (when given, the
-  purpose ``cookie.NAME`` that Rails >= 6 embeds must match), ``salt`` (``authenticated
-  encrypted cookie``, or ``signed cookie`` in signed mode), ``key_digest`` (the
-  PBKDF2 hash: ``sha256`` from Rails 7.0's defaults, ``sha1`` before; ``auto``, the
-  default, accepts both), ``iterations`` (``1000``), ``digest`` (signed mode's HMAC:
-  Rails' ``signed_cookie_digest``, SHA1 unless the application set it; ``auto``, the
-  default, tells it from the signature's length).
+- ``rails``: ``mode`` (``encrypted`` | ``signed``), ``cookie_name`` (when given, a
+  purpose Rails >= 6 embeds must be ``cookie.NAME``; none at all passes, as in
+  Rails), ``salt`` (``authenticated encrypted cookie``, or ``signed cookie`` in signed
+  mode), ``key_digest`` (the PBKDF2 hash: ``sha256`` from Rails 7.0's defaults,
+  ``sha1`` before; ``auto``, the default, accepts both), ``iterations`` (``1000``),
+  ``digest`` (signed mode's HMAC: Rails' ``signed_cookie_digest``, SHA1 unless the
+  application set it; ``auto``, the default, tells it from the signature's length).
 - ``express``: none.
 
 Expiry (Django's ``max_age``, itsdangerous' timestamp, Rails' ``exp``) is not checked:
@@ -262,14 +262,19 @@ DJANGO_SESSION_DATA_SALT = "django.contrib.sessions.SessionStore"
 
 
 def django_session_loads(
-    session_data: str, secret: str, salt: str = DJANGO_SESSION_DATA_SALT
+    session_data: str,
+    secret: str,
+    salt: str = DJANGO_SESSION_DATA_SALT,
+    *,
+    previous: Sequence[str] = (),
 ) -> dict[str, object]:
     """Decode ``django_session.session_data`` (Django >= 3.1), signature checked.
 
+    ``previous``: ``SECRET_KEY_FALLBACKS``, which Django also reads session data with.
     Raises `CookieRejected` like `unseal`: a row written with another ``SECRET_KEY``
     is ``forged``, one that is not JSON of an object ``undecodable``.
     """
-    text = _django_loads(secret, salt)(session_data)
+    text = _django_loads(secret, salt, tuple(previous))(session_data)
     try:
         data = _json(text)
     except ValueError:
@@ -280,8 +285,8 @@ def django_session_loads(
 
 
 @functools.lru_cache(maxsize=16)
-def _django_loads(secret: str, salt: str) -> Unsealer:
-    return _django(secret, {"salt": salt})
+def _django_loads(secret: str, salt: str, previous: tuple[str, ...]) -> Unsealer:
+    return _first_verifying([_django(s, {"salt": salt}) for s in (secret, *previous)])
 
 
 # --- itsdangerous (Flask) -------------------------------------------------------------
@@ -519,7 +524,10 @@ def _rails_message(plain: bytes, purpose: str | None) -> str:
         # The cookie jar's envelope: {"_rails": {"message": b64(serialized), "exp",
         # "pur": "cookie.NAME"}} (or "data" when the serializer carries the metadata).
         meta = decoded["_rails"]
-        if purpose is not None and meta.get("pur") != purpose:
+        # Rails reads a cookie with its purpose, then again without one: an envelope
+        # with no purpose (written before use_cookies_with_metadata, "pur": null) is
+        # accepted under any name, one naming another cookie under none.
+        if purpose is not None and meta.get("pur") not in (None, purpose):
             raise _forged("purpose is another cookie's")
         if isinstance(meta.get("message"), str):
             return _rails_message(_b64_strict(meta["message"], "envelope"), None)
@@ -567,6 +575,21 @@ _BUILDERS: dict[str, Callable[[str, dict[str, str]], Unsealer]] = {
 }
 
 
+def _first_verifying(inners: list[Unsealer]) -> Unsealer:
+    """The first secret's unsealer, then the next ones' for what it finds forged."""
+
+    def inner(value: str) -> str:
+        for attempt in inners[:-1]:
+            try:
+                return attempt(value)
+            except CookieRejected as rejected:
+                if rejected.reason != "forged":
+                    raise  # its shape is wrong whatever the key
+        return inners[-1](value)
+
+    return inner
+
+
 def unsealer(scheme: str, secret: str, *, previous: Sequence[str] = (), **options: str) -> Unsealer:
     """Build the unsealing function of one site (keys derived once, here).
 
@@ -589,16 +612,7 @@ def unsealer(scheme: str, secret: str, *, previous: Sequence[str] = (), **option
         raise ValueError("previous: a list of secrets, not one string")
     if not secret or not all(previous):
         raise ValueError(f"{scheme}: a secret is empty")
-    inners = [build(s, dict(options)) for s in (secret, *previous)]
-
-    def inner(value: str) -> str:
-        for attempt in inners[:-1]:
-            try:
-                return attempt(value)
-            except CookieRejected as rejected:
-                if rejected.reason != "forged":
-                    raise  # its shape is wrong whatever the key
-        return inners[-1](value)
+    inner = _first_verifying([build(s, dict(options)) for s in (secret, *previous)])
 
     def unseal(value: str) -> str:
         # Rack, PHP and express-session URL-encode the cookie ("%3D", "%2F", "s%3A");
