@@ -172,29 +172,29 @@ CASES = [
     ],
     *[
         Case(
-            f"rails-auth-recorded-{login['email_address'].partition('@')[0]}",
+            name,
             "rails",
-            login["cookie"],
+            cookie,
             RAILS_AUTH["secret_key_base"],
             OTHER_SECRET * 3,
-            _equals(login["session_row_id"]),
+            _equals(session_id),
             mode="signed",
             cookie_name="session_id",
         )
-        for login in RAILS_AUTH["logins"]
-    ],
-    *[
-        Case(
-            f"rails8-derived-{vector['name']}",
-            "rails",
-            vector["cookie"],
-            RAILS8["secret_key_base"],
-            OTHER_SECRET * 3,
-            _equals(vector["value"]),
-            mode="signed",
-            cookie_name="session_id",
-        )
-        for vector in RAILS8["vectors"]
+        for name, cookie, session_id in [
+            *[
+                (
+                    f"rails-auth-recorded-{login['email_address'].partition('@')[0]}",
+                    login["cookie"],
+                    login["session_row_id"],
+                )
+                for login in RAILS_AUTH["logins"]
+            ],
+            *[
+                (f"rails8-derived-{vector['name']}", vector["cookie"], vector["value"])
+                for vector in RAILS8["vectors"]
+            ],
+        ]
     ],
 ]
 

@@ -90,9 +90,9 @@ def django_auth_user(user: dict[str, Any]) -> tuple[list[str], list[tuple[str, t
     )
 
 
-def test_django_db_sessions(tmp_path: Path) -> None:
-    """framework: django, as recorded: sessionid → django_session (signed, zlib) → auth_user."""
-    data = fixture("django")
+def django_db(tmp_path: Path, data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The recorded db-backend session in a django_session table, with its auth_user:
+    the database URL and the session."""
     session = next(s for s in data["sessions"] if s["session_engine"].endswith(".db"))
     row = session["django_session_row"]
     tables, rows = django_auth_user(data["user"])
@@ -109,6 +109,13 @@ def test_django_db_sessions(tmp_path: Path) -> None:
             ),
         ],
     )
+    return url, session
+
+
+def test_django_db_sessions(tmp_path: Path) -> None:
+    """framework: django, as recorded: sessionid → django_session (signed, zlib) → auth_user."""
+    data = fixture("django")
+    url, session = django_db(tmp_path, data)
     r = resolver({"framework": "django", "database": url, "secret": data["secret_key"]})
     key = r.key_for(request(session["cookie"]))
     assert key is not None and key == session["cookie"]
@@ -465,22 +472,7 @@ def test_rotated_secret_still_resolves(tmp_path: Path) -> None:
 
     # Django reads django_session.session_data with SECRET_KEY_FALLBACKS too (the decoder).
     django = fixture("django")
-    session = next(s for s in django["sessions"] if s["session_engine"].endswith(".db"))
-    row = session["django_session_row"]
-    tables, rows = django_auth_user(django["user"])
-    url = sqlite_db(
-        tmp_path,
-        "CREATE TABLE django_session (session_key TEXT PRIMARY KEY, session_data TEXT, "
-        "expire_date TEXT)",
-        *tables,
-        params=[
-            *rows,
-            (
-                "INSERT INTO django_session VALUES (?, ?, '2030')",
-                (row["session_key"], row["session_data"]),
-            ),
-        ],
-    )
+    url, session = django_db(tmp_path, django)
     keyfile = tmp_path / "fallbacks"
     keyfile.write_text(f"{django['secret_key']}\n")
     r = resolver(
@@ -491,7 +483,7 @@ def test_rotated_secret_still_resolves(tmp_path: Path) -> None:
             "previous_secrets_file": str(keyfile),
         }
     )
-    user = r.resolve(row["session_key"])
+    user = r.resolve(session["cookie"])
     assert user is not None and user.user_name == "alice"
 
 
