@@ -354,6 +354,15 @@ def rails_auth_db(tmp_path: Path, data: dict[str, Any]) -> str:
     )
 
 
+def rails_auth_users(tmp_path: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """A users section with framework: rails_auth on the recorded database and secret."""
+    return {
+        "framework": "rails_auth",
+        "database": rails_auth_db(tmp_path, data),
+        "secret": data["secret_key_base"],
+    }
+
+
 def _flip_signature(cookie: str) -> str:
     """The cookie with its HMAC's last hex digit changed."""
     return cookie[:-1] + ("0" if cookie[-1] != "0" else "1")
@@ -362,11 +371,7 @@ def _flip_signature(cookie: str) -> str:
 def test_rails_auth_sessions(tmp_path: Path) -> None:
     """framework: rails_auth: the signed session_id → the sessions row → users.email_address."""
     data = fixture("rails_auth")
-    users = {
-        "framework": "rails_auth",
-        "database": rails_auth_db(tmp_path, data),
-        "secret": data["secret_key_base"],
-    }
+    users = rails_auth_users(tmp_path, data)
     r = resolver(users)
     alice, bob = data["logins"]
     key = r.key_for(request(alice["cookie"]))
@@ -418,11 +423,7 @@ def test_rails_auth_sessions_as_rails_8_writes_them(tmp_path: Path) -> None:
 def test_rails_auth_cookie_renamed(tmp_path: Path) -> None:
     """key.cookie renames the cookie and the purpose Rails signed into it with it."""
     data = fixture("rails_auth")
-    users = {
-        "framework": "rails_auth",
-        "database": rails_auth_db(tmp_path, data),
-        "secret": data["secret_key_base"],
-    }
+    users = rails_auth_users(tmp_path, data)
     r = resolver({**users, "key": {"cookie": "auth_session"}})
     # session_id's cookie replayed as another cookie: its purpose is cookie.session_id.
     assert r.key_for(request(data["logins"][0]["cookie"])) is None
@@ -457,11 +458,7 @@ def test_rotated_secret_still_resolves(tmp_path: Path) -> None:
     still find their user, as the application still accepts them; nothing else does."""
     rails = fixture("rails_auth")
     new_secret = "the-secret-key-base-after-the-rotation-" * 3
-    rails_users = {
-        "framework": "rails_auth",
-        "database": rails_auth_db(tmp_path, rails),
-        "secret": new_secret,
-    }
+    rails_users = {**rails_auth_users(tmp_path, rails), "secret": new_secret}
     cookie = rails["logins"][0]["cookie"]
     rotated = resolver({**rails_users, "previous_secrets": ["older-one", rails["secret_key_base"]]})
     user = rotated.resolve(rotated.key_for(request(cookie)) or "")
