@@ -25,12 +25,14 @@ import redis
 import sqlalchemy
 from structlog.testing import capture_logs
 
+from tests.conftest import Database
 from tests.support.frameworks import postgres_database
 from tests.support.users import cookie_request as request
 from tests.support.users import rejected
 from tirreno_shipper.config import Unseal, UsersConfig
 from tirreno_shipper.records import User
 from tirreno_shipper.users import UserResolver
+from tirreno_shipper.users.presets import PRESETS
 
 FIXTURES = Path(__file__).parent / "fixtures" / "frameworks"
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -418,6 +420,33 @@ def test_rails_auth_sessions_as_rails_8_writes_them(tmp_path: Path) -> None:
         user = r.resolve(r.key_for(request(vector["cookie"])) or "")
         expected = "carol@example.com" if vector["value"] == uuid_id else "alice@example.com"
         assert user is not None and user.user_name == expected, vector["name"]
+
+
+def test_rails_auth_query_on_each_database(database: Database) -> None:
+    """The preset's query binds the cookie's text to a bigint id on SQLite, PostgreSQL and
+    MariaDB alike; a signed UUID against that column finds nobody, and no pause."""
+    data = fixture("rails_auth")
+    derived = json.loads((FIXTURES / "rails_auth" / "rails8.json").read_text())
+    ts = database.timestamp_type
+    users = database.create(
+        "users", f"id BIGINT PRIMARY KEY, email_address VARCHAR(255), created_at {ts}"
+    )
+    sessions = database.create("sessions", "id BIGINT PRIMARY KEY, user_id BIGINT")
+    database.execute(f"INSERT INTO {users} VALUES (1, 'alice@example.com', '2024-01-02 03:04:05')")
+    database.execute(f"INSERT INTO {sessions} VALUES (1, 1)")
+    # The generator's table names made unique to this test, the preset's query otherwise.
+    query = str(PRESETS["rails_auth"]["query"])
+    query = query.replace("FROM sessions ", f"FROM {sessions} ").replace(
+        "JOIN users ", f"JOIN {users} "
+    )
+    secret = data["secret_key_base"]
+    r = resolver(
+        {"framework": "rails_auth", "database": database.url, "secret": secret, "query": query}
+    )
+    user = r.resolve(r.key_for(request(data["logins"][0]["cookie"])) or "")
+    assert user is not None and user.email_address == "alice@example.com"
+    uuid_cookie = next(v["cookie"] for v in derived["vectors"] if isinstance(v["value"], str))
+    assert r.resolve(r.key_for(request(uuid_cookie)) or "") is None
 
 
 def test_rails_auth_cookie_renamed(tmp_path: Path) -> None:
