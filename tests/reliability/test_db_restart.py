@@ -1,22 +1,22 @@
 """The users database restarted under load: the tail waits, no line is skipped or misattributed.
 
-The real PostgreSQL and MariaDB servers of the machine are restarted: other
-tests may be using them, so the outage is kept to a few seconds and the server
-is always brought back in a ``finally`` block, even when the test fails.
+Real PostgreSQL and MariaDB servers, each the test's own (`tests.support.databases`):
+the machine's shared ones serve other tests at the same moment, whose connections a
+restart would cut.
 """
 
 from __future__ import annotations
 
-import os
 import secrets
-import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 
 from tests.conftest import Database
+from tests.support.databases import OWN_SERVERS, OwnDatabaseServer
 from tests.support.fake_sensor import FakeSensor
 from tests.support.shipper import Shipper
 from tests.support.writer import LogWriter, make_config, seq_of, wait_for
@@ -25,85 +25,26 @@ USERS = 20
 RATE = 100  # lines/s
 
 
-def _run(cmd: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def _postgres_up() -> bool:
-    return _run(["pg_isready", "-q", "-h", "127.0.0.1", "-p", "5432"], 10).returncode == 0
-
-
-def _mariadb_up() -> bool:
-    return _run(["mariadb-admin", "-h", "127.0.0.1", "-uroot", "ping"], 10).returncode == 0
-
-
-def _pg_version() -> str:
-    versions = sorted(os.listdir("/etc/postgresql"))
-    assert versions, "no PostgreSQL cluster in /etc/postgresql"
-    return versions[-1]
-
-
-def _pg_ctl(action: str) -> subprocess.CompletedProcess[str]:
-    return _run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", "-m", "fast", _pg_version(), "main", action]
-    )
-
-
-def restart_postgres() -> None:
-    """``pg_ctlcluster ... restart`` in fast mode (active sessions are cut)."""
-    try:
-        result = _pg_ctl("restart")
-        assert result.returncode == 0, f"pg_ctlcluster restart failed: {result.stderr}"
-    finally:
-        ensure_postgres()
-
-
-def ensure_postgres() -> None:
-    if not _postgres_up():
-        _pg_ctl("start")
-    wait_for(_postgres_up, 60, "PostgreSQL to answer again", interval=0.2)
-
-
-def restart_mariadb() -> None:
-    """``mariadb-admin shutdown``, then the daemon started again, as .ci/run does."""
-    try:
-        result = _run(["mariadb-admin", "-h", "127.0.0.1", "-uroot", "shutdown"])
-        assert result.returncode == 0, f"mariadb-admin shutdown failed: {result.stderr}"
-        wait_for(lambda: not _mariadb_up(), 30, "MariaDB to stop", interval=0.1)
-    finally:
-        ensure_mariadb()
-
-
-def ensure_mariadb() -> None:
-    deadline = time.monotonic() + 60
-    while not _mariadb_up():
-        # --oknodo: a no-op while the old process is still shutting down; so ask again.
-        _run(
-            [
-                "start-stop-daemon",
-                "--start",
-                "--oknodo",
-                "--background",
-                "--exec",
-                "/usr/sbin/mariadbd",
-            ]
-        )
-        assert time.monotonic() < deadline, "MariaDB did not come back within 60 s"
-        time.sleep(0.5)
-
-
-RESTART: dict[str, tuple[Callable[[], None], Callable[[], None]]] = {
-    "postgresql": (restart_postgres, ensure_postgres),
-    "mariadb": (restart_mariadb, ensure_mariadb),
-}
+@pytest.fixture(params=list(OWN_SERVERS))
+def own_server(request: pytest.FixtureRequest) -> Iterator[tuple[OwnDatabaseServer, Database]]:
+    """A PostgreSQL or MariaDB server of this test's own (it is restarted), and a `Database`
+    on it."""
+    with OWN_SERVERS[request.param]() as server:
+        engine = sqlalchemy.create_engine(server.url, pool_pre_ping=True)
+        db = Database(server.kind, server.url, engine)
+        try:
+            yield server, db
+        finally:
+            engine.dispose()
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_database_restart_skips_no_line(server_database: Database, tmp_path: Path) -> None:
+def test_database_restart_skips_no_line(
+    own_server: tuple[OwnDatabaseServer, Database], tmp_path: Path
+) -> None:
     """The users database restarted mid-load: every logged-in line delivered with its user."""
-    db = server_database
-    restart, ensure = RESTART[db.kind]
+    server, db = own_server
     table = db.create(
         "sessions",
         "session_key VARCHAR(64) PRIMARY KEY, user_name VARCHAR(100), email VARCHAR(255)",
@@ -143,7 +84,7 @@ def test_database_restart_skips_no_line(server_database: Database, tmp_path: Pat
         writer.start(RATE)
         wait_for(lambda: sensor.wait_accepted(50, 0), 60, "events before the restart")
         began = time.monotonic()
-        restart()
+        server.restart()
         outage = time.monotonic() - began
         time.sleep(2)  # lines keep coming after the restart too
         writer.stop()
@@ -158,7 +99,6 @@ def test_database_restart_skips_no_line(server_database: Database, tmp_path: Pat
         writer.close()
         shipper.close()
         sensor.stop()
-        ensure()  # never leave the shared server down
 
     received = list(sensor.accepted)
     wrong = []
