@@ -136,7 +136,10 @@ Status = Annotated[str | int, AfterValidator(_check_status)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # defer_build: the validators are built when a configuration is first read, not
+    # at import: half of this module's import time, which every command paid, also
+    # those that read no configuration (detect-format, sink, man, --help).
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class LogConfig(_Model):
