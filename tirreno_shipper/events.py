@@ -10,7 +10,6 @@ every change in ``fixed``, by field and reason.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import ipaddress
 import re
@@ -56,7 +55,6 @@ def request_id(site: str, file_key: str, offset: int) -> str:
 
 
 _UNKNOWN = object()
-_USER_FIELDS = tuple(f.name for f in dataclasses.fields(User))
 
 
 class ClientIp:
@@ -137,10 +135,6 @@ class EventMapper:
         self._redact = redactor(redact_query)
         self._url_memo: Memo[str, str] = Memo()
         self.fixed: Counter[str] = Counter()
-        # A user's fields (validated, cut) per User record: the resolver hands
-        # out the same records all day. The changes it had to make are kept too,
-        # so `fixed` still counts every event that carried a fixed value.
-        self._user_memo: Memo[User, tuple[dict[str, str], tuple[str, ...]]] = Memo(65536)
 
     def _fit(self, name: str, value: str) -> str:
         out, reason = tirreno.fit(name, value)
@@ -216,55 +210,53 @@ class EventMapper:
             fields["browserLanguage"] = self._fit("browserLanguage", req.accept_language)
         fields["eventType"] = event_type
         if user is not None:
-            memo = self._user_memo.get(user)
-            if memo is None:
-                # The changes to this user's fields, counted apart and then added:
-                # cheaper than copying and subtracting the chunk's whole count.
-                outer, self.fixed = self.fixed, Counter()
-                user_fields: dict[str, str] = {}
-                try:
-                    self._user_fields(user_fields, user)
-                finally:
-                    own, self.fixed = self.fixed, outer
-                outer.update(own)
-                memo = (user_fields, tuple(own.elements()))
-                # The record (the key) and its cut fields: a user's own text, any size.
-                record = [getattr(user, name) for name in _USER_FIELDS]
-                size = sum(len(v) for v in (*record, *user_fields.values()) if v)
-                self._user_memo.put(user, memo, size)
-            else:
-                for name in memo[1]:
-                    self.fixed[name] += 1
-            fields.update(memo[0])
+            mapped = user.mapped
+            if mapped is None:
+                mapped = user_fields(user)
+                object.__setattr__(user, "mapped", mapped)  # a memo, not the value: see User
+            fields.update(mapped[0])
+            for name in mapped[1]:
+                self.fixed[name] += 1
         return Event(rid, fields)
 
-    def _user_fields(self, fields: dict[str, str], user: User) -> None:
-        fields["userName"] = self._fit("userName", user.user_name)
-        if user.email_address:
-            email, reason = tirreno.email(user.email_address)
+
+def user_fields(user: User) -> tuple[dict[str, str], tuple[str, ...]]:
+    """A user's tirreno fields (validated, cut) and the changes that took, as counted in
+    ``fixed`` (``field:reason``), once per event that carries the user."""
+    fields: dict[str, str] = {}
+    fixed: list[str] = []
+    name, reason = tirreno.fit("userName", user.user_name)
+    fields["userName"] = name
+    if reason is not None:
+        fixed.append(f"userName:{reason}")
+    if user.email_address:
+        email, reason = tirreno.email(user.email_address)
+        if reason is not None:
+            fixed.append(f"emailAddress:{reason}")
+        if email is not None:
+            fields["emailAddress"] = email
+    for field, value in (
+        ("firstName", user.first_name),
+        ("lastName", user.last_name),
+        ("fullName", user.full_name),
+    ):
+        if value:
+            fields[field], reason = tirreno.fit(field, value)
             if reason is not None:
-                self.fixed[f"emailAddress:{reason}"] += 1
-            if email is not None:
-                fields["emailAddress"] = email
-        for name, value in (
-            ("firstName", user.first_name),
-            ("lastName", user.last_name),
-            ("fullName", user.full_name),
-        ):
-            if value:
-                fields[name] = self._fit(name, value)
-        if user.user_created:
-            if tirreno.time_ok(user.user_created):
-                fields["userCreated"] = user.user_created
-            else:
-                # tirreno would store NULL (UserCreated.php).
-                self.fixed[f"userCreated:{tirreno.INVALID}"] += 1
-        if user.phone_number:
-            phone = re.sub(r"[^0-9+]", "", user.phone_number)
-            if phone and len(phone) <= tirreno.limit_of("phoneNumber"):
-                fields["phoneNumber"] = phone
-                if phone != user.phone_number.replace(" ", ""):
-                    # tirreno removes spaces itself; other separators are our change.
-                    self.fixed["phoneNumber:normalised"] += 1
-            else:
-                self.fixed[f"phoneNumber:{tirreno.INVALID}"] += 1
+                fixed.append(f"{field}:{reason}")
+    if user.user_created:
+        if tirreno.time_ok(user.user_created):
+            fields["userCreated"] = user.user_created
+        else:
+            # tirreno would store NULL (UserCreated.php).
+            fixed.append(f"userCreated:{tirreno.INVALID}")
+    if user.phone_number:
+        phone = re.sub(r"[^0-9+]", "", user.phone_number)
+        if phone and len(phone) <= tirreno.limit_of("phoneNumber"):
+            fields["phoneNumber"] = phone
+            if phone != user.phone_number.replace(" ", ""):
+                # tirreno removes spaces itself; other separators are our change.
+                fixed.append("phoneNumber:normalised")
+        else:
+            fixed.append(f"phoneNumber:{tirreno.INVALID}")
+    return fields, tuple(fixed)

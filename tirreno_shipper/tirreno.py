@@ -260,7 +260,10 @@ def _validate_email(data: bytes) -> bool:
 def normalise_email(value: str) -> str:
     """Email.php: ``strtolower(str_replace(' ', '', $value))`` (ASCII only in PHP 8.2)."""
     value = value.replace(" ", "")
-    return value.lower() if value.isascii() else value.translate(_ASCII_LOWER)
+    lowered = value.lower() if value.isascii() else value.translate(_ASCII_LOWER)
+    # The same object when nothing changed: the user's record and its event fields
+    # then share one string (for every cached user).
+    return value if lowered == value else lowered
 
 
 _ASCII_LOWER = {c: c + 32 for c in range(0x41, 0x5B)}

@@ -19,8 +19,6 @@ from typing import Any
 
 import msgpack
 
-from tirreno_shipper.users import signed
-
 # No session a framework writes comes near this; a larger value is refused unread.
 MAX_VALUE_BYTES = 1 << 20
 
@@ -79,6 +77,8 @@ def _pickle(value: object, secrets: Sequence[str]) -> object:
 
 
 def _django(value: object, secrets: Sequence[str]) -> object:
+    from tirreno_shipper.users import signed  # cryptography (~7 MB) only where it is used
+
     data = _bytes(value).decode("utf-8", "replace")
     if not secrets:
         raise Undecodable("no secret to verify Django session data with")

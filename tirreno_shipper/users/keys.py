@@ -27,7 +27,6 @@ from typing import Any
 from tirreno_shipper import regex
 from tirreno_shipper.config import RegexStep, Split, StripPrefix, Transform, Unseal, UsersConfig
 from tirreno_shipper.records import Request
-from tirreno_shipper.users import signed
 
 # Longer keys are no session id any framework issues: the request has no key.
 MAX_KEY_CHARS = 4096
@@ -153,6 +152,10 @@ def _unsealer(
     """The framework's unsealing function under the current secret, then the previous
     ones (keys derived once); raises ValueError for a configuration it cannot use
     (worded without the secret)."""
+    # Imported here: `cryptography` costs ~7 MB of memory, and only a site that
+    # unseals a framework's cookie needs it.
+    from tirreno_shipper.users import signed
+
     current, *previous = secrets or ("",)
     inner = signed.unsealer(scheme, current, previous=previous, **options)
 
