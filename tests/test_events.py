@@ -170,6 +170,22 @@ def test_phone_number_normalised_or_dropped() -> None:
     assert dict(m.fixed) == {"phoneNumber:invalid": 1}
 
 
+def test_a_users_fields_are_worked_out_once_and_every_change_counted_per_event() -> None:
+    """The record keeps its mapped fields (any mapper reuses them), every event that
+    carries it counts its changes, and the memo is no part of the record's value."""
+    user = User(user_name="u" * 150, email_address="not-an-email")
+    first, second = mapper(), mapper()
+    events = [m.build(request(), user, "1.2.3.4", "page_view", "x") for m in (first, first)]
+    events.append(second.build(request(), user, "1.2.3.4", "page_view", "x"))
+    assert user.mapped is not None
+    assert all(e.fields["userName"] == "u" * 100 for e in events)
+    assert all("emailAddress" not in e.fields for e in events)
+    assert dict(first.fixed) == {"userName:cut": 2, "emailAddress:invalid": 2}
+    assert dict(second.fixed) == {"userName:cut": 1, "emailAddress:invalid": 1}
+    fresh = User(user_name="u" * 150, email_address="not-an-email")
+    assert fresh == user and hash(fresh) == hash(user) and repr(fresh) == repr(user)
+
+
 # --- client IP --------------------------------------------------------------------------------
 
 

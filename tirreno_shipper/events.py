@@ -212,10 +212,12 @@ class EventMapper:
         if user is not None:
             mapped = user.mapped
             if mapped is None:
-                mapped = user_fields(user)
-                object.__setattr__(user, "mapped", mapped)  # a memo, not the value: see User
-            fields.update(mapped[0])
-            for name in mapped[1]:
+                # A memo, not the value (see User): set once, on the record itself.
+                mapped, fixed = user_fields(user)
+                object.__setattr__(user, "mapped_fixed", fixed)
+                object.__setattr__(user, "mapped", mapped)
+            fields.update(mapped)
+            for name in user.mapped_fixed:
                 self.fixed[name] += 1
         return Event(rid, fields)
 
