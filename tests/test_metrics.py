@@ -65,9 +65,11 @@ def test_metrics_count_a_known_log_and_healthz_is_ok(tmp_path: Path, sensor: Fak
 
         def settled() -> dict[tuple[str, frozenset[tuple[str, str]]], float] | None:
             m = scrape_metrics(port)
+            # The lag gauge is the tail's snapshot, taken once a second.
             done = (
                 metric(m, "tirreno_shipper_events_sent_total", site="shop") == 6
                 and metric(m, "tirreno_shipper_spool_depth", site="shop") == 0
+                and metric(m, "tirreno_shipper_file_lag_bytes", site="shop") == 0
             )
             return m if done else None
 

@@ -772,9 +772,13 @@ class Daemon:
         last_watchdog = 0.0
         last_status = 0.0
         # systemd's WATCHDOG_USEC/2 is the longest a ping may wait: wake often
-        # enough that a ping is never later than that.
+        # enough that a ping is never later than that. A poll_interval under a
+        # second asks for that latency everywhere: `--once` sees the spool empty,
+        # and a changed config file is noticed, within one poll, not one second.
         interval = self.notifier.watchdog_interval
-        tick = 1.0 if interval is None else min(1.0, interval / 2)
+        tick = min(1.0, self.config.poll_interval)
+        if interval is not None:
+            tick = min(tick, interval / 2)
         try:
             while not self._stop_requested:
                 self._tick.wait(tick)
