@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import yaml
 
 from tests.support.fake_sensor import FakeSensor
+from tests.support.notify import Listener
 from tests.support.shipper import append, nginx_line, running, site, wait_until, write_config
 from tirreno_shipper.config_watch import ConfigWatch
 
@@ -91,13 +93,25 @@ def test_the_daemon_reloads_a_swapped_configmap_and_keeps_the_old_on_a_bad_one(
         assert shipper.stop() == 0
 
 
-def test_reload_on_change_off_waits_for_sighup(tmp_path: Path, sensor: FakeSensor) -> None:
+@pytest.fixture
+def notify() -> Iterator[Listener]:
+    listener = Listener(f"@tirreno-test-{secrets.token_hex(6)}")
+    yield listener
+    listener.close()
+
+
+def test_reload_on_change_off_waits_for_sighup(
+    tmp_path: Path, sensor: FakeSensor, notify: Listener
+) -> None:
     a, b = tmp_path / "a.log", tmp_path / "b.log"
     append(a, [nginx_line(path="/a/0")])
     append(b, [nginx_line(path="/b/0")])
     vol = ConfigMapVolume(tmp_path / "cm")
     vol.publish(_config(tmp_path, [site("a", sensor.url, a)], reload_on_change=False))
-    with running(vol.path) as shipper:
+    # The supervisor pings the watchdog at the end of each tick, after asking the
+    # watch: the pings count the ticks that saw the new file (one every 0.1 s here).
+    env = {"NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": "400000"}
+    with running(vol.path, env=env) as shipper:
         assert wait_until(lambda: len(sensor.accepted) == 1, 20)
         vol.publish(
             _config(
@@ -106,8 +120,10 @@ def test_reload_on_change_off_waits_for_sighup(tmp_path: Path, sensor: FakeSenso
                 reload_on_change=False,
             )
         )
-        # Given the time of several ticks, nothing happens; SIGHUP then reloads.
-        assert not wait_until(lambda: bool(shipper.logged("reloaded")), 3)
+        # Several ticks after the swap, nothing happened; SIGHUP then reloads.
+        pings = notify.count("WATCHDOG=1")
+        assert wait_until(lambda: notify.count("WATCHDOG=1") >= pings + 5, 20)
+        assert not shipper.logged("reloaded")
         assert not shipper.logged("config_changed")
         shipper.signal(signal.SIGHUP)
         shipper.wait_log("reloaded", 20)
