@@ -1,7 +1,9 @@
 """``check`` as an operator runs it: the state folder, the sensor URL's path, the
 test event's verdict, and an output made only of check's own report lines.
 
-Real subprocesses, a real fake sensor and real HTTP servers; nothing of the
+The command is called in this process (`run_in_process`: its output and exit
+code, without starting an interpreter each time; test_cli.py runs ``check`` as a
+real process), with a real fake sensor and real HTTP servers; nothing of the
 product is mocked. The tests run as root, for whom permission bits do not stop
 writes, so the unusable state folders are ones that fail for root too: a path
 under a regular file (cannot be created: ENOTDIR), a regular file (exists, not
@@ -21,8 +23,9 @@ from typing import Any
 
 import pytest
 
+from tests.support.cli import run_in_process
 from tests.support.fake_sensor import FakeSensor
-from tests.support.shipper import nginx_line, run_cli, running, site, write_config
+from tests.support.shipper import nginx_line, running, site, write_config
 
 
 @pytest.fixture
@@ -40,7 +43,7 @@ def _config(tmp_path: Path, url: str, *, users: dict[str, Any] | None = None, **
 
 def _daemon_state_dir_error(cfg: Path) -> str:
     """What ``run`` says about the state folder (it exits 73): its log's error field."""
-    r = run_cli("run", "-c", str(cfg), "--once")
+    r = run_in_process("run", "-c", str(cfg), "--once")
     assert r.returncode == 73, r.stderr
     [error] = [
         json.loads(line)["error"]
@@ -74,7 +77,7 @@ def test_check_fails_on_a_state_dir_run_cannot_use(
     }[where]
     cfg = _config(tmp_path, sensor.url, state_dir=str(state_dir))
 
-    r = run_cli("check", "-c", str(cfg))
+    r = run_in_process("check", "-c", str(cfg))
     assert r.returncode == 1, r.stdout + r.stderr
     message = expected.format(d=state_dir)
     assert f"[FAIL] {message}" in r.stdout
@@ -91,13 +94,13 @@ def test_check_accepts_a_state_dir_run_can_create_and_leaves_it_uncreated(
     """A missing state folder under a writable parent is fine, and check does not create it."""
     state_dir = tmp_path / "new" / "deeper" / "state"
     cfg = _config(tmp_path, sensor.url, state_dir=str(state_dir))
-    r = run_cli("check", "-c", str(cfg))
+    r = run_in_process("check", "-c", str(cfg))
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"[ok]   state_dir {state_dir}: missing; `run` creates it" in r.stdout
     assert not (tmp_path / "new").exists()
 
     state_dir.mkdir(parents=True)
-    r = run_cli("check", "-c", str(cfg))
+    r = run_in_process("check", "-c", str(cfg))
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"[ok]   state_dir {state_dir}: writable" in r.stdout
     assert list(state_dir.iterdir()) == []  # no spool made by check
@@ -143,7 +146,8 @@ class _FixedServer(ThreadingHTTPServer):
 @pytest.fixture
 def fixed_status(request: pytest.FixtureRequest) -> Iterator[_FixedServer]:
     server = _FixedServer(request.param)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # Polled every 50 ms, not serve_forever's 0.5 s: shutdown() waits for the next poll.
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield server
@@ -155,7 +159,7 @@ def fixed_status(request: pytest.FixtureRequest) -> Iterator[_FixedServer]:
 def test_check_fails_on_a_sensor_url_with_a_wrong_path(tmp_path: Path, sensor: FakeSensor) -> None:
     """The sensor's host with a wrong path answers 404: a [FAIL] naming tirreno's /sensor/ path."""
     url = f"http://127.0.0.1:{sensor.port}/api/sensor/"
-    r = run_cli("check", "-c", str(_config(tmp_path, url)))
+    r = run_in_process("check", "-c", str(_config(tmp_path, url)))
     assert r.returncode == 1, r.stdout + r.stderr
     assert "reachable" not in r.stdout
     assert f"[FAIL] sensor {url}: HTTP 404" in r.stdout
@@ -171,7 +175,7 @@ def test_check_fails_when_the_url_refuses_posts_or_is_gone(
     """405 and 410 to the POST events are sent with also mean a wrong path."""
     status = fixed_status.status
     url = f"http://127.0.0.1:{fixed_status.server_address[1]}/sensor/"
-    r = run_cli("check", "-c", str(_config(tmp_path, url)))
+    r = run_in_process("check", "-c", str(_config(tmp_path, url)))
     assert r.returncode == 1, r.stdout + r.stderr
     assert f"[FAIL] sensor {url}: HTTP {status}" in r.stdout
     assert "https://<tirreno host>/sensor/" in r.stdout
@@ -184,7 +188,7 @@ def test_other_statuses_still_prove_the_sensor_reachable(
 ) -> None:
     """Any other answer keeps its meaning: the host is reachable."""
     url = f"http://127.0.0.1:{fixed_status.server_address[1]}/sensor/"
-    r = run_cli("check", "-c", str(_config(tmp_path, url)))
+    r = run_in_process("check", "-c", str(_config(tmp_path, url)))
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"[ok]   sensor {url}: reachable (HTTP {fixed_status.status})" in r.stdout
 
@@ -193,7 +197,7 @@ def test_the_probe_of_the_right_path_is_answered_by_tirreno_and_sends_no_event(
     tmp_path: Path, sensor: FakeSensor
 ) -> None:
     """On /sensor/ the keyless probe gets tirreno's empty 200: tirreno, nothing accepted."""
-    r = run_cli("check", "-c", str(_config(tmp_path, sensor.url)))
+    r = run_in_process("check", "-c", str(_config(tmp_path, sensor.url)))
     assert r.returncode == 0, r.stdout + r.stderr
     assert (
         f"[ok]   sensor {sensor.url}: answers as tirreno's sensor does (an empty 200 to a "
@@ -210,7 +214,7 @@ def test_another_application_answering_200_with_a_page_is_not_tirreno(
     """An unrelated web app on the configured port answers 200 with a body: tirreno answers
     a keyless POST with an empty 200, so check fails and says it is not tirreno."""
     url = f"http://127.0.0.1:{fixed_status.server_address[1]}/sensor/"
-    r = run_cli("check", "-c", str(_config(tmp_path, url)))
+    r = run_in_process("check", "-c", str(_config(tmp_path, url)))
     assert r.returncode == 1, r.stdout + r.stderr
     assert f"[FAIL] sensor {url}: not tirreno: it answers a POST without Api-Key with a page" in (
         r.stdout
@@ -223,7 +227,7 @@ def test_a_test_event_to_a_wrong_path_reports_the_real_status(
 ) -> None:
     """``--send-test-event`` to a path answering 404 says 404 and why, not "empty 200"."""
     url = f"http://127.0.0.1:{sensor.port}/sensr/"
-    r = run_cli("check", "-c", str(_config(tmp_path, url)), "--send-test-event")
+    r = run_in_process("check", "-c", str(_config(tmp_path, url)), "--send-test-event")
     assert r.returncode == 1, r.stdout + r.stderr
     assert "empty 200" not in r.stdout
     [line] = [x for x in r.stdout.splitlines() if "test event" in x]
@@ -252,7 +256,7 @@ def test_a_failing_user_query_is_reported_once_without_log_lines(
     """The resolver's own warning is not printed beside check's [FAIL] line (stdout or stderr)."""
     users = _users(tmp_path, "SELECT name AS user_name FROM no_such_table WHERE key = :key")
     cfg = _config(tmp_path, sensor.url, users=users, log={"level": "debug", "format": "json"})
-    r = run_cli("check", "-c", str(cfg))
+    r = run_in_process("check", "-c", str(cfg))
     assert r.returncode == 1
     assert r.stderr == ""
     assert "resolver_failed" not in r.stdout and "{" not in r.stdout
@@ -268,7 +272,7 @@ def test_a_query_ignoring_the_key_is_a_warning_line_of_check(
     """The resolver's warning that an impossible key matched becomes check's own [warn] line."""
     users = _users(tmp_path, "SELECT 'someone' AS user_name WHERE :key IS NOT NULL")
     cfg = _config(tmp_path, sensor.url, users=users)
-    r = run_cli("check", "-c", str(cfg))
+    r = run_in_process("check", "-c", str(cfg))
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stderr == ""
     assert "  [ok]   users: the query runs" in r.stdout
@@ -288,7 +292,7 @@ def test_check_skips_folders_a_log_glob_matches(tmp_path: Path, sensor: FakeSens
         tmp_path / "c.yaml",
         [site("a", sensor.url, logs / "shop.log", log={"path": f"{logs}/*.log"})],
     )
-    r = run_cli("check", "-c", str(cfg))
+    r = run_in_process("check", "-c", str(cfg))
     assert f"[ok]   logs {logs}/shop.log: readable" in r.stdout, r.stdout
     assert "old.log" not in r.stdout
     assert r.returncode == 0, r.stdout + r.stderr
@@ -310,7 +314,7 @@ def test_check_parses_the_end_of_each_log_with_its_format(
         tmp_path / "c.yaml",
         [site("a", sensor.url, good, log={"path": f"{logs}/*.log*", "format": "nginx_combined"})],
     )
-    r = run_cli("check", "-c", str(cfg))
+    r = run_in_process("check", "-c", str(cfg))
     assert r.returncode == 1, r.stdout
     out = r.stdout
     assert f"[ok]   logs {good}: readable; 200 of its last 200 lines parse as nginx_combined" in out
@@ -329,7 +333,7 @@ def test_check_names_query_columns_that_feed_no_field(tmp_path: Path, sensor: Fa
     """A misspelt alias (``AS mail``) would drop the field from every event without a word."""
     users = _users(tmp_path, "SELECT 'x' AS user_name, 'a@b.c' AS mail WHERE :key = 'no'")
     cfg = _config(tmp_path, sensor.url, users=users)
-    r = run_cli("check", "-c", str(cfg))
+    r = run_in_process("check", "-c", str(cfg))
     assert r.returncode == 0, r.stdout + r.stderr
     [warn] = [line for line in r.stdout.splitlines() if "columns ignored" in line]
     assert warn.startswith("  [warn] users: columns ignored: mail (a user's fields are taken")
@@ -360,7 +364,7 @@ def test_check_never_prints_a_database_password(
             )
         ],
     )
-    r = run_cli("check", "-c", str(at))
+    r = run_in_process("check", "-c", str(at))
     assert r.returncode == 78, r.stdout + r.stderr
     out = r.stdout + r.stderr
     assert "sites[0].users.database" in out and "%40" in out
@@ -383,7 +387,7 @@ def test_check_never_prints_a_database_password(
             ],
             log={"level": "debug", "format": "json"},
         )
-        r = run_cli("check", "-c", str(cfg))
+        r = run_in_process("check", "-c", str(cfg))
         assert r.returncode == 1, r.stdout + r.stderr
         assert f"  [FAIL] users: user database {scheme}://reader@127.0.0.1:" in r.stdout
         assert "password=***" in r.stdout
@@ -396,10 +400,10 @@ def test_check_names_the_daemon_running_on_the_state_dir(
     """check beside a running daemon says so (pid from run.lock); after it stops, not."""
     cfg = _config(tmp_path, sensor.url)
     with running(cfg) as daemon:
-        r = run_cli("check", "-c", str(cfg))
+        r = run_in_process("check", "-c", str(cfg))
         assert f"a daemon runs on it (pid {daemon.pid})" in r.stdout, r.stdout
         assert daemon.stop() == 0
-    r = run_cli("check", "-c", str(cfg))
+    r = run_in_process("check", "-c", str(cfg))
     assert "writable" in r.stdout and "a daemon runs on it" not in r.stdout, r.stdout
 
 
@@ -411,7 +415,7 @@ def _check_keyed_log(
     cfg = write_config(
         tmp_path / "c.yaml", [site("a", sensor.url, log, log={"format": fmt}, users=users)]
     )
-    r = run_cli("check", "-c", str(cfg))
+    r = run_in_process("check", "-c", str(cfg))
     assert r.returncode == 1, r.stdout
     return r
 
@@ -455,6 +459,6 @@ def test_check_passes_on_the_example_configuration(tmp_path: Path, sensor: FakeS
     shutil.copytree(repo / "examples", tmp_path / "examples")
     text = (repo / "config.example.yaml").read_text()
     (tmp_path / "c.yaml").write_text(text.replace("http://127.0.0.1:8585/sensor/", sensor.url))
-    r = run_cli("check", "-c", str(tmp_path / "c.yaml"))
+    r = run_in_process("check", "-c", str(tmp_path / "c.yaml"))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "  [ok]   users: the query runs" in r.stdout

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import logging
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -13,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
+from tests.support.cli import run_in_process
 from tests.support.fake_sensor import FakeSensor
 from tests.support.shipper import (
     append,
@@ -45,7 +50,7 @@ def test_status_json_reports_spool_files_and_the_daemon(tmp_path: Path, sensor: 
     append(log, [nginx_line("/s/late")])  # written after the run: lag
     late = len(nginx_line("/s/late"))
 
-    r = run_cli("status", "-c", str(cfg), "--json")
+    r = run_in_process("status", "-c", str(cfg), "--json")
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     assert report["state_dir"] == str(tmp_path / "state")
@@ -67,7 +72,7 @@ def test_status_json_reports_spool_files_and_the_daemon(tmp_path: Path, sensor: 
     assert f["identity"].startswith(f"{log.stat().st_dev}:{log.stat().st_ino}:")
     assert f["note"] is None
 
-    text = run_cli("status", "-c", str(cfg))
+    text = run_in_process("status", "-c", str(cfg))
     assert text.returncode == 0
     assert "daemon: not running" in text.stdout and "site a:" in text.stdout
     assert f"lag {late} B" in text.stdout
@@ -78,10 +83,10 @@ def test_status_before_any_run_says_so_and_creates_nothing(tmp_path: Path) -> No
     whichever user happened to ask)."""
     log = tmp_path / "a.log"
     cfg = write_config(tmp_path / "c.yaml", [site("a", "http://127.0.0.1:9/sensor/", log)])
-    text = run_cli("status", "-c", str(cfg))
+    text = run_in_process("status", "-c", str(cfg))
     assert text.returncode == 0, text.stderr
     assert "has not run with this state_dir" in text.stdout
-    report = json.loads(run_cli("status", "-c", str(cfg), "--json").stdout)
+    report = json.loads(run_in_process("status", "-c", str(cfg), "--json").stdout)
     assert report["daemon"] == {"running": False, "pid": None} and report["sites"] == {}
     assert not (tmp_path / "state").exists()
 
@@ -93,13 +98,13 @@ def test_status_and_dead_letters_need_no_secrets_in_the_environment(tmp_path: Pa
     cfg = tmp_path / "c.yaml"
     write_config(cfg, [site("a", "http://127.0.0.1:9/sensor/", log, key="${TIRRENO_API_KEY}")])
     env = {"TIRRENO_API_KEY": ""}
-    assert run_cli("status", "-c", str(cfg), env=env).returncode == 0
-    r = run_cli("dead-letters", "-c", str(cfg), "list", env=env)
+    assert run_in_process("status", "-c", str(cfg), env=env).returncode == 0
+    r = run_in_process("dead-letters", "-c", str(cfg), "list", env=env)
     assert r.returncode == 0, r.stderr
     # Before any run there is no spool: asking creates none (nor the state folder).
     assert "no spool in" in r.stderr and "no dead letters" in r.stderr
     assert not (tmp_path / "state").exists()
-    r = run_cli("check", "-c", str(cfg), env=env)
+    r = run_in_process("check", "-c", str(cfg), env=env)
     assert r.returncode == 78 and "TIRRENO_API_KEY is not set" in r.stderr
 
 
@@ -115,7 +120,9 @@ def test_status_json_shows_the_running_daemons_live_state(
 
         def live() -> dict[str, Any] | None:
             # Running as soon as it holds the lock; its live state once status.json is written.
-            report: dict[str, Any] = json.loads(run_cli("status", "-c", str(cfg), "--json").stdout)
+            report: dict[str, Any] = json.loads(
+                run_in_process("status", "-c", str(cfg), "--json").stdout
+            )
             known = report["sites"]["a"]["sensor_state"] != "unknown"
             return report if report["daemon"]["running"] and known else None
 
@@ -132,7 +139,7 @@ def test_check_passes_against_a_working_sensor(tmp_path: Path, sensor: FakeSenso
     log = tmp_path / "a.log"
     log.touch()
     cfg = write_config(tmp_path / "c.yaml", [site("a", sensor.url, log)])
-    r = run_cli("check", "-c", str(cfg), "--send-test-event")
+    r = run_in_process("check", "-c", str(cfg), "--send-test-event")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "[ok]   logs" in r.stdout and "test event accepted (204)" in r.stdout
     assert "all checks passed" in r.stdout
@@ -166,7 +173,7 @@ def test_check_fails_on_an_unreachable_sensor_and_an_unreadable_log_folder(
         tmp_path / "c.yaml",
         [site("a", f"http://127.0.0.1:{unused_tcp_port}/sensor/", tmp_path / "nodir" / "a.log")],
     )
-    r = run_cli("check", "-c", str(cfg))
+    r = run_in_process("check", "-c", str(cfg))
     assert r.returncode == 1
     assert "[FAIL] logs" in r.stdout and "[FAIL] sensor" in r.stdout
 
@@ -199,43 +206,49 @@ def test_dead_letters_list_retry_and_purge(
 ) -> None:
     """list shows each with its reason; retry --id puts one back in the spool; purge deletes."""
     cfg, rids = dead_letters
-    r = run_cli("dead-letters", "-c", str(cfg), "list", "--json")
+    r = run_in_process("dead-letters", "-c", str(cfg), "list", "--json")
     assert r.returncode == 0, r.stderr
     rows = [json.loads(x) for x in r.stdout.splitlines()]
     assert [x["request_id"] for x in rows] == rids
     assert {x["reason"] for x in rows} == {"HTTP 400 from the sensor"}
     assert rows[0]["fields"]["url"] == "/dl/0" and rows[2]["site"] == "b"
 
-    r = run_cli("dead-letters", "-c", str(cfg), "list", "--site", "a")
+    r = run_in_process("dead-letters", "-c", str(cfg), "list", "--site", "a")
     assert r.returncode == 0
     assert "2 dead letter(s)" in r.stderr and "/dl/0" in r.stdout and "/dl/2" not in r.stdout
 
-    r = run_cli("dead-letters", "-c", str(cfg), "retry", "--id", str(rows[1]["id"]))
+    r = run_in_process("dead-letters", "-c", str(cfg), "retry", "--id", str(rows[1]["id"]))
     assert r.returncode == 0 and "1 dead letter(s) put back" in r.stdout
     assert spooled_ids(tmp_path / "state") == [rids[1]]
 
-    r = run_cli("dead-letters", "-c", str(cfg), "retry", "--id", "999", "--id", str(rows[0]["id"]))
+    r = run_in_process(
+        "dead-letters", "-c", str(cfg), "retry", "--id", "999", "--id", str(rows[0]["id"])
+    )
     assert r.returncode == 0 and "1 dead letter(s) put back" in r.stdout
     assert "no dead letter with id 999 (`dead-letters list` shows them)" in r.stderr
     assert sorted(spooled_ids(tmp_path / "state")) == sorted(rids[:2])
-    r = run_cli("dead-letters", "-c", str(cfg), "purge", "--site", "b", "--id", str(rows[0]["id"]))
+    r = run_in_process(
+        "dead-letters", "-c", str(cfg), "purge", "--site", "b", "--id", str(rows[0]["id"])
+    )
     assert r.returncode == 0 and "0 dead letter(s) deleted" in r.stdout
     assert f"no dead letter of site 'b' with id {rows[0]['id']}" in r.stderr
 
-    r = run_cli("dead-letters", "-c", str(cfg), "retry", "--site", "nosuch")
+    r = run_in_process("dead-letters", "-c", str(cfg), "retry", "--site", "nosuch")
     assert r.returncode == 0 and "0 dead letter(s) put back" in r.stdout
     assert "no site named 'nosuch' in the config" in r.stderr
 
-    r = run_cli("dead-letters", "-c", str(cfg), "purge", "--site", "b")
+    r = run_in_process("dead-letters", "-c", str(cfg), "purge", "--site", "b")
     assert r.returncode == 0 and "1 dead letter(s) deleted" in r.stdout
     assert "no site named" not in r.stderr
     left = [
         json.loads(x)["request_id"]
-        for x in run_cli("dead-letters", "-c", str(cfg), "list", "--json").stdout.splitlines()
+        for x in run_in_process(
+            "dead-letters", "-c", str(cfg), "list", "--json"
+        ).stdout.splitlines()
     ]
     assert left == []
 
-    r = run_cli("dead-letters", "-c", str(cfg), "purge")
+    r = run_in_process("dead-letters", "-c", str(cfg), "purge")
     assert r.returncode == 0 and "0 dead letter(s) deleted" in r.stdout
     with sqlite3.connect(tmp_path / "state" / "spool.sqlite") as conn:
         assert conn.execute("SELECT count(*) FROM dead_letters").fetchone() == (0,)
@@ -277,7 +290,7 @@ def test_detect_format_on_an_unreadable_path_is_a_one_line_error(
 @pytest.mark.parametrize("lines", ["0", "-5"])
 def test_detect_format_rejects_a_lines_count_below_one(tmp_path: Path, lines: str) -> None:
     """``--lines 0`` or negative is a usage error (exit 2), not a traceback or an empty look."""
-    r = run_cli("detect-format", str(EXAMPLE_LOG), "--lines", lines)
+    r = run_in_process("detect-format", str(EXAMPLE_LOG), "--lines", lines)
     assert r.returncode == 2, r.stdout + r.stderr
     assert "Traceback" not in r.stderr
     assert f"argument --lines: must be 1 or more (got {lines})" in r.stderr
@@ -286,7 +299,7 @@ def test_detect_format_rejects_a_lines_count_below_one(tmp_path: Path, lines: st
 
 def test_detect_format_calls_same_shaped_nginx_and_apache_presets_equivalent() -> None:
     """An Apache combined log parses equally as nginx_combined: both are named, nginx not picked."""
-    r = run_cli("detect-format", str(DATA / "elastic_apache_logs"))
+    r = run_in_process("detect-format", str(DATA / "elastic_apache_logs"))
     assert r.returncode == 1, r.stderr  # no session cookie in it: the shipper needs one
     [best] = [x for x in r.stdout.splitlines() if x.startswith("Best match")]
     assert best == (
@@ -296,7 +309,7 @@ def test_detect_format_calls_same_shaped_nginx_and_apache_presets_equivalent() -
     )
     assert "carries no session cookie" in r.stdout
 
-    r = run_cli("detect-format", str(EXAMPLE_LOG))  # the same with a cookie
+    r = run_in_process("detect-format", str(EXAMPLE_LOG))  # the same with a cookie
     assert r.returncode == 0, r.stderr
     assert "Best match: format: nginx_cookie or format: apache_cookie (equivalent:" in r.stdout
     assert "set users.key.cookie to the cookie's name" in r.stdout
@@ -304,7 +317,7 @@ def test_detect_format_calls_same_shaped_nginx_and_apache_presets_equivalent() -
 
 def test_detect_format_names_a_single_best_match_when_there_is_no_tie() -> None:
     """No tie (vhost_combined parses more than the rest): one preset, no "equivalent"."""
-    r = run_cli("detect-format", str(DATA / "apachelogs_vhost_combined.log"))
+    r = run_in_process("detect-format", str(DATA / "apachelogs_vhost_combined.log"))
     assert r.returncode == 1, r.stderr  # no cookie
     [best] = [x for x in r.stdout.splitlines() if x.startswith("Best match")]
     assert best == "Best match: format: vhost_combined"
@@ -332,7 +345,7 @@ def test_detect_format_reads_the_cookie_name_out_of_json_lines(
         **extra,
     }
     log.write_text((json.dumps(line) + "\n") * 3)
-    r = run_cli("detect-format", str(log))
+    r = run_in_process("detect-format", str(log))
     assert r.returncode == (0 if extra else 1), r.stderr
     assert "Best match: format: json" in r.stdout and advice in r.stdout
     assert "does not say it" not in r.stdout and "*_cookie preset" not in r.stdout
@@ -359,12 +372,12 @@ def test_status_takes_the_daemon_from_its_lock_and_says_when_its_state_is_stale(
         (state / "status.json").write_text(
             json.dumps({"pid": holder.pid, "updated": time.time() - 120, "sites": {}})
         )
-        report = json.loads(run_cli("status", "-c", str(cfg), "--json").stdout)
+        report = json.loads(run_in_process("status", "-c", str(cfg), "--json").stdout)
         assert report["daemon"] == {"running": True, "pid": holder.pid}
         assert re.search(r"has not updated status\.json for 12\d s", report["note"]), report
         assert report["sites"]["a"]["sensor_state"] == "unknown"
         (state / "run.lock").write_text(f"{other.pid}\n")
-        report = json.loads(run_cli("status", "-c", str(cfg), "--json").stdout)
+        report = json.loads(run_in_process("status", "-c", str(cfg), "--json").stdout)
         assert report["daemon"] == {"running": False, "pid": None}
         assert "note" not in report
     finally:
@@ -389,7 +402,7 @@ def test_detect_format_names_a_file_two_access_logs_write_and_exits_1(tmp_path: 
         lines.append(COMBINED.format(i=i) + f' "sess{i}"')
         lines.append(COMBINED.format(i=i))
     log.write_text("\n".join(lines) + "\n")
-    r = run_cli("detect-format", str(log))
+    r = run_in_process("detect-format", str(log))
     assert r.returncode == 1, r.stdout
     assert "Problem: this file mixes formats: 30 lines parse as nginx_" in r.stdout
     assert "two access_log (nginx) or CustomLog (Apache) directives" in r.stdout
@@ -400,7 +413,7 @@ def test_detect_format_says_a_cookie_field_that_is_always_empty(tmp_path: Path) 
     """A cookie field logged as - in every line: the log_format names another cookie."""
     log = tmp_path / "access.log"
     log.write_text("".join(COMBINED.format(i=i) + ' "-"\n' for i in range(20)))
-    r = run_cli("detect-format", str(log))
+    r = run_in_process("detect-format", str(log))
     assert r.returncode == 1, r.stdout
     assert "it is empty (-) in every one" in r.stdout
 
@@ -409,6 +422,23 @@ def test_detect_format_accepts_remote_user_as_the_key(tmp_path: Path) -> None:
     """HTTP authentication logs the user: no cookie needed (exit 0, with the key to use)."""
     log = tmp_path / "access.log"
     log.write_text("".join(COMBINED.format(i=i).replace("- -", "- alice") + "\n" for i in range(9)))
-    r = run_cli("detect-format", str(log))
+    r = run_in_process("detect-format", str(log))
     assert r.returncode == 0, r.stdout
     assert "users.key: {field: remote_user}" in r.stdout
+
+
+def test_run_in_process_puts_back_what_the_command_configured(tmp_path: Path) -> None:
+    """The in-process helper leaves no logging set-up, frozen heap or signal handler of
+    the command behind: the next test's log capture and garbage collector are its own."""
+    structlog_before = structlog.get_config()
+    handlers_before = list(logging.getLogger().handlers)
+    sigterm_before = signal.getsignal(signal.SIGTERM)
+    log = tmp_path / "a.log"
+    log.touch()
+    cfg = write_config(tmp_path / "c.yaml", [site("a", "http://127.0.0.1:9/sensor/", log)])
+    r = run_in_process("run", "-c", str(cfg), "--dry-run", "--log-format", "console")
+    assert r.returncode == 0, r.stderr
+    assert structlog.get_config() == structlog_before
+    assert logging.getLogger().handlers == handlers_before
+    assert signal.getsignal(signal.SIGTERM) == sigterm_before
+    assert gc.get_freeze_count() == 0

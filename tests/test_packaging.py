@@ -463,7 +463,8 @@ def test_dockerfile_healthcheck_reports_healthz(
     assert HEALTHCHECK_URL in code
     handler = type("Health", (_Health,), {"status": status})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # Polled every 50 ms, not serve_forever's 0.5 s: shutdown() waits for the next poll.
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/healthz"
