@@ -102,6 +102,19 @@ def test_validate_names_each_bad_regex_rule_and_format(
     assert "invalid configuration" in r.stderr and problem in r.stderr, r.stderr
 
 
+def test_validate_warns_of_a_log_format_without_the_users_key(tmp_path: Path) -> None:
+    """A combined log for a site keyed on a cookie: `run` would run it, every request
+    unresolved; validate names the log and what to add, and exits 0."""
+    cfg = _offline_config(tmp_path, logs=[{"path": "/x.log", "format": "nginx_combined"}])
+    r = _cli("validate", "-c", str(cfg))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (
+        "  warning: sites[0].logs[0].format: nginx_combined logs no cookie 'sessionid' "
+        "(users.key): every request would be unresolved; "
+        'add "$cookie_sessionid" to the log_format'
+    ) in r.stdout
+
+
 def test_the_config_path_defaults_to_etc_and_follows_the_environment(tmp_path: Path) -> None:
     """-c is optional: /etc/tirreno-shipper/config.yaml, or $TIRRENO_SHIPPER_CONFIG."""
     assert cli.config_path(None) in (os.environ.get(cli.CONFIG_ENV), cli.DEFAULT_CONFIG)

@@ -24,7 +24,7 @@ from tirreno_shipper.formats import compile_format
 from tirreno_shipper.parse import line_parser
 from tirreno_shipper.records import Request
 from tirreno_shipper.users import UserResolver
-from tirreno_shipper.users.keys import normalise_cookie, response_fields
+from tirreno_shipper.users.keys import KeyExtractor, normalise_cookie, response_fields
 
 HEAD = '203.0.113.7 - - [01/May/2024:10:00:00 +0000] "GET / HTTP/1.1" 200 5 "-" "ua"'
 NGINX_HEADER = (
@@ -333,3 +333,53 @@ def test_the_application_secret_is_never_shown() -> None:
         UserResolver("s", config)
     assert "users.key.transforms" in str(refused.value)
     assert secret not in str(refused.value) and "VG9wU2Vj" not in str(refused.value)
+
+
+NGINX_COMBINED = (
+    '$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent '
+    '"$http_referer" "$http_user_agent"'
+)
+
+
+@pytest.mark.parametrize(
+    ("key", "spec", "hint"),
+    [
+        ({"cookie": "sessionid"}, "nginx_combined", 'add "$cookie_sessionid" to the log_format'),
+        ({"cookie": "connect.sid"}, "nginx_combined", 'add "$http_cookie" to the log_format'),
+        ({"cookie": "sessionid"}, "apache_combined", 'add "%{sessionid}C" to the LogFormat'),
+        ({"cookie": "sessionid"}, "nginx_cookie", None),
+        ({"cookie": "sessionid"}, {"nginx": NGINX_HEADER}, None),  # the whole Cookie header
+        ({"cookie": "wp_*"}, {"apache": APACHE_HEADER}, None),
+        ({"cookie": "sessionid"}, "json", None),  # a JSON line may hold any key
+        # Only the response's cookie: a login's session, unless the key never reads it.
+        ({"cookie": "sessionid"}, {"nginx": NGINX_COMBINED + " $upstream_cookie_sessionid"}, None),
+        (
+            {"cookie": "sessionid", "response": "off"},
+            {"nginx": NGINX_COMBINED + " $upstream_cookie_sessionid"},
+            'add "$cookie_sessionid"',
+        ),
+        ({"header": "X-User"}, "apache_combined", 'add "%{X-User}i" to the log format'),
+        ({"header": "X-User"}, {"nginx": NGINX_COMBINED + " $http_x_user"}, None),
+        ({"field": "remote_user"}, "apache_common", None),
+        ({"field": "$request_id"}, "nginx_combined", "log the variable $request_id"),
+    ],
+)
+def test_a_format_that_cannot_carry_the_key_says_what_to_log(
+    key: dict[str, str], spec: object, hint: str | None
+) -> None:
+    """Known from the format alone (check fails it, validate warns): the request's field,
+    the whole Cookie header, or the response's cookie where the key reads it."""
+    r = resolver(key=key)
+    cookie = r.config.key.cookie
+    if isinstance(spec, dict):
+        spec = (NginxFormat if "nginx" in spec else ApacheFormat).model_validate(spec)
+    problem = KeyExtractor(r.config).format_problem(
+        line_parser(compile_format(spec, cookie), cookie)
+    )
+    if hint is None:
+        assert problem is None
+    else:
+        assert problem is not None and problem.startswith(
+            f"logs no {r.config.key.label} (users.key)"
+        )
+        assert hint in problem, problem

@@ -332,6 +332,18 @@ class LineParser(ABC):
         """
         return self.fast(raw)
 
+    def logs(self, name: str) -> bool:
+        """Whether this format's lines can hold the variable ``name``; ``session`` is the
+        session cookie, logged as its own variable or inside the whole Cookie header.
+
+        Always true for JSON lines, which may hold any key.
+        """
+        if name == "session":
+            return self._cookie_var is not None and (
+                self.fmt.has(self._cookie_var) or self.fmt.has("http_cookie")
+            )
+        return self.fmt.has(name)
+
     def _time(self, kind: str, value: str) -> str | None:
         if kind == "time_local":
             return self._local(value)

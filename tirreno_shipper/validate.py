@@ -4,6 +4,11 @@ Every key, preset and format string, every rule and regex, each site's key chain
 everything `run` builds before it touches a file, a database or the network. No
 secret is needed (an unset ``${TIRRENO_API_KEY}`` is fine), nothing is opened but
 the configuration file, nothing is created.
+
+What `run` would refuse is a problem (`ConfigError`, exit 78); what it would run,
+but to no use, is a warning line of the report: a log format that cannot carry
+the users key (every request unresolved; a deliberate choice only for a log whose
+events are meant to go anonymous).
 """
 
 from __future__ import annotations
@@ -14,25 +19,33 @@ from tirreno_shipper.pipeline import SitePipeline
 from tirreno_shipper.users.keys import KeyExtractor
 
 
-def _site_problems(n: int, site: SiteConfig) -> list[str]:
+def _site_problems(n: int, site: SiteConfig) -> tuple[list[str], list[str]]:
+    """The site's problems, and its warnings."""
     problems: list[str] = []
+    warnings: list[str] = []
     try:
         pipeline = SitePipeline(site, None)
     except (ShipperError, ValueError) as exc:
-        return [f"sites[{n}].events: {exc}"]
-    for i, src in enumerate(site.logs):
-        try:
-            pipeline.parser(src)
-        except (ShipperError, ValueError) as exc:
-            problems.append(f"sites[{n}].logs[{i}].format: {exc}")
+        return [f"sites[{n}].events: {exc}"], []
+    keys = key_problem = None
     if site.users is not None:
         try:
-            problem = KeyExtractor(site.users).problem
+            keys = KeyExtractor(site.users)
+            key_problem = keys.problem
         except (ShipperError, ValueError) as exc:
-            problem = str(exc)
-        if problem:
-            problems.append(f"sites[{n}].users.key: {problem}")
-    return problems
+            key_problem = str(exc)
+    for i, src in enumerate(site.logs):
+        try:
+            parser = pipeline.parser(src)
+        except (ShipperError, ValueError) as exc:
+            problems.append(f"sites[{n}].logs[{i}].format: {exc}")
+            continue
+        lacks = keys.format_problem(parser) if keys is not None else None
+        if lacks is not None:
+            warnings.append(f"sites[{n}].logs[{i}].format: {src.format_label} {lacks}")
+    if key_problem:
+        problems.append(f"sites[{n}].users.key: {key_problem}")
+    return problems, warnings
 
 
 def _summary(site: SiteConfig) -> str:
@@ -47,9 +60,11 @@ def _summary(site: SiteConfig) -> str:
 def validate(path: str) -> str:
     """The report of a valid configuration; raises `ConfigError` with every problem."""
     config = load_config(path, no_secrets=True)
-    problems = [p for n, site in enumerate(config.sites) for p in _site_problems(n, site)]
+    found = [_site_problems(n, site) for n, site in enumerate(config.sites)]
+    problems = [p for site_problems, _ in found for p in site_problems]
     if problems:
         raise ConfigError(problems)
     lines = [f"{path}: valid ({len(config.sites)} site(s))"]
     lines += [_summary(site) for site in config.sites]
+    lines += [f"  warning: {w}" for _, site_warnings in found for w in site_warnings]
     return "\n".join(lines)

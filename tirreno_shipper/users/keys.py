@@ -25,17 +25,33 @@ from collections.abc import Callable
 from typing import Any
 
 from tirreno_shipper import regex
-from tirreno_shipper.config import RegexStep, Split, StripPrefix, Transform, Unseal, UsersConfig
+from tirreno_shipper.config import (
+    NGINX_COOKIE_NAME,
+    KeySpec,
+    RegexStep,
+    Split,
+    StripPrefix,
+    Transform,
+    Unseal,
+    UsersConfig,
+)
+from tirreno_shipper.parse import LineParser
 from tirreno_shipper.records import Request
 
 # Longer keys are no session id any framework issues: the request has no key.
 MAX_KEY_CHARS = 4096
 
-# Request attributes a ``key: {field: ...}`` may name; anything else is looked
-# up in ``Request.extra`` under its nginx variable name.
-_REQUEST_FIELDS = frozenset(
-    {"remote_addr", "remote_user", "referer", "user_agent", "accept_language", "session"}
-)
+# Request attributes a ``key: {field: ...}`` may name, each with the log variable
+# it is parsed from (``session``: the cookie, see `LineParser.logs`); anything
+# else is looked up in ``Request.extra`` under its nginx variable name.
+_REQUEST_FIELDS = {
+    "remote_addr": "remote_addr",
+    "remote_user": "remote_user",
+    "referer": "http_referer",
+    "user_agent": "http_user_agent",
+    "accept_language": "http_accept_language",
+    "session": "session",
+}
 
 _DIGESTS: dict[str, Callable[[bytes], Any]] = {
     "sha256": hashlib.sha256,
@@ -196,6 +212,40 @@ def _set_cookie_value(header: str, cookie: str) -> str | None:
     return None
 
 
+def _logged_as(spec: KeySpec) -> str:
+    """The log variable the request's key is parsed from (``session`` for a cookie)."""
+    if spec.cookie:
+        return "session"
+    assert spec.variable is not None
+    return spec.variable if spec.header else _REQUEST_FIELDS.get(spec.variable, spec.variable)
+
+
+def _how_to_log(spec: KeySpec, kind: str) -> str:
+    """What to add to a log format of ``kind`` for it to carry the key."""
+    if spec.cookie:
+        cookie = spec.cookie
+        if kind == "apache":
+            if "*" in cookie:
+                return 'add "%{Cookie}i" to the LogFormat (the whole Cookie header)'
+            return f'add "%{{{cookie}}}C" to the LogFormat, as the apache_cookie preset does'
+        if not NGINX_COOKIE_NAME.match(cookie):
+            return 'add "$http_cookie" to the log_format (the whole Cookie header)'
+        return f'add "$cookie_{cookie}" to the log_format, as the nginx_cookie preset does'
+    if spec.header:
+        logged = f"%{{{spec.header}}}i" if kind == "apache" else f"${spec.variable}"
+        return f'add "{logged}" to the log format'
+    return f"log the variable ${spec.variable}"
+
+
+def _response_cookie_variable(cookie: str, kind: str) -> str:
+    """How a log format of ``kind`` logs the response's ``cookie`` (a login's new session)."""
+    if kind == "apache":
+        return "%{Set-Cookie}o"
+    if "*" in cookie or not NGINX_COOKIE_NAME.match(cookie):
+        return "$upstream_http_set_cookie"
+    return f"$upstream_cookie_{cookie}"
+
+
 def _key_getter(config: UsersConfig) -> Callable[[Request], str | None]:
     spec = config.key
     if spec.cookie:
@@ -214,9 +264,19 @@ def _key_getter(config: UsersConfig) -> Callable[[Request], str | None]:
 class KeyExtractor:
     """A request's (transformed) lookup key, as the configuration describes it."""
 
-    __slots__ = ("_cookie", "_get", "_plain", "_response", "_response_fields", "_steps", "problem")
+    __slots__ = (
+        "_cookie",
+        "_get",
+        "_plain",
+        "_response",
+        "_response_fields",
+        "_spec",
+        "_steps",
+        "problem",
+    )
 
     def __init__(self, config: UsersConfig) -> None:
+        self._spec = config.key
         self._get = _key_getter(config)
         # A chain it cannot build (an unseal secret the scheme cannot use) is
         # `problem`, for the resolver to refuse; `raw` still works without it.
@@ -233,6 +293,45 @@ class KeyExtractor:
         self._response_fields = response_fields(cookie) if cookie else ()
         # A cookie key with no transforms, read from the request first.
         self._plain = bool(cookie) and not self._steps and self._response != "prefer"
+
+    def logged(self, parser: LineParser) -> tuple[bool, bool]:
+        """Whether ``parser``'s format can carry the key: (in the request, in the
+        response's new session cookie, counted only where ``key.response`` reads it)."""
+        request = parser.logs(_logged_as(self._spec))
+        response = any(parser.logs(name) for name in self._response_fields)
+        return request, response and self._response != "off"
+
+    def format_problem(self, parser: LineParser) -> str | None:
+        """Why no line in ``parser``'s format can carry the key, and what to log; None if
+        some can. Known from the format alone: every request would be unresolved."""
+        if any(self.logged(parser)):
+            return None
+        how = _how_to_log(self._spec, parser.fmt.kind)
+        return f"logs no {self._spec.label} (users.key): every request would be unresolved; {how}"
+
+    def empty_in_sample(self, parser: LineParser, sampled: int) -> str:
+        """What a format that logs the key, empty in all ``sampled`` requests, means;
+        and what to verify when somebody did log in."""
+        spec = self._spec
+        said = (
+            f"{spec.label} is logged but empty in all {sampled} sampled requests: expected if "
+            "nobody logged in lately (a quiet night, a crawl); otherwise check that"
+        )
+        if not spec.cookie:
+            return f"{said} whatever sets ${spec.variable} (a proxy, the application) sets it"
+        named = (
+            f"starts with {spec.cookie[:-1]}" if spec.cookie.endswith("*") else f"is {spec.cookie}"
+        )
+        said = f"{said} the name of the application's session cookie {named}"
+        if self._response == "off":
+            return said
+        if self.logged(parser)[1]:
+            return f"{said} (no response set it either: no login in the sample)"
+        variable = _response_cookie_variable(spec.cookie, parser.fmt.kind)
+        return (
+            f"{said}, and log the response's cookie too ({variable}): a login's new session "
+            "is only there"
+        )
 
     def raw(self, request: Request, *, response: str | None = None) -> str | None:
         """The key as logged, normalised (before the transforms), or ``None``."""
