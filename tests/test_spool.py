@@ -586,6 +586,7 @@ LEASE_ALL = textwrap.dedent(
     from pathlib import Path
     from tirreno_shipper.spool import Spool
     spool = Spool.open(Path(sys.argv[1]))
+    print("ready", flush=True)
     sys.stdin.readline()
     ids = []
     while batch := spool.lease("shop", 5, 60):
@@ -611,7 +612,9 @@ def test_concurrent_leasing_across_processes(tmp_path: Path) -> None:
         )
         for _ in range(2)
     ]
-    time.sleep(1.0)  # let both import and open
+    for child in children:  # both imported and opened the spool: start them together
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ready"
     for child in children:
         assert child.stdin is not None
         child.stdin.write("go\n")

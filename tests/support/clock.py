@@ -69,8 +69,11 @@ class SimClock:
     """
 
     EPOCH = FakeClock.EPOCH
-    # How often a waiting thread looks for a set event or a notify (real seconds).
-    _SLICE = 0.002
+    # How often a waiting thread looks for a set event, a notify or the time having
+    # reached its deadline (real seconds). Each step of virtual time costs about one
+    # slice of real time, so it is short: 2 ms made a sender test of ~2,000 steps take
+    # 4 s; at 0.5 ms the waiting threads still cost little CPU.
+    _SLICE = 0.0005
     # A party that never waits again (stuck, or gone) must not freeze the others
     # for ever: after this long (real) the time moves on regardless.
     _STALL = 2.0
