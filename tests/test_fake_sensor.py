@@ -9,7 +9,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from tests.support.clock import FakeClock
 from tests.support.fake_sensor import FakeSensor
+from tests.support.shipper import wait_until
 
 GOOD = {"ipAddress": "203.0.113.7", "url": "/login", "userName": "alice"}
 RID = "6f1c2b9e-8a0d-5e1f-9a3b-2c4d5e6f7a8b"
@@ -94,14 +96,17 @@ def test_the_api_key_can_change_at_runtime(sensor: FakeSensor) -> None:
 
 def test_bucket_answers_429_with_retry_after_then_recovers() -> None:
     """A full rolling window answers 429 with Retry-After; after the window it accepts again."""
-    with FakeSensor(api_key="k1", bucket_capacity=3, bucket_window=1.0) as sensor:
+    clock = FakeClock()
+    with FakeSensor(api_key="k1", bucket_capacity=3, bucket_window=1.0, clock=clock) as sensor:
         assert [post(sensor).status_code for _ in range(3)] == [204, 204, 204]
         limited = post(sensor)
         assert limited.status_code == 429
         assert limited.headers["retry-after"] == "1"
-        time.sleep(1.05)
+        clock.advance(0.95)
+        assert post(sensor).status_code == 429  # still inside the window
+        clock.advance(0.1)
         assert post(sensor).status_code == 204
-        assert sensor.count("429") == 1
+        assert sensor.count("429") == 2
 
 
 def test_bucket_default_is_200_per_20_seconds(sensor: FakeSensor) -> None:
@@ -159,7 +164,7 @@ def test_hang_mode_never_answers_until_the_mode_changes(sensor: FakeSensor) -> N
     """In hang mode the client times out; a new mode closes the hung connection unanswered."""
     sensor.set_mode("hang")
     with pytest.raises(httpx.ReadTimeout):
-        post(sensor, timeout=0.3)
+        post(sensor, timeout=0.1)
     outcome: list[BaseException] = []
 
     def hung() -> None:
@@ -170,7 +175,7 @@ def test_hang_mode_never_answers_until_the_mode_changes(sensor: FakeSensor) -> N
 
     thread = threading.Thread(target=hung)
     thread.start()
-    time.sleep(0.2)
+    assert wait_until(lambda: sensor.hanging == 2, 5)  # the timed-out one is held too
     sensor.set_mode("ok")
     thread.join(5)
     assert len(outcome) == 1

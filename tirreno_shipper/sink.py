@@ -41,6 +41,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
+from tirreno_shipper.clock import SYSTEM, Clock
 from tirreno_shipper.tirreno import tirreno_stores
 
 MODES = frozenset({"ok", "refuse", "500", "503", "slow", "hang"})
@@ -204,6 +205,7 @@ class Sink:
         slow_seconds: float = 2.0,
         retry_after: float | None = None,
         send_retry_after: bool = True,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.api_key = api_key
         self.host = host
@@ -214,6 +216,7 @@ class Sink:
         self.slow_seconds = slow_seconds
         self.retry_after = retry_after  # sent with 500/503 when set
         self.send_retry_after = send_retry_after  # sent with 429
+        self._clock = clock  # the bucket's time: tests move it instead of waiting
         self.mode = "ok"
         self.accepted: list[Received] = []  # answered 204 and stored
         self.lost: list[Received] = []  # answered 204, then tirreno's insert would fail
@@ -344,7 +347,7 @@ class Sink:
         """Count the request in the bucket; return seconds to wait if it is full."""
         if self.bucket_capacity <= 0:
             return None
-        now = time.monotonic()
+        now = self._clock.monotonic()
         with self._lock:
             while self._bucket and self._bucket[0] <= now - self.bucket_window:
                 self._bucket.popleft()
