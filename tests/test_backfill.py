@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.cli import run_in_process
 from tests.support.fake_sensor import FakeSensor
 from tests.support.shipper import (
     ROOT,
@@ -146,9 +147,9 @@ def test_backfill_rejects_an_unknown_site_and_a_missing_file(
     live = tmp_path / "live.log"
     live.touch()
     cfg = write_config(tmp_path / "c.yaml", [site("a", sensor.url, live)])
-    r = run_cli("backfill", "-c", str(cfg), "--site", "zzz", str(live))
+    r = run_in_process("backfill", "-c", str(cfg), "--site", "zzz", str(live))
     assert r.returncode == 78 and "no site named 'zzz' (sites: a)" in r.stderr
-    r = run_cli("backfill", "-c", str(cfg), "--site", "a", str(tmp_path / "nope.gz"))
+    r = run_in_process("backfill", "-c", str(cfg), "--site", "a", str(tmp_path / "nope.gz"))
     assert r.returncode == 1 and "nope.gz" in r.stderr
 
 
@@ -235,25 +236,25 @@ def test_backfill_takes_the_format_of_the_logs_entry_the_file_is_an_old_file_of(
     cfg = two_log_site(tmp_path, sensor)
     state = tmp_path / "state"
     rotated = write_gz(tmp_path / "web" / "access.log.2.gz", lines("r", 4))
-    r = run_cli("backfill", "-c", str(cfg), "--site", "a", str(rotated))
+    r = run_in_process("backfill", "-c", str(cfg), "--site", "a", str(rotated))
     assert r.returncode == 0, r.stderr
     assert summary(r.stderr)["events"] == 4 and len(spooled_ids(state, "a")) == 4
 
     other = tmp_path / "saved-from-old-server.log"
     append(other, lines("o", 3))
-    r = run_cli("backfill", "-c", str(cfg), "--site", "a", str(other))
+    r = run_in_process("backfill", "-c", str(cfg), "--site", "a", str(other))
     assert r.returncode == 2, r.stderr
     assert "name it with --log N (0: " in r.stderr and "1: " in r.stderr
     assert "Traceback" not in r.stderr
-    r = run_cli("backfill", "-c", str(cfg), "--site", "a", "--log", "0", str(other))
+    r = run_in_process("backfill", "-c", str(cfg), "--site", "a", "--log", "0", str(other))
     assert r.returncode == 1, r.stderr
     assert "no line of the first 3 of" in r.stderr and "format json" in r.stderr
     assert "nothing of it was shipped" in r.stderr
     assert len(spooled_ids(state, "a")) == 4
-    r = run_cli("backfill", "-c", str(cfg), "--site", "a", "--log", "1", str(other))
+    r = run_in_process("backfill", "-c", str(cfg), "--site", "a", "--log", "1", str(other))
     assert r.returncode == 0, r.stderr
     assert summary(r.stderr)["events"] == 3 and len(spooled_ids(state, "a")) == 7
-    r = run_cli("backfill", "-c", str(cfg), "--site", "a", "--log", "5", str(other))
+    r = run_in_process("backfill", "-c", str(cfg), "--site", "a", "--log", "5", str(other))
     assert r.returncode == 2 and "logs entries 0 to 1" in r.stderr
 
 
@@ -269,7 +270,7 @@ def test_backfill_of_a_cut_short_archive_ships_what_it_holds_and_says_so(
     whole = write_gz(tmp_path / "whole.gz", lines("w", 30_000)).read_bytes()
     cut = tmp_path / "access.log.3.gz"
     cut.write_bytes(whole[: len(whole) // 2])
-    r = run_cli("backfill", "-c", str(cfg), "--site", "a", str(cut))
+    r = run_in_process("backfill", "-c", str(cfg), "--site", "a", str(cut))
     assert r.returncode == 1, r.stderr
     assert "Traceback" not in r.stderr
     assert f"cannot read {cut} past byte" in r.stderr
@@ -278,9 +279,9 @@ def test_backfill_of_a_cut_short_archive_ships_what_it_holds_and_says_so(
     assert isinstance(shipped, int) and 0 < shipped < 30_000
     ids = spooled_ids(state, "a")
     assert len(ids) == shipped
-    again = run_cli("backfill", "-c", str(cfg), "--site", "a", str(cut))
+    again = run_in_process("backfill", "-c", str(cfg), "--site", "a", str(cut))
     assert again.returncode == 1 and summary(again.stderr)["events"] == 0
-    forced = run_cli("backfill", "-c", str(cfg), "--site", "a", "--from-start", str(cut))
+    forced = run_in_process("backfill", "-c", str(cfg), "--site", "a", "--from-start", str(cut))
     assert forced.returncode == 1 and summary(forced.stderr)["events"] == shipped
     assert sorted(spooled_ids(state, "a")) == sorted(ids + ids)
 
@@ -326,6 +327,8 @@ def test_backfill_needs_no_api_key_in_the_environment(tmp_path: Path, sensor: Fa
     live.touch()
     cfg = write_config(tmp_path / "c.yaml", [site("a", sensor.url, live, key="${TIRRENO_API_KEY}")])
     old = write_gz(tmp_path / "access.log.2.gz", lines("k", 3))
-    r = run_cli("backfill", "-c", str(cfg), "--site", "a", str(old), env={"TIRRENO_API_KEY": ""})
+    r = run_in_process(
+        "backfill", "-c", str(cfg), "--site", "a", str(old), env={"TIRRENO_API_KEY": ""}
+    )
     assert r.returncode == 0, r.stderr
     assert summary(r.stderr)["events"] == 3

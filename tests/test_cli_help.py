@@ -20,6 +20,7 @@ import yaml
 from structlog.testing import capture_logs
 
 from tests.support import fake_sensor
+from tests.support.cli import run_in_process
 from tests.support.servers import free_port
 from tests.support.shipper import ROOT, child_env, run_cli
 from tirreno_shipper import cli, errors, sink
@@ -52,19 +53,25 @@ def _offline_config(tmp_path: Path, **changes: object) -> Path:
     return path
 
 
+# What an operator's shell may well not have: the service's secrets, and no config path.
+_SECRETS = ("TIRRENO_API_KEY", "DB_PASSWORD", cli.CONFIG_ENV)
+
+
 def _without_secrets() -> dict[str, str]:
-    env = child_env()
-    env.pop("TIRRENO_API_KEY", None)
-    env.pop("DB_PASSWORD", None)
-    env.pop(cli.CONFIG_ENV, None)
-    return env
+    return {k: v for k, v in child_env().items() if k not in _SECRETS}
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The command in this process (tests/support/cli.py), without the secrets."""
+    return run_in_process(*args, env=env, unset=_SECRETS)
+
+
+def _process(*args: str) -> subprocess.CompletedProcess[str]:
+    """The command as a real process, without the secrets."""
     return subprocess.run(
         [sys.executable, "-m", "tirreno_shipper", *args],
         cwd=ROOT,
-        env=env if env is not None else _without_secrets(),
+        env=_without_secrets(),
         capture_output=True,
         text=True,
         timeout=60,
@@ -76,8 +83,9 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 
 
 def test_validate_needs_no_network_database_or_secret(tmp_path: Path) -> None:
-    """Unresolvable hosts, unset ${VARS} of secrets, missing log and state folders: valid."""
-    r = _cli("validate", "-c", str(_offline_config(tmp_path)))
+    """Unresolvable hosts, unset ${VARS} of secrets, missing log and state folders: valid
+    (a real process: the exit code a deployment script checks)."""
+    r = _process("validate", "-c", str(_offline_config(tmp_path)))
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.startswith(f"{tmp_path}/config.yaml: valid (1 site(s))")
     assert "shop: /nonexistent/access.log (nginx_cookie); users by cookie 'sessionid'" in r.stdout
@@ -119,7 +127,7 @@ def test_the_config_path_defaults_to_etc_and_follows_the_environment(tmp_path: P
     """-c is optional: /etc/tirreno-shipper/config.yaml, or $TIRRENO_SHIPPER_CONFIG."""
     assert cli.config_path(None) in (os.environ.get(cli.CONFIG_ENV), cli.DEFAULT_CONFIG)
     cfg = _offline_config(tmp_path)
-    r = _cli("validate", env={**_without_secrets(), cli.CONFIG_ENV: str(cfg)})
+    r = _cli("validate", env={cli.CONFIG_ENV: str(cfg)})
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(f"{cfg}: valid")
     if not Path(cli.DEFAULT_CONFIG).exists():
@@ -232,14 +240,13 @@ def test_sink_answers_like_tirreno_and_prints_each_event(tmp_path: Path) -> None
 
 def test_sink_command_runs_until_sigint_and_refuses_no_key() -> None:
     """The console command: listens, prints, exits 0 on Ctrl-C; without a key, exit 2."""
-    env = _without_secrets()
-    r = _cli("sink", "--listen", "127.0.0.1:1", env=env)
+    r = _cli("sink", "--listen", "127.0.0.1:1")
     assert r.returncode == errors.EX_USAGE and "--api-key" in r.stderr
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "tirreno_shipper", "sink", "--listen", f"127.0.0.1:{port}"],
         cwd=ROOT,
-        env={**env, "TIRRENO_API_KEY": "k"},
+        env={**_without_secrets(), "TIRRENO_API_KEY": "k"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -275,7 +282,7 @@ def test_every_commands_help_lists_exit_codes_environment_and_an_example() -> No
 
 
 def test_backfill_help_names_every_compression_it_reads() -> None:
-    r = run_cli("backfill", "--help")
+    r = run_in_process("backfill", "--help")
     assert r.returncode == 0
     assert all(ext in r.stdout for ext in (".gz", ".bz2", ".xz"))
 
@@ -283,7 +290,7 @@ def test_backfill_help_names_every_compression_it_reads() -> None:
 @pytest.mark.parametrize("shell", ["bash", "zsh"])
 def test_completion_scripts_parse_and_know_every_command(shell: str, tmp_path: Path) -> None:
     """Generated from the parser by shtab: the shell itself accepts the script."""
-    r = run_cli("completion", shell)
+    r = run_in_process("completion", shell)
     assert r.returncode == 0, r.stderr
     script = tmp_path / f"completion.{shell}"
     script.write_text(r.stdout)
@@ -295,7 +302,8 @@ def test_completion_scripts_parse_and_know_every_command(shell: str, tmp_path: P
 
 
 def test_bash_completion_completes_the_commands(tmp_path: Path) -> None:
-    """Loaded into bash, the script offers the commands after `tirreno-shipper `."""
+    """Loaded into bash, the script offers the commands after `tirreno-shipper `
+    (printed by a real process: the command packagers run)."""
     r = run_cli("completion", "bash")
     script = tmp_path / "c.bash"
     script.write_text(r.stdout)
@@ -309,7 +317,8 @@ def test_bash_completion_completes_the_commands(tmp_path: Path) -> None:
 
 
 def test_man_page_renders_without_warnings_and_documents_every_command(tmp_path: Path) -> None:
-    """groff reads the page with every warning on; each command, option and exit code is in."""
+    """groff reads the page with every warning on; each command, option and exit code is in
+    (printed by a real process: the command packagers run)."""
     r = run_cli("man")
     assert r.returncode == 0, r.stderr
     page = tmp_path / "tirreno-shipper.1"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cli import run_in_process
 from tests.support.shipper import run_cli, site, write_config
 from tirreno_shipper.config import load_config
 from tirreno_shipper.purge import parse_before, run_purge
@@ -42,18 +43,22 @@ def lanes(state: Path) -> list[int]:
 
 
 def test_purge_a_lane_with_yes_prints_what_went(cfg: Path, tmp_path: Path) -> None:
-    r = run_cli("spool", "-c", str(cfg), "purge", "--site", "a", "--lane", "backfill", "--yes")
+    r = run_in_process(
+        "spool", "-c", str(cfg), "purge", "--site", "a", "--lane", "backfill", "--yes"
+    )
     assert r.returncode == 0, r.stderr
     assert "removed 4 backfill (site a, lane backfill)" in r.stdout
     assert lanes(tmp_path / "state") == [2, 3, 1]  # the leased one stays
     with Spool.open(tmp_path / "state") as spool:
         assert spool.get_checkpoints("a") == [CHECKPOINT]
-    r = run_cli("spool", "-c", str(cfg), "purge", "--site", "a", "--lane", "backfill", "--yes")
+    r = run_in_process(
+        "spool", "-c", str(cfg), "purge", "--site", "a", "--lane", "backfill", "--yes"
+    )
     assert r.returncode == 0 and "nothing to purge" in r.stdout
 
 
 def test_without_a_terminal_it_needs_yes(cfg: Path, tmp_path: Path) -> None:
-    r = run_cli("spool", "-c", str(cfg), "purge", "--site", "a")
+    r = run_in_process("spool", "-c", str(cfg), "purge", "--site", "a")
     assert r.returncode == 2
     assert "would remove 2 security, 3 live, 4 backfill" in r.stderr and "--yes" in r.stderr
     assert lanes(tmp_path / "state") == [2, 3, 5]
@@ -75,6 +80,7 @@ def test_on_a_terminal_it_asks_first(cfg: Path, tmp_path: Path) -> None:
 
 
 def test_before_takes_only_older_events_and_must_be_a_time(cfg: Path, tmp_path: Path) -> None:
+    """A real process: the exit codes a script sees (2: not a time; 0: nothing older)."""
     r = run_cli("spool", "-c", str(cfg), "purge", "--site", "a", "--before", "yesterday")
     assert r.returncode == 2 and "is not a time" in r.stderr
     r = run_cli("spool", "-c", str(cfg), "purge", "--site", "a", "--before", "2001-01-01", "--yes")
@@ -89,7 +95,7 @@ def test_parse_before_reads_iso_times_with_and_without_an_offset() -> None:
 
 def test_status_shows_each_lane(cfg: Path) -> None:
     """status: per lane depth and oldest age (rates and drain times need the daemon)."""
-    r = run_cli("status", "-c", str(cfg), "--json")
+    r = run_in_process("status", "-c", str(cfg), "--json")
     assert r.returncode == 0, r.stderr
     lanes = json.loads(r.stdout)["sites"]["a"]["lanes"]
     assert {name: lane["depth"] for name, lane in lanes.items()} == {
@@ -99,7 +105,7 @@ def test_status_shows_each_lane(cfg: Path) -> None:
     }
     assert all(lane["oldest_age_seconds"] >= 0 for lane in lanes.values())
     assert all(lane["send_rate"] is None for lane in lanes.values())
-    text = run_cli("status", "-c", str(cfg)).stdout
+    text = run_in_process("status", "-c", str(cfg)).stdout
     assert "lane backfill: 5 events, oldest" in text
 
 

@@ -26,7 +26,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
+from pathlib import Path
 from subprocess import CompletedProcess
 from unittest import mock
 
@@ -39,12 +40,25 @@ from tirreno_shipper.cli import main
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def run_in_process(*args: str, env: Mapping[str, str] | None = None) -> CompletedProcess[str]:
+def run_in_process(
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    unset: Collection[str] = (),
+    cwd: Path = ROOT,
+) -> CompletedProcess[str]:
     """``tirreno-shipper ARGS`` as `run_cli` runs it, in this process: stdout, stderr
-    and the exit code (argparse's ``SystemExit`` too: ``--help``, a usage error)."""
+    and the exit code (argparse's ``SystemExit`` too: ``--help``, a usage error).
+
+    For the call only, ``unset`` names are taken out of this process's environment
+    (a secret the operator's shell does not have) and ``env`` is added to it."""
     out, err = io.StringIO(), io.StringIO()
-    environ = mock.patch.dict(os.environ, child_env(env), clear=True)
-    with _restored(), environ, contextlib.chdir(ROOT), _streams(out, err):
+    environ = {k: v for k, v in child_env().items() if k not in unset} | dict(env or {})
+    with (
+        _restored(),
+        mock.patch.dict(os.environ, environ, clear=True),
+        contextlib.chdir(cwd),
+        _streams(out, err),
+    ):
         try:
             code = main(list(args))
         except SystemExit as exc:
