@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.shipper import nginx_line, run_cli, site, write_config
+from tests.support.cli import run_in_process
+from tests.support.shipper import nginx_line, site, write_config
 from tests.test_tail import Store, make
 from tirreno_shipper.config import LogSource
 from tirreno_shipper.reader import file_chunks
@@ -246,10 +247,10 @@ def test_dry_run_and_check_read_selected_container_logs(tmp_path: Path) -> None:
     cfg = write_config(
         tmp_path / "c.yaml", [site("s", "http://127.0.0.1:9/sensor/", mine, log=entry)]
     )
-    out = run_cli("run", "-c", str(cfg), "--once", "--dry-run")
+    out = run_in_process("run", "-c", str(cfg), "--once", "--dry-run")
     assert out.returncode == 0, out.stderr
     urls = [json.loads(line)["fields"]["url"] for line in out.stdout.splitlines() if line]
     assert [u[:8] for u in urls] == ["/shop/1", "/shop/xx"]
-    checked = run_cli("check", "-c", str(cfg))
+    checked = run_in_process("check", "-c", str(cfg))
     assert "lines parse as nginx_combined" in checked.stdout, checked.stdout
     assert "other" not in checked.stdout

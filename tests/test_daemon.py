@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from tests.conftest import Database, _database
+from tests.support.cli import run_in_process
 from tests.support.fake_sensor import FakeSensor
 from tests.support.proxy import StallingProxy
 from tests.support.servers import free_port
@@ -473,7 +474,7 @@ def test_unparseable_lines_are_a_warning_naming_the_file_and_its_format(
     append(log, pages("u", 0, 2))
     append(log, ['{"remote_addr": "203.0.113.1", "request": "GET / HTTP/1.1"}\n'] * 3)
     cfg = write_config(tmp_path / "c.yaml", [site("a", sensor.url, log)])
-    r = run_cli("run", "-c", str(cfg), "--once")
+    r = run_in_process("run", "-c", str(cfg), "--once")
     assert r.returncode == 0, r.stderr[-3000:]
     assert delivered(sensor, "u") == expect("u", 0, 2)
     records = [json.loads(x) for x in r.stderr.splitlines()]
@@ -543,9 +544,9 @@ def test_run_once_exits_1_with_a_clear_message_when_the_sensor_is_down(
     sensor.set_mode("refuse")
     log = tmp_path / "a.log"
     append(log, pages("d", 0, 4))
-    cfg = write_config(tmp_path / "c.yaml", [site("a", sensor.url, log)], once_timeout=2)
+    cfg = write_config(tmp_path / "c.yaml", [site("a", sensor.url, log)], once_timeout=1)
     started = time.monotonic()
-    r = run_cli("run", "-c", str(cfg), "--once")
+    r = run_in_process("run", "-c", str(cfg), "--once")
     assert r.returncode == 1, r.stderr[-3000:]
     assert time.monotonic() - started < 15
     records = [json.loads(x) for x in r.stderr.splitlines()]

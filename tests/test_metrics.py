@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cli import run_in_process
 from tests.support.fake_sensor import FakeSensor
 from tests.support.servers import free_port
 from tests.support.shipper import (
     append,
     metric,
     nginx_line,
-    run_cli,
     running,
     scrape,
     scrape_metrics,
@@ -230,7 +230,7 @@ def test_a_metrics_address_already_taken_refuses_to_start(
             [site("a", sensor.url, log)],
             metrics={"listen": f"127.0.0.1:{port}"},
         )
-        r = run_cli("run", "-c", str(cfg), timeout=30)
+        r = run_in_process("run", "-c", str(cfg))
     assert r.returncode == 1, r.stderr[-3000:]
     records = [json.loads(x) for x in r.stderr.splitlines()]
     failed = [x for x in records if x["event"] == "metrics_listen_failed"]
@@ -238,7 +238,7 @@ def test_a_metrics_address_already_taken_refuses_to_start(
     assert "metrics.listen" in failed[0]["hint"]
     assert not any(x["event"] == "daemon_started" for x in records)
     # Nothing held on to: with the port free, the same config runs.
-    again = run_cli("run", "-c", str(cfg), "--once", timeout=60)
+    again = run_in_process("run", "-c", str(cfg), "--once")
     assert again.returncode == 0, again.stderr[-3000:]
 
 

@@ -12,8 +12,9 @@ import json
 import sqlite3
 from pathlib import Path
 
+from tests.support.cli import run_in_process
 from tests.support.fake_sensor import FakeSensor
-from tests.support.shipper import run_cli, site, write_config
+from tests.support.shipper import site, write_config
 from tirreno_shipper.records import Event
 from tirreno_shipper.spool import Spool
 
@@ -48,11 +49,11 @@ def test_undecodable_rows_go_to_dead_letters_and_their_batches_are_sent(tmp_path
             for i, (damage, _why) in DAMAGES.items():
                 db.execute(f"UPDATE events SET fields = {damage} WHERE request_id = ?", (_rid(i),))
         db.close()
-        run = run_cli("run", "--once", "-c", str(config))
+        run = run_in_process("run", "--once", "-c", str(config))
         accepted = sorted(i for i in sensor.accepted_ids() if i is not None)
     assert run.returncode == 0, run.stderr[-3000:]
     assert accepted == [_rid(i) for i in range(12) if i not in DAMAGES]
-    listed = run_cli("dead-letters", "-c", str(config), "list", "--json")
+    listed = run_in_process("dead-letters", "-c", str(config), "list", "--json")
     assert listed.returncode == 0, listed.stderr
     letters = {d["request_id"]: d for d in map(json.loads, listed.stdout.splitlines())}
     assert sorted(letters) == [_rid(i) for i in DAMAGES], listed.stdout

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tests.support.cli import run_in_process
 from tests.support.fake_sensor import FakeSensor
-from tests.support.shipper import append, run_cli, site, write_config
+from tests.support.shipper import append, site, write_config
 
 UA_300_U = "Mozilla/5.0 " + "\\xC3\\xBC" * 300  # "ü" x 300 as nginx escapes it
 LINES = [
@@ -53,7 +54,7 @@ def test_hostile_values_reach_tirreno_stored_and_without_secrets(tmp_path: Path)
                 )
             ],
         )
-        proc = run_cli("run", "-c", str(config), "--once", timeout=90)
+        proc = run_in_process("run", "-c", str(config), "--once")
         assert proc.returncode == 0, proc.stderr
     assert [r.lost for r in sink.lost] == []
     assert len(sink.accepted) == len(LINES)

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import structlog
 
-from tests.support.shipper import run_cli, site, write_config
+from tests.support.cli import run_in_process
+from tests.support.shipper import site, write_config
 from tirreno_shipper.check import run_check
 from tirreno_shipper.config import load_config
 from tirreno_shipper.logs import setup_logging
@@ -57,14 +58,14 @@ def state(tmp_path: Path) -> Path:
 
 
 def test_dead_letters_list_shows_the_url_escaped(state: Path) -> None:
-    r = run_cli("dead-letters", "-c", str(state), "list")
+    r = run_in_process("dead-letters", "-c", str(state), "list")
     assert r.returncode == 0, r.stderr
     assert_inert(r.stdout)
     assert f"/x{SHOWN}\\x9b" in r.stdout and f"sensor: {SHOWN}" in r.stdout
 
 
 def test_dead_letters_json_keeps_the_exact_value(state: Path) -> None:
-    r = run_cli("dead-letters", "-c", str(state), "list", "--json")
+    r = run_in_process("dead-letters", "-c", str(state), "list", "--json")
     assert r.returncode == 0, r.stderr
     assert_inert(r.stdout)
     [row] = [json.loads(line) for line in r.stdout.splitlines()]
@@ -72,11 +73,11 @@ def test_dead_letters_json_keeps_the_exact_value(state: Path) -> None:
 
 
 def test_status_shows_paths_escaped(state: Path) -> None:
-    r = run_cli("status", "-c", str(state))
+    r = run_in_process("status", "-c", str(state))
     assert r.returncode == 0, r.stderr
     assert_inert(r.stdout)
     assert f"access{SHOWN}.log" in r.stdout
-    r = run_cli("status", "-c", str(state), "--json")
+    r = run_in_process("status", "-c", str(state), "--json")
     assert_inert(r.stdout)
     files = json.loads(r.stdout)["sites"]["a"]["files"]
     assert files[0]["path"].endswith(f"access{ATTACK}.log")
