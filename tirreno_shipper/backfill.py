@@ -67,9 +67,12 @@ def backfill_marker(site: str) -> str:
     return f"{site}#backfill"
 
 
-def dry_run(config: Config, out: TextIO = sys.stdout) -> dict[str, Counts]:
+def dry_run(config: Config, out: TextIO | None = None) -> dict[str, Counts]:
     """Print every event the configured files would produce, as JSON lines: the
-    ``fields`` as sent and as tirreno will have ``stored`` them."""
+    ``fields`` as sent and as tirreno will have ``stored`` them (to ``out``, by default
+    the ``sys.stdout`` of the call: a default bound at import would keep the stream
+    of that moment)."""
+    out = out if out is not None else sys.stdout
     totals: dict[str, Counts] = {}
     for site in config.sites:
         ingest = SiteIngest(site)

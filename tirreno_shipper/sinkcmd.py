@@ -62,10 +62,12 @@ def run_sink(
     api_key: str | None,
     rate: int,
     *,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
     stop: threading.Event | None = None,
 ) -> int:
-    """Serve until SIGINT/SIGTERM (or ``stop``); the exit code."""
+    """Serve until SIGINT/SIGTERM (or ``stop``); the exit code. Events are printed to
+    ``out``, by default the ``sys.stdout`` of the call."""
+    out = out if out is not None else sys.stdout
     address = parse_listen(listen)
     if address is None:
         print(f"tirreno-shipper sink: error: --listen {listen!r}: expected HOST:PORT",
