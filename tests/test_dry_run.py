@@ -1,4 +1,5 @@
-"""`run --once --dry-run`, `detect-format` and `--version` as a user runs them: a subprocess."""
+"""`run --once --dry-run`, `detect-format` and `--version` as a user runs them: the example's
+dry run and --version in a subprocess, the other cases in this process (`in_process`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.cli import run_in_process
 from tirreno_shipper._version import __version__
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,6 +36,11 @@ def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
         timeout=120,
         check=False,
     )
+
+
+def in_process(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """As `run`, with the command called in this process (tests/support/cli.py)."""
+    return run_in_process(*args, unset=("TIRRENO_API_KEY",), cwd=cwd)
 
 
 def snapshot(folder: Path) -> set[str]:
@@ -168,7 +175,7 @@ def test_dry_run_of_a_copied_config_writes_no_state(tmp_path: Path) -> None:
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     before = snapshot(site)
-    proc = run(["run", "-c", "../site/config.yaml", "--once", "--dry-run"], cwd)
+    proc = in_process(["run", "-c", "../site/config.yaml", "--once", "--dry-run"], cwd)
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout.splitlines()) == 18
     assert not (site / "state").exists()
@@ -192,7 +199,7 @@ def test_dry_run_skips_compressed_glob_matches_as_run_does(tmp_path: Path) -> No
     assert "examples/access.log*" in config.read_text()
     with gzip.open(site / "examples" / "access.log.2.gz", "wb") as fh:
         fh.write((REPO / "examples" / "access.log").read_bytes())
-    proc = run(["run", "-c", str(config), "--once", "--dry-run"], tmp_path)
+    proc = in_process(["run", "-c", str(config), "--once", "--dry-run"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout.splitlines()) == 18
     skipped = [
@@ -210,7 +217,7 @@ def test_dry_run_bad_config_exits_78(tmp_path: Path) -> None:
     config.write_text(
         (REPO / "config.example.yaml").read_text().replace("nginx_cookie", "nginx_cooky")
     )
-    proc = run(["run", "-c", str(config), "--once", "--dry-run"], tmp_path)
+    proc = in_process(["run", "-c", str(config), "--once", "--dry-run"], tmp_path)
     assert proc.returncode == 78
     assert "did you mean 'nginx_cookie'" in proc.stderr
     assert proc.stdout == ""
@@ -219,7 +226,7 @@ def test_dry_run_bad_config_exits_78(tmp_path: Path) -> None:
 def test_detect_format_on_apache_combined_without_cookie(tmp_path: Path) -> None:
     """The elastic log parses as combined; no cookie, so the advice to add one is printed,
     as the problem it is (exit 1)."""
-    proc = run(["detect-format", str(DATA / "elastic_apache_logs")], tmp_path)
+    proc = in_process(["detect-format", str(DATA / "elastic_apache_logs")], tmp_path)
     assert proc.returncode == 1, proc.stderr
     out = proc.stdout
     assert "500 lines examined" in out
@@ -233,7 +240,7 @@ def test_detect_format_on_apache_combined_without_cookie(tmp_path: Path) -> None
 
 def test_detect_format_on_vhost_combined(tmp_path: Path) -> None:
     """The vhost log is recognised as vhost_combined despite its bad line."""
-    proc = run(["detect-format", str(DATA / "apachelogs_vhost_combined.log")], tmp_path)
+    proc = in_process(["detect-format", str(DATA / "apachelogs_vhost_combined.log")], tmp_path)
     assert proc.returncode == 1, proc.stderr  # it has no cookie
     assert "vhost_combined   parses  85.7% (6/7)" in proc.stdout
     assert "Best match: format: vhost_combined" in proc.stdout
@@ -241,7 +248,7 @@ def test_detect_format_on_vhost_combined(tmp_path: Path) -> None:
 
 def test_detect_format_finds_the_cookie(tmp_path: Path) -> None:
     """The example log carries a cookie: the advice is to name it, not to add it."""
-    proc = run(["detect-format", str(REPO / "examples" / "access.log")], tmp_path)
+    proc = in_process(["detect-format", str(REPO / "examples" / "access.log")], tmp_path)
     assert proc.returncode == 0
     assert "Best match: format: nginx_cookie" in proc.stdout
     assert "fields: cookie" in proc.stdout
@@ -256,7 +263,7 @@ def test_detect_format_reads_compressed_files(tmp_path: Path, compress: Any) -> 
     reads it): the example log is still recognised."""
     packed = tmp_path / "access.log.2.packed"
     packed.write_bytes(compress((REPO / "examples" / "access.log").read_bytes()))
-    proc = run(["detect-format", str(packed)], tmp_path)
+    proc = in_process(["detect-format", str(packed)], tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Best match: format: nginx_cookie" in proc.stdout
 
@@ -265,7 +272,7 @@ def test_detect_format_nothing_parses(tmp_path: Path) -> None:
     """A file no preset parses exits 1 and says how to write the format."""
     log = tmp_path / "odd.log"
     log.write_text("hello\nworld\n")
-    proc = run(["detect-format", str(log)], tmp_path)
+    proc = in_process(["detect-format", str(log)], tmp_path)
     assert proc.returncode == 1
     assert "No preset parses these lines" in proc.stdout
 
