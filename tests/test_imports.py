@@ -188,3 +188,21 @@ def test_the_isolated_import_check_catches_a_module_that_fails_alone(tmp_path: P
         cwd=tmp_path,
     )
     assert "pkg.b" in r.stdout and "AttributeError" in r.stdout, r.stdout + r.stderr
+
+
+def test_the_command_line_starts_without_the_configuration_model() -> None:
+    """Importing the command line loads no pydantic, YAML or SQLAlchemy: --version, --help,
+    detect-format, sink, man and completion read no configuration (and ran 3x slower)."""
+    heavy = ("pydantic", "yaml", "sqlalchemy", f"{NAME}.config")
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import sys, {NAME}.cli; print([m for m in {heavy!r} if m in sys.modules])",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 0 and r.stdout == "[]\n", r.stdout + r.stderr

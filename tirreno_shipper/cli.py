@@ -19,10 +19,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tirreno_shipper._version import __version__
-from tirreno_shipper.config import Config, load_config
 from tirreno_shipper.errors import (
     EX_CANTCREAT,
     EX_CONFIG,
@@ -36,6 +35,9 @@ from tirreno_shipper.errors import (
     ShipperError,
 )
 from tirreno_shipper.terminal import printable, printable_json
+
+if TYPE_CHECKING:
+    from tirreno_shipper.config import Config
 
 DEFAULT_CONFIG = "/etc/tirreno-shipper/config.yaml"
 CONFIG_ENV = "TIRRENO_SHIPPER_CONFIG"
@@ -361,6 +363,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(path: str, *, no_secrets: bool | frozenset[str] = False) -> Config:
+    # Imported here: --version, --help, detect-format, sink, man and completion read no
+    # configuration and start without pydantic and YAML.
+    from tirreno_shipper.config import load_config
+
     return load_config(path, no_secrets=no_secrets)
 
 
