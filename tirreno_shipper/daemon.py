@@ -121,8 +121,13 @@ class SiteRunner:
 
     def start(self) -> None:
         checkpoints = self.spool.get_checkpoints(self.name)
+        # As the supervisor's tick: a poll_interval under a second finds the file a
+        # rename rotation created within one poll, not one second.
+        scan = min(1.0, self.poll_interval)
         for src in self.site.logs:
-            self._tailers.append(open_input(self.name, src, checkpoints, self._wake))
+            self._tailers.append(
+                open_input(self.name, src, checkpoints, self._wake, scan_interval=scan)
+            )
             self._pending.append(None)
         # Record every file found now, before the first line is processed: if we
         # are stopped before that (a slow user database at start-up) and the log

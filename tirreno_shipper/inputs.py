@@ -38,9 +38,16 @@ def owns(src: LogSource, cp: Checkpoint) -> bool:
 
 
 def open_input(
-    site: str, src: LogSource, checkpoints: Sequence[Checkpoint], wake: threading.Event
+    site: str,
+    src: LogSource,
+    checkpoints: Sequence[Checkpoint],
+    wake: threading.Event,
+    *,
+    scan_interval: float = 1.0,
 ) -> LogInput:
-    """The input ``src`` describes, resuming from its ``checkpoints``."""
+    """The input ``src`` describes, resuming from its ``checkpoints``; a followed path is
+    looked for again (a new file after a rename rotation, a glob's new match) every
+    ``scan_interval`` seconds."""
     mine = [cp for cp in checkpoints if owns(src, cp)]
     if src.syslog is not None:
         return SyslogInput(site, src.syslog, wake=wake, checkpoints=mine)
@@ -51,6 +58,7 @@ def open_input(
         start_at=src.start_at,
         max_line_bytes=src.max_line_bytes,
         checkpoints=mine,
+        scan_interval=scan_interval,
         framing=framing,
         select=select,
     )
