@@ -157,7 +157,7 @@ def test_two_rotations_while_down(tmp_path: Path) -> None:
             writer.reopen()
             writer.write(10)  # the file at the path now
             writer.close()
-            result = shipper.run_once(timeout=60)
+            result = shipper.run_once(in_process=True)
             assert result.returncode == 0, result.stderr[-2000:]
             report = delivery_report(sensor, range(writer.seq))
         finally:
@@ -190,7 +190,7 @@ def test_rotation_while_down_after_checkpoint_of_empty_file(tmp_path: Path) -> N
             writer.reopen()
             writer.write(10)
             writer.close()
-            result = shipper.run_once(timeout=60)
+            result = shipper.run_once(in_process=True)
             assert result.returncode == 0, result.stderr[-2000:]
             report = delivery_report(sensor, range(writer.seq))
         finally:

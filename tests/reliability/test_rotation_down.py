@@ -113,7 +113,7 @@ def test_two_delaycompress_rotations_while_stopped(tmp_path: Path, how: str) -> 
             assert sorted(os.listdir(logs)) == ["access.log", "access.log.1", "access.log.2.gz"]
             with gzip.open(logs / "access.log.2.gz") as fh:
                 assert fh.read() == text
-            result = shipper.run_once(timeout=60)
+            result = shipper.run_once(in_process=True)
             assert result.returncode == 0, result.stderr[-2000:]
             report = delivery_report(sensor, range(writer.seq))
         finally:
@@ -160,10 +160,10 @@ def test_glob_does_not_follow_compressed_rotated_files(tmp_path: Path) -> None:
     with FakeSensor(bucket_capacity=0) as sensor:
         shipper = daemon(tmp_path, sensor.url, logs / "access.log*")
         try:
-            result = shipper.run_once(timeout=60)
+            result = shipper.run_once(in_process=True)
             assert result.returncode == 0, result.stderr[-2000:]
             report = delivery_report(sensor, range(10))
-            files = shipper.site_status()["files"]
+            files = shipper.site_status(in_process=True)["files"]
         finally:
             shipper.close()
     assert not report["missing"] and not report["unexpected"]

@@ -259,19 +259,33 @@ class Shipper:
 
     # -- other subcommands on the same configuration -------------------------------
 
-    def run(self, *args: str, timeout: float = 90.0) -> subprocess.CompletedProcess[str]:
-        """Another subcommand to completion (stdout and stderr captured)."""
+    def run(
+        self, *args: str, timeout: float = 90.0, in_process: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        """Another subcommand to completion (stdout and stderr captured); with
+        ``in_process``, called in this process (`tests.support.cli.run_in_process`:
+        no interpreter to start, for a test where the process is not the point)."""
+        if in_process:
+            from tests.support.cli import run_in_process  # it imports this module
+
+            return run_in_process(*args, env=self.env)
         return run_cli(*args, env=self.env, timeout=timeout)
 
-    def run_once(self, timeout: float = 90.0) -> subprocess.CompletedProcess[str]:
+    def run_once(
+        self, timeout: float = 90.0, *, in_process: bool = False
+    ) -> subprocess.CompletedProcess[str]:
         """``run --once``; its stderr is appended to the daemon's log."""
-        result = self.run("run", "-c", str(self.config), "--once", timeout=timeout)
+        result = self.run(
+            "run", "-c", str(self.config), "--once", timeout=timeout, in_process=in_process
+        )
         with self.log_path.open("a") as err:
             err.write(f'{_MARKER_PREFIX}"run --once"}}\n' + result.stderr)
         return result
 
-    def status(self) -> dict[str, Any]:
-        result = self.run("status", "-c", str(self.config), "--json", timeout=30)
+    def status(self, *, in_process: bool = False) -> dict[str, Any]:
+        result = self.run(
+            "status", "-c", str(self.config), "--json", timeout=30, in_process=in_process
+        )
         assert result.returncode == 0, f"status failed: {result.stderr}"
         try:
             data: dict[str, Any] = json.loads(result.stdout)
@@ -279,8 +293,8 @@ class Shipper:
             raise AssertionError(f"status --json printed no JSON:\n{result.stdout}") from None
         return data
 
-    def site_status(self, site: str = "shop") -> dict[str, Any]:
-        sites: dict[str, Any] = self.status()["sites"]
+    def site_status(self, site: str = "shop", *, in_process: bool = False) -> dict[str, Any]:
+        sites: dict[str, Any] = self.status(in_process=in_process)["sites"]
         return dict(sites[site])
 
     # -- what it said ---------------------------------------------------------------
