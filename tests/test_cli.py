@@ -46,7 +46,7 @@ def test_status_json_reports_spool_files_and_the_daemon(tmp_path: Path, sensor: 
     log = tmp_path / "a.log"
     append(log, [nginx_line(f"/s/{i}") for i in range(4)])
     cfg = write_config(tmp_path / "c.yaml", [site("a", sensor.url, log)], once_timeout=1)
-    assert run_cli("run", "-c", str(cfg), "--once").returncode == 1  # sensor down: kept
+    assert run_in_process("run", "-c", str(cfg), "--once").returncode == 1  # sensor down: kept
     append(log, [nginx_line("/s/late")])  # written after the run: lag
     late = len(nginx_line("/s/late"))
 
@@ -362,7 +362,7 @@ def test_status_takes_the_daemon_from_its_lock_and_says_when_its_state_is_stale(
     log.touch()
     cfg = write_config(tmp_path / "c.yaml", [site("a", "http://127.0.0.1:9/sensor/", log)])
     state = tmp_path / "state"
-    assert run_cli("run", "-c", str(cfg), "--once").returncode == 0  # creates the spool
+    assert run_in_process("run", "-c", str(cfg), "--once").returncode == 0  # creates the spool
     holder = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(60)", "tirreno-shipper"]
     )
