@@ -219,14 +219,19 @@ def test_encode_form_of_real_fields() -> None:
 
 
 def test_send_one_classifies_real_answers() -> None:
-    """send_one gets 204, an empty 200, a refused connect and a timeout from a real server."""
+    """send_one gets 204, an empty 200, 500 and 503 with Retry-After, a refused connect and a
+    timeout from a real server."""
     fields = {"ipAddress": "192.0.2.1", "url": "/check", "eventType": "page_view"}
-    with FakeSensor(api_key=KEY) as sensor:
+    with FakeSensor(api_key=KEY, retry_after=1) as sensor:
         config = sensor_config(sensor.url, timeout=0.3)
         assert send_one(config, fields, rid(1)).outcome is Outcome.ACCEPTED
         assert sensor.accepted[0].fields == fields
         wrong = sensor_config(sensor.url, api_key="nope")
         assert send_one(wrong, fields, rid(2)) == Verdict(Outcome.REJECTED, "rejected")
+        for status in (500, 503):
+            sensor.set_mode(str(status))
+            answer = Verdict(Outcome.RETRY, str(status), retry_after=1.0, status=status)
+            assert send_one(config, fields, rid(5)) == answer
         sensor.set_mode("hang")
         assert send_one(config, fields, rid(3)) == Verdict(Outcome.RETRY, "timeout")
         sensor.set_mode("refuse")
@@ -443,19 +448,11 @@ def running(
     config: SensorConfig, spool: Spool, site: str = "shop", **kwargs: Any
 ) -> Iterator[SiteSender]:
     sender = SiteSender(site, config, spool, **kwargs)
-    # Sampled from before the start: the first failure can come within milliseconds.
-    _STATE_LOGS[id(sender)] = StateLog(sender)
     sender.start()
     try:
         yield sender
     finally:
         sender.stop(5)
-        _STATE_LOGS.pop(id(sender)).close()
-
-
-def states_of(sender: SiteSender) -> list[str]:
-    """Every state the running sender went through so far."""
-    return list(_STATE_LOGS[id(sender)].states)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
@@ -465,30 +462,6 @@ def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
             return True
         time.sleep(0.02)
     return predicate()
-
-
-_STATE_LOGS: dict[int, StateLog] = {}
-
-
-class StateLog:
-    """Samples a sender's state in the background, keeping each change."""
-
-    def __init__(self, sender: SiteSender) -> None:
-        self.states = [sender.state]
-        self._sender = sender
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.005):
-            if self._sender.state != self.states[-1]:
-                self.states.append(self._sender.state)
-
-    def close(self) -> list[str]:
-        self._stop.set()
-        self._thread.join()
-        return self.states
 
 
 def counter(metric: Any, **labels: str) -> float:
@@ -542,39 +515,6 @@ def test_stop_interrupts_a_backoff_wait(spool: Spool) -> None:
         assert time.monotonic() - started < 1.0
     stats = spool.stats("wait")
     assert (stats.depth, stats.leased, stats.dead_letters) == (10, 0, 0)
-
-
-def test_a_single_rejection_below_the_threshold_is_retried_later(spool: Spool) -> None:
-    """One empty 200 leaves the site ok and retries the event after a delay; never dropped."""
-    spool.commit_chunk("once", make_events(1), None)
-    with FakeSensor(api_key="other") as sensor:
-        with running(sensor_config(sensor.url), spool, site="once") as sender:
-            assert wait_until(lambda: sensor.count("200") == 1, 5)
-            sensor.set_api_key(KEY)
-            assert sender.state == "ok"
-            assert spool.stats("once").depth == 1
-            assert sender.wait_empty(10)
-            assert states_of(sender) == ["ok"]
-        assert sensor.count("200") == 1
-        assert len(sensor.accepted) == 1
-
-
-def test_500_and_503_then_recovery_loses_nothing(spool: Spool) -> None:
-    """Server errors back the site off; after recovery every event is delivered once."""
-    events = make_events(20)
-    spool.commit_chunk("err", events, None)
-    with FakeSensor(api_key=KEY, retry_after=1) as sensor:
-        sensor.set_mode("500")
-        with running(sensor_config(sensor.url), spool, site="err") as sender:
-            assert wait_until(lambda: sensor.count("500") >= 1, 5)
-            sensor.set_mode("503")
-            assert wait_until(lambda: sensor.count("503") >= 1, 5)
-            sensor.set_mode("ok")
-            assert sender.wait_empty(20)
-            assert states_of(sender)[-2:] == ["backing_off", "ok"]
-        assert sorted(sensor.accepted_ids()) == sorted(e.request_id for e in events)  # type: ignore[type-var]
-        # The struggling sensor was not hammered: a handful of requests, not hundreds.
-        assert sensor.count("500") + sensor.count("503") <= 12
 
 
 def test_slow_and_hung_sensor_time_out_and_recover(spool: Spool) -> None:
@@ -764,25 +704,6 @@ def test_worker_loops_survive_errors(spool: Spool) -> None:
     assert said["error"] == "database is locked"
 
 
-def test_events_accepted_while_their_ack_cannot_be_written_are_never_sent_again(
-    spool: Spool,
-) -> None:
-    """A full disk after the 204s: the acks fail for a while, the leases (1.5 s) end and
-    other workers lease the same events; they are acked, not posted again."""
-    events = make_events(10)
-    spool.commit_chunk("full", events, None)
-    flaky = _FlakySpool(spool, failures=0, ack_failures=4)
-    config = sensor_config("http://127.0.0.1:1/", timeout=0.5)
-    with FakeSensor(api_key=KEY) as sensor:
-        config = config.model_copy(update={"url": sensor.url})
-        with running(config, flaky, site="full", lease_seconds=1.5) as sender:  # type: ignore[arg-type]
-            assert wait_until(lambda: flaky.ack_failures == 0, 20)
-            assert sender.wait_empty(20)
-        ids = Counter(sensor.accepted_ids())
-    assert sorted(i or "" for i in ids) == sorted(e.request_id for e in events)
-    assert max(ids.values()) == 1, ids.most_common(3)
-
-
 CHILD = textwrap.dedent(
     """
     import sys, time
@@ -913,10 +834,12 @@ def simulated(
     backfill: list[Event] = [],  # noqa: B006 - never mutated
     backfill_share: float = 0.05,
     observer: bool = False,
+    wrap: Callable[[Spool], Any] | None = None,
     **overrides: Any,
 ) -> Iterator[Sim]:
     """A sender on virtual time. With ``observer`` the test's thread is a party of the
-    clock too: time stands still while it looks, and passes only in `Sim.run_for`."""
+    clock too: time stands still while it looks, and passes only in `Sim.run_for`. With
+    ``wrap``, the sender uses ``wrap(spool)`` (a spool whose calls fail at times)."""
     config = config or sensor_config(TIRRENO)
     config = config.model_copy(update=overrides)
     clock = SimClock(parties=config.concurrency + observer)
@@ -927,7 +850,7 @@ def simulated(
     sender = SiteSender(
         "sim",
         config,
-        spool,
+        spool if wrap is None else wrap(spool),
         lease_seconds=lease_seconds,
         backfill_share=backfill_share,
         clock=clock,
@@ -941,6 +864,73 @@ def simulated(
         sender.stop(5)
         spool.close()
     assert poster.closed
+
+
+def test_a_single_rejection_below_the_threshold_is_retried_later(tmp_path: Path) -> None:
+    """One empty 200 leaves the site ok and retries the event after a delay; never dropped."""
+    answers = iter([200])
+
+    def rejected_once(posted: Posted) -> tuple[int, bytes, dict[str, str]]:
+        return next(answers, 204), b"", {}
+
+    with (
+        structlog.testing.capture_logs() as logs,
+        simulated(tmp_path, make_events(1), rejected_once) as sim,
+    ):
+        assert sim.sender.wait_empty(10)
+        assert sim.sender.state == "ok"
+    [rejected], [accepted] = sim.answered(200), sim.answered(204)
+    assert accepted.request_id == rejected.request_id and accepted.time > rejected.time
+    assert not [e for e in logs if e["event"].startswith("sensor_")], "the state changed"
+
+
+def test_500_and_503_then_recovery_loses_nothing(tmp_path: Path) -> None:
+    """Server errors back the site off; after recovery every event is delivered once."""
+    events = make_events(20)
+    until = {500: math.inf, 503: math.inf}
+
+    def erring(posted: Posted) -> tuple[int, bytes, dict[str, str]]:
+        for status in (500, 503):
+            if posted.time < until[status]:
+                return status, b"", {"Retry-After": "1"}
+        return 204, b"", {}
+
+    with (
+        structlog.testing.capture_logs() as logs,
+        simulated(tmp_path, events, erring) as sim,
+    ):
+        until[500], until[503] = sim.started + 2, sim.started + 4
+        assert sim.sender.wait_empty(20)
+        assert sim.sender.state == "ok"
+    assert sim.answered(500) and sim.answered(503)
+    states = [e["event"] for e in logs if e["event"] in ("sensor_backing_off", "sensor_ok")]
+    assert states[0] == "sensor_backing_off" and states[-1] == "sensor_ok", states
+    assert sorted(sim.poster.accepted_ids()) == sorted(e.request_id for e in events)
+    # The struggling sensor was not hammered: a handful of requests, not hundreds.
+    assert len(sim.answered(500)) + len(sim.answered(503)) <= 12
+
+
+def test_events_accepted_while_their_ack_cannot_be_written_are_never_sent_again(
+    tmp_path: Path,
+) -> None:
+    """A full disk after the 204s: the acks fail for longer than the leases (1.5 s) last;
+    no event is posted again, and each is acked once the spool can be written."""
+    events = make_events(10)
+    # Each failed ack costs its worker a 1 s wait: 12 of them outlast the leases.
+    flaky: list[_FlakySpool] = []
+
+    def full_disk(spool: Spool) -> _FlakySpool:
+        flaky.append(_FlakySpool(spool, failures=0, ack_failures=12))
+        return flaky[0]
+
+    with simulated(tmp_path, events, lease_seconds=1.5, timeout=0.5, wrap=full_disk) as sim:
+        assert sim.sender.wait_empty(20)
+        assert flaky[0].ack_failures == 0
+        assert sim.clock.monotonic() - sim.started > 1.5
+    ids = Counter(sim.poster.accepted_ids())
+    assert sorted(ids) == sorted(e.request_id for e in events)
+    assert max(ids.values()) == 1, ids.most_common(3)
+    assert len(sim.poster.posted) == 10  # not one posted again
 
 
 def test_outage_of_30_seconds_then_recovery_loses_nothing(tmp_path: Path) -> None:
