@@ -46,7 +46,9 @@ def test_status_json_reports_spool_files_and_the_daemon(tmp_path: Path, sensor: 
     log = tmp_path / "a.log"
     append(log, [nginx_line(f"/s/{i}") for i in range(4)])
     cfg = write_config(tmp_path / "c.yaml", [site("a", sensor.url, log)], once_timeout=1)
-    assert run_in_process("run", "-c", str(cfg), "--once").returncode == 1  # sensor down: kept
+    # A real process, sensor down: the events are kept. In process, run.lock would keep the
+    # pid of the test runner, alive, and status would report it as the daemon.
+    assert run_cli("run", "-c", str(cfg), "--once").returncode == 1
     append(log, [nginx_line("/s/late")])  # written after the run: lag
     late = len(nginx_line("/s/late"))
 
@@ -362,7 +364,8 @@ def test_status_takes_the_daemon_from_its_lock_and_says_when_its_state_is_stale(
     log.touch()
     cfg = write_config(tmp_path / "c.yaml", [site("a", "http://127.0.0.1:9/sensor/", log)])
     state = tmp_path / "state"
-    assert run_in_process("run", "-c", str(cfg), "--once").returncode == 0  # creates the spool
+    # Creates the spool; a real process, whose pid in run.lock is dead afterwards.
+    assert run_cli("run", "-c", str(cfg), "--once").returncode == 0
     holder = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(60)", "tirreno-shipper"]
     )

@@ -7,9 +7,8 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
-from tests.support.cli import run_in_process
 from tests.support.fake_sensor import FakeSensor
-from tests.support.shipper import append, nginx_line, site, write_config
+from tests.support.shipper import append, nginx_line, run_cli, site, write_config
 from tirreno_shipper import metrics
 from tirreno_shipper.stats import StatsLine
 
@@ -114,7 +113,9 @@ def test_the_daemon_says_its_stats_line(tmp_path: Path) -> None:
             [site("shop", sensor.url, log)],
             log={"level": "info", "format": "json", "stats_interval": 0.001},
         )
-        r = run_in_process("run", "-c", str(cfg), "--once")
+        # A real process: the stats line counts from the process's metrics, which in the
+        # test process hold the lines of every earlier test's daemon.
+        r = run_cli("run", "-c", str(cfg), "--once")
     assert r.returncode == 0, r.stderr[-3000:]
     stats = [
         line
