@@ -573,7 +573,8 @@ def test_permanent_4xx_goes_to_dead_letters(spool: Spool) -> None:
     huge = Event(rid(50), {"ipAddress": "192.0.2.1", "url": "/huge"})
     spool.commit_chunk("perm", [*events, huge], None)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _PermanentHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # Polled every 50 ms, not serve_forever's 0.5 s: shutdown() waits for the next poll.
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/sensor/"
         with running(sensor_config(url), spool, site="perm") as sender:
