@@ -642,10 +642,23 @@ def test_a_second_daemon_on_the_same_state_dir_exits_75_and_the_first_ships_alon
     log.touch()
     cfg = write_config(tmp_path / "c.yaml", [site("a", sensor.url, log)])
     with running(cfg) as first:
-        for args in (("run", "-c", str(cfg)), ("run", "-c", str(cfg), "--once")):
-            second = run_cli(*args, timeout=30)
-            assert second.returncode == 75, second.stderr[-3000:]
-            records = [json.loads(x) for x in second.stderr.splitlines()]
+        # `run` and `run --once` at once: both are refused.
+        seconds = [
+            subprocess.Popen(
+                [sys.executable, "-m", "tirreno_shipper", *args],
+                cwd=ROOT,
+                env=child_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for args in (("run", "-c", str(cfg)), ("run", "-c", str(cfg), "--once"))
+        ]
+        for second in seconds:
+            _out, err = second.communicate(timeout=30)
+            assert second.returncode == 75, err[-3000:]
+            records = [json.loads(x) for x in err.splitlines()]
             busy = [x for x in records if x["event"] == "state_dir_in_use"]
             assert busy and busy[0]["pid"] == str(first.pid), records
             assert "own state_dir" in busy[0]["hint"]
@@ -655,7 +668,7 @@ def test_a_second_daemon_on_the_same_state_dir_exits_75_and_the_first_ships_alon
     # Checked with every daemon gone: nothing can be sent after this.
     assert Counter(urls(sensor)).most_common(1)[0][1] == 1, "a line was sent twice"
     # The lock went with the first daemon: the next run takes the state_dir.
-    again = run_cli("run", "-c", str(cfg), "--once")
+    again = run_in_process("run", "-c", str(cfg), "--once")
     assert again.returncode == 0, again.stderr[-3000:]
 
 
