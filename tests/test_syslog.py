@@ -82,6 +82,8 @@ def test_unix_socket_chunks_rewind_and_cleanup(tmp_path: Path) -> None:
             out.sendto(b"<190>Dec  2 14:00:00 web1 nginx: line %d" % i, str(sock_path))
         out.sendto(b"garbage", str(sock_path))
         assert wake.wait(5), "the listener did not wake the tail"
+        # Woken at the first datagram: the chunk below holds all four once they are in.
+        assert wait_until(lambda: inp.waiting == 4, 5), inp.waiting
         chunk = inp.poll()
         assert chunk is not None
         assert list(chunk.lines) == [(0, b"line 0"), (1, b"line 1"), (2, b"line 2")]

@@ -244,6 +244,11 @@ class SyslogInput:
     def lag_bytes(self) -> int:
         return 0
 
+    @property
+    def waiting(self) -> int:
+        """Datagrams received and not yet returned by `poll`."""
+        return len(self._queue)
+
     def watch_dirs(self) -> list[str]:
         return []
 
