@@ -524,7 +524,9 @@ def test_slow_and_hung_sensor_time_out_and_recover(spool: Spool) -> None:
     before = counter(metrics.EVENTS_RETRIED, site="slow", reason="timeout")
     with FakeSensor(api_key=KEY, slow_seconds=1.0) as sensor:
         sensor.set_mode("slow")
-        with running(sensor_config(sensor.url, timeout=0.3), spool, site="slow") as sender:
+        # Backoffs of at most 0.5 s: what is checked is the retry, not its delay.
+        config = sensor_config(sensor.url, timeout=0.3, retry_max_delay=0.5)
+        with running(config, spool, site="slow") as sender:
             assert wait_until(
                 lambda: counter(metrics.EVENTS_RETRIED, site="slow", reason="timeout") > before, 5
             )
