@@ -214,7 +214,7 @@ def test_sighup_removing_a_site_with_spooled_events_warns_how_many_are_left(
         assert not [key for key in samples if ("site", "b") in key[1]]
         assert metric(samples, "tirreno_shipper_events_sent_total", site="a") == 2
         # `status` still shows the events left behind.
-        out = run_cli("status", "-c", str(cfg))
+        out = run_in_process("status", "-c", str(cfg))
         assert out.returncode == 0, out.stderr
         assert "site b (not in the configuration): 4 events spooled" in out.stdout
         assert shipper.stop() == 0
