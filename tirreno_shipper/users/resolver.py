@@ -40,9 +40,9 @@ from tirreno_shipper.metrics import (
     RESOLVER_REJECTED,
 )
 from tirreno_shipper.records import Request, User
-from tirreno_shipper.users.cache import Interner, TtlLru
+from tirreno_shipper.users.cache import Interner, KeyTable
 from tirreno_shipper.users.decoders import Undecodable, at_path, decode
-from tirreno_shipper.users.keys import KeyExtractor, KeyRejected, key_digest, sha256_hex
+from tirreno_shipper.users.keys import KeyExtractor, KeyRejected, key_digest
 from tirreno_shipper.users.rows import COLUMN_FIELDS, column_field, map_row
 from tirreno_shipper.users.sql import Database, ValueFailed
 from tirreno_shipper.users.stores import FileStore, RedisStore, SqlStore, Store
@@ -54,8 +54,6 @@ log = structlog.get_logger(__name__)
 # a day attributes that logout (and the requests racing it) to the right user.
 LAST_SEEN_TTL = 24 * 3600.0
 LAST_SEEN_MIN_SIZE = 10_000
-# Longer keys are cached under their digest, bounding the cache's memory.
-_CACHE_KEY_CHARS = 128
 # Reasons counted in resolver_rejected besides the key's own (forged, ...).
 UNDECODABLE = "undecodable"
 KEY_ERROR = "key_error"  # the database refused this key's statement
@@ -91,10 +89,10 @@ class UserResolver:
         self._told: set[str] = set()  # the rejection details logged (fixed texts)
         if self._key_of.problem is not None:  # an unseal option or secret it cannot use
             raise ResolverError(f"users.key.transforms: {self._key_of.problem}")
-        self._cache = TtlLru(config.cache_size)
+        self._cache = KeyTable(config.cache_size)
         # Holds the entries naming a user that the hit cache let go (expiring at
         # found + cache_ttl), a day from when they were found.
-        self._last_seen = TtlLru(
+        self._last_seen = KeyTable(
             max(config.cache_size, LAST_SEEN_MIN_SIZE), extend=LAST_SEEN_TTL - config.cache_ttl
         )
         self._cache.spill = self._last_seen
@@ -170,23 +168,22 @@ class UserResolver:
         """
         now = self._clock()
         out: dict[str, User | None] = {}
-        todo: list[tuple[str, str]] = []  # (key, cache key) not in the cache
+        todo: list[str] = []  # the distinct keys not in the cache
         cache_get = self._cache.get
         hits = 0
         for key in keys:
             if key in out:
                 hits += 1
                 continue
-            ck = key if len(key) <= _CACHE_KEY_CHARS else "#" + sha256_hex(key)
-            found, user = cache_get(ck, now)
+            found, user = cache_get(key, now)
             if found:
                 hits += 1
                 # Last-seen was refreshed when this entry came from the database (at
                 # least once per cache_ttl): no need to touch it per request.
-                out[key] = user if user is not None else self._last_seen_user(ck, key, now)
+                out[key] = user if user is not None else self._last_seen_user(key, now)
             else:
                 out[key] = None
-                todo.append((key, ck))
+                todo.append(key)
         if hits:
             self._hit.inc(hits)
         if not todo:
@@ -197,34 +194,31 @@ class UserResolver:
             self._look_up(todo, out, now)
         return out
 
-    def _look_up(
-        self, todo: list[tuple[str, str]], out: dict[str, User | None], now: float
-    ) -> None:
-        """Query each of ``todo`` (key, cache key), caching and recording the outcome in
-        ``out``. One expiry time per outcome for the whole group: the entries share it."""
+    def _look_up(self, todo: list[str], out: dict[str, User | None], now: float) -> None:
+        """Query each key of ``todo``, caching and recording the outcome in ``out``.
+        One expiry time per outcome for the whole group."""
         negative_ttl = self.config.negative_ttl
         expires, negative_expires = now + self.config.cache_ttl, now + negative_ttl
-        put, last_seen = self._cache.put_entry, self._last_seen
-        for key, ck in todo:
+        put, last_seen = self._cache.put, self._last_seen
+        for key in todo:
             user = self._query(key)
             if user is not None:
                 user = self._intern(user)
-                entry = (expires, user)
                 # Remembered LAST_SEEN_TTL from now (the last-seen cache's `extend`):
                 # in the hit cache, then in the last-seen cache when that lets it go.
                 if self._caching:
-                    last_seen.discard(ck)
-                    put(ck, entry)
+                    last_seen.discard(key)
+                    put(key, user, expires)
                 else:
-                    last_seen.put_entry(ck, entry)
+                    last_seen.put(key, user, expires)
                 out[key] = user
             else:
                 if negative_ttl > 0:
-                    put(ck, (negative_expires, None))
-                out[key] = self._last_seen_user(ck, key, now)
+                    put(key, None, negative_expires)
+                out[key] = self._last_seen_user(key, now)
 
-    def _last_seen_user(self, ck: str, key: str, now: float) -> User | None:
-        seen, last = self._last_seen.get(ck, now)
+    def _last_seen_user(self, key: str, now: float) -> User | None:
+        seen, last = self._last_seen.get(key, now)
         if seen and last is not None:
             log.debug("resolver_last_seen_used", site=self.site, key_tag=key_digest(key))
             return last
