@@ -212,14 +212,29 @@ class EventMapper:
         if user is not None:
             mapped = user.mapped
             if mapped is None:
-                # A memo, not the value (see User): set once, on the record itself.
-                mapped, fixed = user_fields(user)
-                object.__setattr__(user, "mapped_fixed", fixed)
-                object.__setattr__(user, "mapped", mapped)
-            fields.update(mapped)
+                mapped = _remember_fields(user)
+            # One name per value by construction; strict= would double the cost.
+            fields.update(zip(user.mapped_names, mapped))  # noqa: B905
             for name in user.mapped_fixed:
                 self.fixed[name] += 1
         return Event(rid, fields)
+
+
+# The names of a user's mapped fields, one tuple per shape (at most 2**7 of them).
+_FIELD_NAMES: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
+def _remember_fields(user: User) -> tuple[str, ...]:
+    """Work out ``user``'s fields once and keep them on the record (`User.mapped`, a memo
+    and not the value): their values, the names shared by every user of that shape."""
+    fields, fixed = user_fields(user)
+    names = tuple(fields)
+    names = _FIELD_NAMES.setdefault(names, names)
+    values = tuple(fields.values())
+    object.__setattr__(user, "mapped_names", names)
+    object.__setattr__(user, "mapped_fixed", fixed)
+    object.__setattr__(user, "mapped", values)
+    return values
 
 
 def user_fields(user: User) -> tuple[dict[str, str], tuple[str, ...]]:

@@ -110,9 +110,10 @@ class User:
     # a function of the record alone), set on the first event that carries it: the
     # resolver hands out one shared record per user, so a line costs an attribute read,
     # not a memo keyed by the record (its hash per line, and a bound that a busy site's
-    # 50,000 users kept emptying). Two slots rather than a pair: no tuple per user.
-    # Not part of the value.
-    mapped: dict[str, str] | None = field(default=None, init=False, repr=False, compare=False)
+    # 50,000 users kept emptying). The values are a tuple and the names one tuple per
+    # shape, shared by all users of that shape: no dict per user. Not part of the value.
+    mapped: tuple[str, ...] | None = field(default=None, init=False, repr=False, compare=False)
+    mapped_names: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
     mapped_fixed: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
 
 

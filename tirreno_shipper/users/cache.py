@@ -35,7 +35,7 @@ class KeyTable:
 
     Layout: records (parallel arrays: hash, expiry, LRU links, and a list of
     users) are found through an open-addressing index of record numbers (linear
-    probing, at most half full; a removal shifts the run after it back, so there
+    probing, at most two thirds full; a removal shifts the run after it back, so there
     are no tombstones).
     """
 
@@ -116,7 +116,7 @@ class KeyTable:
             return
         if len(self) >= self._size:
             self._evict()
-        if 2 * (len(self) + 1) > self._mask + 1:
+        if 3 * (len(self) + 1) > 2 * (self._mask + 1):
             self._grow()
         if self._free:
             r = self._free.pop()
