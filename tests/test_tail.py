@@ -19,7 +19,8 @@ import structlog
 
 from tirreno_shipper import metrics
 from tirreno_shipper.records import Checkpoint, Chunk, FileId
-from tirreno_shipper.tail import FINGERPRINT_MAX, FileStatus, Tailer, Waker, identify
+from tirreno_shipper.tail import FINGERPRINT_MAX, FileStatus, Tailer, identify
+from tirreno_shipper.tail.waker import Waker
 
 
 class Store:

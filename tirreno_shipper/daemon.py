@@ -52,7 +52,8 @@ from tirreno_shipper.sender import SiteSender
 from tirreno_shipper.spool import Spool, drain_seconds
 from tirreno_shipper.state import DaemonState, FileState, SiteState, lock_state_dir, write_status
 from tirreno_shipper.stats import StatsLine
-from tirreno_shipper.tail import FileStatus, Waker
+from tirreno_shipper.tail import FileStatus
+from tirreno_shipper.tail.waker import Waker
 
 log = structlog.get_logger(__name__)
 

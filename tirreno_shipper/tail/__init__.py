@@ -8,7 +8,9 @@ lines, globs, compressed siblings, wake-ups. One concern per module:
   shared with `reader` (``backfill``, ``--dry-run``);
 - `paths`: globs and the rotated siblings of a path;
 - `files`: the per-file state the Tailer keeps;
-- `waker`: watchdog wake-ups (a hint to poll sooner, never the truth).
+- `waker`: watchdog wake-ups (a hint to poll sooner, never the truth); imported from
+  ``tail.waker`` by the daemon alone, so that a backfill or a dry run, which read files
+  whole, never load watchdog (~1.6 MB).
 """
 
 from tirreno_shipper.tail.compressed import (
@@ -21,7 +23,6 @@ from tirreno_shipper.tail.files import FileStatus
 from tirreno_shipper.tail.follow import Tailer
 from tirreno_shipper.tail.identity import FINGERPRINT_MAX, fingerprint, identify
 from tirreno_shipper.tail.paths import glob_matches, skipped_hint
-from tirreno_shipper.tail.waker import Waker
 
 __all__ = [
     "DECOMPRESS_ERRORS",
@@ -29,7 +30,6 @@ __all__ = [
     "OPENERS",
     "FileStatus",
     "Tailer",
-    "Waker",
     "compression",
     "fingerprint",
     "glob_matches",
