@@ -184,6 +184,25 @@ def test_a_users_fields_are_worked_out_once_and_every_change_counted_per_event()
     assert dict(second.fixed) == {"userName:cut": 1, "emailAddress:invalid": 1}
     fresh = User(user_name="u" * 150, email_address="not-an-email")
     assert fresh == user and hash(fresh) == hash(user) and repr(fresh) == repr(user)
+    assert user.mapped_values == ("u" * 100,)  # cut: not the record's own string
+
+
+def test_a_users_own_strings_are_not_kept_twice() -> None:
+    """Fields sent as the record holds them are read from it per event, not copied, and
+    users of one shape share it."""
+    users = [User(user_name=f"u{i}", email_address=f"u{i}@example.com") for i in range(2)]
+    m = mapper()
+    for user in users:
+        fields = m.build(request(), user, "1.2.3.4", "page_view", "x").fields
+        assert (fields["userName"], fields["emailAddress"]) == (
+            user.user_name,
+            user.email_address,
+        )
+        assert user.mapped_values is None
+    assert users[0].mapped is users[1].mapped
+    again = m.build(request(), users[1], "1.2.3.4", "page_view", "x").fields
+    assert again["emailAddress"] == "u1@example.com"
+    assert not m.fixed
 
 
 # --- client IP --------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import operator
 import re
 import uuid
 from collections import Counter
@@ -20,7 +21,7 @@ from collections.abc import Callable, Sequence
 from tirreno_shipper import tirreno
 from tirreno_shipper.config import ClientIpConfig
 from tirreno_shipper.memo import Memo
-from tirreno_shipper.records import Event, Request, User
+from tirreno_shipper.records import Event, Request, User, UserShape
 
 # Namespace of every request id; changing it would make resent events look new.
 REQUEST_ID_NAMESPACE = uuid.UUID("6f1d5a0c-3b5e-5c8a-9d0e-7a4f2b9c1e30")
@@ -210,31 +211,62 @@ class EventMapper:
             fields["browserLanguage"] = self._fit("browserLanguage", req.accept_language)
         fields["eventType"] = event_type
         if user is not None:
-            mapped = user.mapped
-            if mapped is None:
-                mapped = _remember_fields(user)
+            shape = user.mapped
+            if shape is None:
+                shape = _remember_fields(user)
+            values = user.mapped_values
+            if values is None:
+                values = shape.own(user)
             # One name per value by construction; strict= would double the cost.
-            fields.update(zip(user.mapped_names, mapped))  # noqa: B905
-            for name in user.mapped_fixed:
+            fields.update(zip(shape.names, values))  # noqa: B905
+            for name in shape.fixed:
                 self.fixed[name] += 1
         return Event(rid, fields)
 
 
-# The names of a user's mapped fields, one tuple per shape (at most 2**7 of them).
-_FIELD_NAMES: dict[tuple[str, ...], tuple[str, ...]] = {}
+# The `User` attribute each user field is sent from.
+_ATTRIBUTES = {
+    "userName": "user_name",
+    "emailAddress": "email_address",
+    "firstName": "first_name",
+    "lastName": "last_name",
+    "fullName": "full_name",
+    "phoneNumber": "phone_number",
+    "userCreated": "user_created",
+}
+# One shape per (field names, changes): a few dozen at most (subsets of seven fields,
+# each with a reason or two).
+_SHAPES: dict[tuple[tuple[str, ...], tuple[str, ...]], UserShape] = {}
 
 
-def _remember_fields(user: User) -> tuple[str, ...]:
+def _remember_fields(user: User) -> UserShape:
     """Work out ``user``'s fields once and keep them on the record (`User.mapped`, a memo
-    and not the value): their values, the names shared by every user of that shape."""
+    and not the value): the shared shape, and the values only if they are not the
+    record's own strings (a cut, a lower-cased address, a normalised phone number)."""
     fields, fixed = user_fields(user)
     names = tuple(fields)
-    names = _FIELD_NAMES.setdefault(names, names)
-    values = tuple(fields.values())
-    object.__setattr__(user, "mapped_names", names)
-    object.__setattr__(user, "mapped_fixed", fixed)
-    object.__setattr__(user, "mapped", values)
-    return values
+    shape = _SHAPES.get((names, fixed))
+    if shape is None:
+        own = _own_values([_ATTRIBUTES[name] for name in names])
+        shape = _SHAPES.setdefault((names, fixed), UserShape(names, fixed, own))
+    same = all(value is getattr(user, _ATTRIBUTES[name]) for name, value in fields.items())
+    object.__setattr__(user, "mapped_values", None if same else tuple(fields.values()))
+    object.__setattr__(user, "mapped", shape)
+    return shape
+
+
+def _own_values(attributes: list[str]) -> Callable[[User], tuple[str, ...]]:
+    """A record's values of ``attributes``, as a tuple (attrgetter's is one only for two
+    or more)."""
+    if len(attributes) > 1:
+        get: Callable[[User], tuple[str, ...]] = operator.attrgetter(*attributes)
+        return get
+    (only,) = attributes
+
+    def one(user: User) -> tuple[str, ...]:
+        return (getattr(user, only),)
+
+    return one
 
 
 def user_fields(user: User) -> tuple[dict[str, str], tuple[str, ...]]:

@@ -6,7 +6,7 @@ mutate by accident in a later stage, and self-describing in tracebacks.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import NamedTuple
@@ -106,15 +106,24 @@ class User:
     full_name: str | None = None
     phone_number: str | None = None
     user_created: str | None = None
-    # The event fields this record maps to and the changes that took (`events.user_fields`,
-    # a function of the record alone), set on the first event that carries it: the
-    # resolver hands out one shared record per user, so a line costs an attribute read,
-    # not a memo keyed by the record (its hash per line, and a bound that a busy site's
-    # 50,000 users kept emptying). The values are a tuple and the names one tuple per
-    # shape, shared by all users of that shape: no dict per user. Not part of the value.
-    mapped: tuple[str, ...] | None = field(default=None, init=False, repr=False, compare=False)
-    mapped_names: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
-    mapped_fixed: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
+    # How this record maps to event fields (`events`, a function of the record alone),
+    # set on the first event that carries it: the resolver hands out one shared record
+    # per user, so a line costs an attribute read, not a memo keyed by the record (its
+    # hash per line, and a bound that a busy site's 50,000 users kept emptying). The
+    # shape (names, changes) is shared by all users alike; the values are kept only
+    # when they are not the record's own strings. Not part of the value.
+    mapped: UserShape | None = field(default=None, init=False, repr=False, compare=False)
+    mapped_values: tuple[str, ...] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+
+class UserShape(NamedTuple):
+    """The event fields of the users of one shape (`events`): shared, one per shape."""
+
+    names: tuple[str, ...]  # tirreno field names, in the order they are sent
+    fixed: tuple[str, ...]  # the changes made, counted per event as ``field:reason``
+    own: Callable[[User], tuple[str, ...]]  # the values, when they are the record's own
 
 
 class Event(NamedTuple):
