@@ -312,7 +312,7 @@ def test_backfill_waiting_for_room_in_a_full_spool_says_why(
                 break
             time.sleep(0.1)
         seen = err.read_text()
-        assert "backfill_waiting" in seen and "spool_full" in seen, seen
+        assert "backfill_waiting" in seen and "spool_full" in seen, (proc.poll(), seen)
         assert "start it (or run `run --once` beside this)" in seen
         assert proc.poll() is None  # still waiting: nothing is skipped
         assert len(spooled_ids(tmp_path / "state", "a")) == 10
