@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.fake_sensor import FakeSensor
+from tests.support.inprocess import daemon_thread
 from tests.support.servers import free_port
-from tests.support.shipper import nginx_line, running, site, wait_until, write_config
+from tests.support.shipper import nginx_line, site, wait_until, write_config
 from tirreno_shipper import metrics
 from tirreno_shipper.config import LogSource
 from tirreno_shipper.records import Checkpoint, FileId
@@ -169,22 +170,21 @@ def test_a_reloaded_syslog_site_listens_again(tmp_path: Path, kind: str) -> None
         sites = [site("s", sensor.url, tmp_path / "unused.log", log=entry)]
         sites[0]["logs"] = [entry]
         cfg = write_config(tmp_path / "c.yaml", sites)
-        with running(cfg) as shipper:
-            shipper.wait_log("syslog_listening", 20)
+        # In this process: the reload on a changed file is the daemon's, not the process's.
+        with daemon_thread(cfg) as daemon:
+            first = daemon.runners["s"]  # listening: started before daemon_thread yields
             send("/before")
             assert wait_until(lambda: len(sensor.accepted) == 1, 20)
             sites[0]["sensor"]["concurrency"] = 1  # the site changes: it is restarted
             write_config(cfg, sites)
-            shipper.wait_log("reloaded", 20)
-            assert shipper.logged("site_reconfigured", site="s")
-            assert len(shipper.logged("syslog_listening")) == 2
+            assert wait_until(lambda: daemon.runners.get("s") not in (None, first), 20)
+            assert daemon.runners["s"].site.sensor.concurrency == 1
 
             def sent_after() -> bool:
                 send("/after")  # again until one arrives: the new socket may not be bound yet
                 return len(sensor.accepted) >= 2
 
             assert wait_until(sent_after, 20, interval=0.2)
-            assert shipper.stop() == 0
     out.close()
     assert sensor.accepted[0].fields["url"] == "/before"
     assert {r.fields["url"] for r in sensor.accepted[1:]} == {"/after"}
