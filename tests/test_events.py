@@ -184,7 +184,7 @@ def test_a_users_fields_are_worked_out_once_and_every_change_counted_per_event()
     assert dict(second.fixed) == {"userName:cut": 1, "emailAddress:invalid": 1}
     fresh = User(user_name="u" * 150, email_address="not-an-email")
     assert fresh == user and hash(fresh) == hash(user) and repr(fresh) == repr(user)
-    assert user.mapped_values == ("u" * 100,)  # cut: not the record's own string
+    assert user.mapped.values == ("u" * 100,)  # cut: not the record's own string
 
 
 def test_a_users_own_strings_are_not_kept_twice() -> None:
@@ -198,7 +198,7 @@ def test_a_users_own_strings_are_not_kept_twice() -> None:
             user.user_name,
             user.email_address,
         )
-        assert user.mapped_values is None
+        assert user.mapped is not None and user.mapped.values is None
     assert users[0].mapped is users[1].mapped
     again = m.build(request(), users[1], "1.2.3.4", "page_view", "x").fields
     assert again["emailAddress"] == "u1@example.com"

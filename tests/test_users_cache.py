@@ -11,7 +11,7 @@ from collections import OrderedDict
 import pytest
 
 from tirreno_shipper.records import User
-from tirreno_shipper.users.cache import KeyTable
+from tirreno_shipper.users.cache import Interner, KeyTable
 
 USERS = [User(user_name=f"u{i}") for i in range(7)]
 
@@ -123,3 +123,19 @@ def test_key_table_costs_under_64_bytes_a_key() -> None:
         tracemalloc.stop()
     assert len(table) == len(keys)
     assert used / len(keys) < 64, used / len(keys)
+
+
+def test_interner_shares_equal_records_only() -> None:
+    """Equal records come back as one; a record under the same name with another
+    email is its own (and is the one shared from then on); past its size it starts over."""
+    intern = Interner(2)
+    alice = intern(User(user_name="alice", email_address="a@example.com"))
+    assert intern(User(user_name="alice", email_address="a@example.com")) is alice
+    moved = User(user_name="alice", email_address="new@example.com")
+    assert intern(moved) is moved
+    assert intern(User(user_name="alice", email_address="new@example.com")) is moved
+    bob = intern(User(user_name="bob"))
+    assert len(intern) == 2
+    carol = intern(User(user_name="carol"))
+    assert len(intern) == 1 and intern(User(user_name="carol")) is carol
+    assert intern(User(user_name="bob")) is not bob

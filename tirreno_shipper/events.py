@@ -214,7 +214,7 @@ class EventMapper:
             shape = user.mapped
             if shape is None:
                 shape = _remember_fields(user)
-            values = user.mapped_values
+            values = shape.values
             if values is None:
                 values = shape.own(user)
             # One name per value by construction; strict= would double the cost.
@@ -241,7 +241,7 @@ _SHAPES: dict[tuple[tuple[str, ...], tuple[str, ...]], UserShape] = {}
 
 def _remember_fields(user: User) -> UserShape:
     """Work out ``user``'s fields once and keep them on the record (`User.mapped`, a memo
-    and not the value): the shared shape, and the values only if they are not the
+    and not the value): the shared shape, or a copy with the values if they are not the
     record's own strings (a cut, a lower-cased address, a normalised phone number)."""
     fields, fixed = user_fields(user)
     names = tuple(fields)
@@ -249,8 +249,8 @@ def _remember_fields(user: User) -> UserShape:
     if shape is None:
         own = _own_values([_ATTRIBUTES[name] for name in names])
         shape = _SHAPES.setdefault((names, fixed), UserShape(names, fixed, own))
-    same = all(value is getattr(user, _ATTRIBUTES[name]) for name, value in fields.items())
-    object.__setattr__(user, "mapped_values", None if same else tuple(fields.values()))
+    if any(value is not getattr(user, _ATTRIBUTES[name]) for name, value in fields.items()):
+        shape = shape._replace(values=tuple(fields.values()))
     object.__setattr__(user, "mapped", shape)
     return shape
 
