@@ -1,5 +1,8 @@
 """Shared fixtures: real databases (SQLite, PostgreSQL, MariaDB) and generic helpers.
 
+The suite runs in parallel (pytest-xdist, ``-n auto`` in pyproject's addopts): the
+scheduling hooks are at the end of this file.
+
 The servers are expected on 127.0.0.1 (PostgreSQL 5432 with trust auth, MariaDB
 3306 as root without a password, database ``test``); ``.ci/run`` starts them.
 ``TEST_POSTGRES_URL`` / ``TEST_MARIADB_URL`` point the tests elsewhere. A server
@@ -162,3 +165,30 @@ def server_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
 def unused_tcp_port() -> int:
     """A loopback port nothing listens on (bound, then released)."""
     return free_port()
+
+
+# -- running in parallel (pytest-xdist) ---------------------------------------------
+
+LONG_MARKERS = ("slow", "integration")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto``: two workers a core. The suite mostly waits (on real servers, daemons,
+    sensors down for a while), so more workers than cores overlap the waits.
+    PYTEST_XDIST_AUTO_NUM_WORKERS still decides when it is set (None hands over to
+    xdist's own hook)."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None
+    return 2 * len(os.sched_getaffinity(0))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Long tests (slow, integration) first: one drawn at the end would run alone while the
+    other workers idle; first, it overlaps with the many short ones. The sort is stable, so
+    each module's tests keep their order (and a module-scoped fixture is set up once per
+    worker that runs them; see tests/support/shared.py for one too costly for that).
+
+    Not ``--dist loadgroup`` with ``xdist_group`` marks: pytest 9.2 no longer reads the
+    node id xdist 3.8 rewrites to carry the group, so the groups are silently ignored."""
+    items.sort(key=lambda item: not any(item.get_closest_marker(m) for m in LONG_MARKERS))

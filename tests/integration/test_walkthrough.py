@@ -29,6 +29,7 @@ import yaml
 
 from tests.support.debian_servers import DebianApache, DebianNginx
 from tests.support.servers import ServerError, WebServer
+from tests.support.shared import built_once
 from tests.support.shipper import ROOT, child_env
 from tirreno_shipper.sink import Sink
 
@@ -47,11 +48,9 @@ def _readme_block(section: str, after: str, lang: str) -> str:
     return match.group(1)
 
 
-@pytest.fixture(scope="module")
-def shipper_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _install(base: Path) -> None:
     """The README's install on Debian: `python3 -m venv`, then the venv's pip installs the
     checkout ('.' : SQLite users databases)."""
-    base = tmp_path_factory.mktemp("install")
     checkout = base / "tirreno-shipper"
     shutil.copytree(
         ROOT,
@@ -72,7 +71,14 @@ def shipper_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
         check=False,
     )
     assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
-    exe = venv / "bin" / "tirreno-shipper"
+
+
+@pytest.fixture(scope="module")
+def shipper_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The installed ``tirreno-shipper``: one install per run, shared by the workers (a
+    minute of pip each, see tests/support/shared.py)."""
+    base = built_once(tmp_path_factory, "walkthrough-install", _install)
+    exe = base / "opt" / "tirreno-shipper" / "bin" / "tirreno-shipper"
     assert exe.is_file()
     return exe
 
